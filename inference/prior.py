@@ -1,0 +1,130 @@
+"""Ancestral sampling (``engine="prior"``): run the program forwards.
+
+Every sampled site, observed ones included, is drawn from its conditional given its parents;
+with a posterior :class:`~ppgen.Result`, latents are fixed to posterior draws first (posterior
+predictive). Draws are vectorised over an outer plate, with a sequential fallback for programs
+whose Python control flow depends on sampled values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyro
+import pyro.distributions as pdist
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from pyro.poutine.messenger import Messenger
+
+from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
+from ppgen.engine import Engine, register
+from ppgen.results import Result
+from ppgen.structure import bind_arguments
+
+
+def temper(fn: Any, temperature: float, site: str) -> Any:
+    """The distribution ``fn`` at ``temperature``: p^(1/T) for categorical-type sites (logits/T),
+    scale * sqrt(T) for Gaussians (which is p^(1/T) renormalised)."""
+    if isinstance(fn, pdist.Independent):
+        return temper(fn.base_dist, temperature, site).to_event(fn.reinterpreted_batch_ndims)
+    if isinstance(fn, (pdist.Categorical, pdist.OneHotCategorical)):
+        return type(fn)(logits=fn.logits / temperature)
+    if isinstance(fn, pdist.Bernoulli):
+        return pdist.Bernoulli(logits=fn.logits / temperature)
+    if isinstance(fn, pdist.Normal):
+        return pdist.Normal(fn.loc, fn.scale * math.sqrt(temperature))
+    if isinstance(fn, pdist.MultivariateNormal):
+        return pdist.MultivariateNormal(fn.loc, scale_tril=fn.scale_tril * math.sqrt(temperature))
+    raise ValueError(
+        f"site {site!r}: temperature is defined for Categorical, Bernoulli, Normal and "
+        f"MultivariateNormal sites, not {type(fn).__name__}; use temperature=1.0"
+    )
+
+
+class _Temperature(Messenger):
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["infer"].get("_deterministic") or type(msg["fn"]).__name__ == "Unit":
+            return
+        msg["fn"] = temper(msg["fn"], self.temperature, msg["name"])
+
+
+@register
+class Prior(Engine):
+    """Ancestral sampling from the prior, or posterior-predictive sampling given a Result."""
+
+    name = "prior"
+    tasks = frozenset({"generate", "infer"})
+    summary = "ancestral sampling (forward simulation)"
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        seed: int = 0,
+        temperature: float = 1.0,
+        posterior: Optional[Result] = None,
+        progress: bool = False,
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError(f"Prior: num_samples must be a positive integer, got {num_samples}")
+        if not temperature > 0:
+            raise ValueError(f"Prior: temperature must be > 0, got {temperature}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.temperature = temperature
+        self.posterior = posterior
+
+    def _posterior_draws(self) -> dict[str, torch.Tensor]:
+        if self.posterior is None or not self.posterior.samples:
+            return {}
+        draws = {k: np.asarray(v) for k, v in self.posterior.samples.items()}
+        available = next(iter(draws.values())).shape[0]
+        index = np.random.default_rng(self.seed).choice(available, self.num_samples, replace=available < self.num_samples)
+        return {k: torch.as_tensor(v[index]) for k, v in draws.items()}
+
+    def _program(self, model: Callable) -> Callable:
+        program = poutine.uncondition(model)
+        if self.posterior is not None and self.posterior.params:
+            params = {k: torch.as_tensor(np.asarray(v)) for k, v in self.posterior.params.items()}
+            program = poutine.substitute(program, data=params)
+        if self.temperature != 1.0:
+            program = _Temperature(self.temperature)(program)
+        return program
+
+    def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
+        bind_arguments(model, args, kwargs)
+        args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
+        program = self._program(model)
+        draws = self._posterior_draws()
+        with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+            torch.manual_seed(self.seed)
+            trace = poutine.trace(program).get_trace(*args, **kwargs)
+            return_sites = [
+                name
+                for name, site in trace.nodes.items()
+                if site["type"] == "sample" and type(site["fn"]).__name__ != "Unit" and not name.endswith("_subsample")
+            ]
+            try:
+                predictive = Predictive(
+                    program, posterior_samples=draws or None, num_samples=self.num_samples,
+                    return_sites=return_sites, parallel=True,
+                )
+                samples = predictive(*args, **kwargs)
+            except (RuntimeError, ValueError, IndexError):
+                torch.manual_seed(self.seed)
+                predictive = Predictive(
+                    program, posterior_samples=draws or None, num_samples=self.num_samples,
+                    return_sites=return_sites, parallel=False,
+                )
+                samples = predictive(*args, **kwargs)
+        shapes = {name: tuple(trace.nodes[name]["value"].shape) for name in return_sites}
+        return Result(
+            engine=self.name,
+            samples={k: to_numpy(v).reshape((self.num_samples,) + shapes[k]) for k, v in samples.items()},
+        )

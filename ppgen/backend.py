@@ -1,0 +1,92 @@
+"""Backend choice and array conversion.
+
+A classical ppgen program is written against ``ppgen.dist`` and ``ppgen.ops``, which
+``pyroapi`` routes to Pyro (PyTorch) or NumPyro (JAX) at call time. This module owns that
+switch and the conversion of user data between torch, JAX and NumPy, so no engine or user
+converts arrays by hand.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from pyroapi.dispatch import GenericModule, _ALIASES
+
+Backend = Literal["pyro", "numpyro"]
+BACKENDS: tuple[str, ...] = ("pyro", "numpyro")
+_PYROAPI_ALIAS = {"pyro": "pyro", "numpyro": "numpy"}
+
+
+def current_backend() -> Backend:
+    """The backend that ``ppgen.sample`` and friends dispatch to right now."""
+    return "numpyro" if GenericModule.current_backend["pyro"].startswith("numpyro") else "pyro"
+
+
+@contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Run the enclosed program code on ``backend`` ("pyro" or "numpyro")."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    saved = dict(GenericModule.current_backend)
+    GenericModule.current_backend.update(_ALIASES[_PYROAPI_ALIAS[backend]])
+    try:
+        yield
+    finally:
+        GenericModule.current_backend.clear()
+        GenericModule.current_backend.update(saved)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor)) or type(value).__module__.startswith("jax")
+
+
+def to_numpy(value: Any) -> Any:
+    """Convert a torch tensor or JAX array (or a dict/tuple/list of them) to NumPy."""
+    if isinstance(value, dict):
+        return {key: to_numpy(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_numpy(item) for item in value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if _is_array(value):
+        return np.asarray(value)
+    return value
+
+
+def to_backend(value: Any, backend: str) -> Any:
+    """Convert arrays inside ``value`` to the array type of ``backend``.
+
+    Floats, ints, strings, None, modules and other objects pass through unchanged; dtypes
+    are kept (a float64 NumPy array becomes a float64 tensor).
+    """
+    if isinstance(value, dict):
+        return {key: to_backend(item, backend) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_backend(item, backend) for item in value)
+    if not _is_array(value):
+        return value
+    if backend == "pyro":
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.as_tensor(np.asarray(value))
+    import jax.numpy as jnp
+
+    return jnp.asarray(to_numpy(value))
+
+
+@contextmanager
+def torch_precision(dtype: torch.dtype = torch.float64) -> Iterator[None]:
+    """Run the enclosed Pyro code with ``dtype`` as torch's default floating type.
+
+    Engines on Pyro compute in float64 by default, so that constants written as Python floats
+    in a program (``dist.Normal(0., 1.)``) match float64 data and exact answers agree to 1e-6.
+    """
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)

@@ -1,0 +1,159 @@
+"""The engine interface and registry.
+
+An engine is a class with a ``name``, the tasks it serves, ``check(structure)`` returning why
+it does not apply (or ``None``), and ``run(model, *args, **kwargs) -> Result``. Options are
+constructor arguments with defaults; common ones are named the same everywhere (``seed``,
+``progress``, ``num_samples``, ``num_warmup``, ``num_steps``, ``tol``). Engines register with
+:func:`register`; the registry imports ``ppgen.inference`` on first use, which is the only way
+the core reaches the engines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect as pyinspect
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, Union
+
+from ppgen.errors import EngineNotApplicable
+from ppgen.results import Result
+from ppgen.structure import ModelStructure, bind_arguments, inspect
+
+Task = str  # "infer", "learn", "score", "generate"
+
+
+class Engine:
+    """Base class of all engines."""
+
+    name: ClassVar[str] = ""
+    tasks: ClassVar[frozenset[str]] = frozenset({"infer", "learn"})
+    summary: ClassVar[str] = ""
+
+    def check(self, structure: ModelStructure) -> Optional[str]:
+        """Why this engine does not apply to ``structure`` (naming the site), or ``None``."""
+        return None
+
+    def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+_REGISTRY: dict[str, type[Engine]] = {}
+
+
+def register(cls: type[Engine]) -> type[Engine]:
+    """Class decorator: make ``cls`` available as ``engine=cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_engines() -> dict[str, type[Engine]]:
+    """Every registered engine class by name (imports ``ppgen.inference`` on first use)."""
+    importlib.import_module("ppgen.inference")
+    return dict(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """Whether engine ``name`` applies to a program, and if not, why."""
+
+    name: str
+    applies: bool
+    reason: Optional[str] = None
+    tasks: frozenset[str] = frozenset()
+
+
+def check_all(structure: ModelStructure) -> list[EngineCheck]:
+    """Run every registered engine's ``check`` against ``structure``."""
+    out = []
+    for name, cls in registered_engines().items():
+        reason = cls().check(structure)
+        out.append(EngineCheck(name, reason is None, reason, cls.tasks))
+    return out
+
+
+def engines_for(model: Callable, *args: Any, **kwargs: Any) -> list[EngineCheck]:
+    """Each registered engine with whether it applies to ``model(*args, **kwargs)`` and why not."""
+    return check_all(inspect(model, *args, **kwargs))
+
+
+def engine_options(cls: type[Engine]) -> set[str]:
+    """The option names an engine's constructor accepts."""
+    parameters = pyinspect.signature(cls.__init__).parameters
+    return {name for name in parameters if name != "self"}
+
+
+def split_options(
+    model: Callable, cls: type[Engine], options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``options`` into engine options and model keyword arguments.
+
+    A name the engine accepts goes to the engine; a name the model accepts goes to the model;
+    a name both accept, or neither, is an error that says so.
+    """
+    accepted = engine_options(cls)
+    model_parameters = pyinspect.signature(model).parameters
+    takes_var_kwargs = any(p.kind == p.VAR_KEYWORD for p in model_parameters.values())
+    engine_kwargs, model_kwargs = {}, {}
+    for key, value in options.items():
+        in_engine, in_model = key in accepted, key in model_parameters
+        if in_engine and in_model:
+            raise TypeError(
+                f"option {key!r} is both an option of engine {cls.name!r} and an argument of "
+                f"{getattr(model, '__name__', 'the model')}; pass the model's value positionally"
+            )
+        if in_engine:
+            engine_kwargs[key] = value
+        elif in_model or takes_var_kwargs:
+            model_kwargs[key] = value
+        else:
+            raise TypeError(
+                f"unknown option {key!r}: engine {cls.name!r} accepts {sorted(accepted)}, and "
+                f"{getattr(model, '__name__', 'the model')} has no argument of that name"
+            )
+    return engine_kwargs, model_kwargs
+
+
+def resolve(
+    engine: Union[str, Engine],
+    model: Callable,
+    args: tuple,
+    options: dict[str, Any],
+    task: Task,
+) -> tuple[Engine, dict[str, Any], ModelStructure]:
+    """Instantiate (or accept) ``engine``, split options, and check it applies.
+
+    Returns the engine instance, the model keyword arguments and the program's structure.
+    Raises :class:`EngineNotApplicable` naming the blocking site and the engines that apply.
+    """
+    engines = registered_engines()
+    if isinstance(engine, Engine):
+        instance, model_kwargs = engine, dict(options)
+    elif isinstance(engine, str):
+        if engine not in engines:
+            raise EngineNotApplicable(
+                f"unknown engine {engine!r}; registered engines: {', '.join(sorted(engines))}"
+            )
+        cls = engines[engine]
+        engine_kwargs, model_kwargs = split_options(model, cls, options)
+        instance = cls(**engine_kwargs)
+    else:
+        raise TypeError(f"engine must be a name or an Engine instance, got {type(engine).__name__}")
+    bind_arguments(model, args, model_kwargs)
+    structure = inspect(model, *args, **model_kwargs)
+    if task not in instance.tasks:
+        raise EngineNotApplicable(
+            f"engine {instance.name!r} does not do {task!r} (it does: {', '.join(sorted(instance.tasks))})"
+        )
+    reason = instance.check(structure)
+    if reason is not None:
+        applicable = [c.name for c in check_all(structure) if c.applies and task in c.tasks]
+        raise EngineNotApplicable(
+            f"engine {instance.name!r} does not apply to {structure.name}: {reason}. "
+            f"Engines that apply: {', '.join(applicable) or 'none'}"
+        )
+    return instance, model_kwargs, structure

@@ -1,0 +1,21 @@
+"""Error and warning classes, so users can catch ppgen's complaints specifically."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Observed data that the program cannot score: NaN, outside a distribution's support, or a
+    shape that disagrees with a plate. The message names the site."""
+
+
+class EngineNotApplicable(ValueError):
+    """The chosen engine does not apply to this program. The message names the blocking site
+    and lists the engines that do apply."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative engine stopped at ``num_steps`` before reaching ``tol``."""
+
+
+class ReliabilityWarning(UserWarning):
+    """A diagnostic says an estimate should not be trusted (Pareto k > 0.7, R-hat > 1.01, divergences)."""

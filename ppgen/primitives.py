@@ -1,0 +1,110 @@
+"""The ppgen language: the primitives a model program is written with.
+
+Each primitive forwards to Pyro or NumPyro, whichever backend is current
+(:func:`ppgen.backend.use_backend`), so one program runs unchanged on both. ``dist`` and
+``ops`` are the ``pyroapi`` namespaces: ``dist.Normal`` is ``pyro.distributions.Normal`` on
+Pyro and ``numpyro.distributions.Normal`` on NumPyro; ``ops`` is ``torch`` or ``jax.numpy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import pyro
+from pyroapi import distributions as dist
+from pyroapi import ops
+
+from ppgen.backend import current_backend
+
+__all__ = ["sample", "plate", "param", "deterministic", "factor", "module", "markov", "dist", "ops"]
+
+_NOT_GIVEN = object()
+
+#: Key set in a site's ``infer`` dict when the program passed ``obs=`` (possibly ``None``): the
+#: site is data by declaration, even in a run where no data was supplied.
+DATA_SITE = "ppgen_data"
+
+
+def _numpyro():
+    import numpyro
+
+    return numpyro
+
+
+def sample(name: str, fn: Any, obs: Any = _NOT_GIVEN, infer: Optional[dict] = None) -> Any:
+    """Draw ``name`` from distribution ``fn``, or condition on ``obs``.
+
+    Passing ``obs=x`` declares the site observed data; with ``x=None`` the site is sampled
+    (prior predictive) but still drawn and reported as data.
+    """
+    infer = dict(infer or {})
+    if obs is not _NOT_GIVEN:
+        infer[DATA_SITE] = True
+    else:
+        obs = None
+    if current_backend() == "numpyro":
+        return _numpyro().sample(name, fn, obs=obs, infer=infer)
+    return pyro.sample(name, fn, obs=obs, infer=infer)
+
+
+def plate(name: str, size: int, subsample_size: Optional[int] = None, dim: Optional[int] = None):
+    """A conditionally independent batch of size ``size`` (Pyro/NumPyro ``plate``)."""
+    if current_backend() == "numpyro":
+        return _numpyro().plate(name, size, subsample_size=subsample_size, dim=dim)
+    return pyro.plate(name, size, subsample_size=subsample_size, dim=dim)
+
+
+def param(name: str, init_value: Any = None, constraint: Any = None, event_dim: Optional[int] = None) -> Any:
+    """A learnable parameter with initial value ``init_value`` in ``constraint``'s support."""
+    kwargs: dict[str, Any] = {}
+    if constraint is not None:
+        kwargs["constraint"] = constraint
+    if event_dim is not None:
+        kwargs["event_dim"] = event_dim
+    if current_backend() == "numpyro":
+        return _numpyro().param(name, init_value, **kwargs)
+    if init_value is not None:
+        import torch
+
+        init_value = torch.as_tensor(init_value)
+    return pyro.param(name, init_value, **kwargs)
+
+
+def deterministic(name: str, value: Any) -> Any:
+    """Record ``value``, a function of other sites, as the named site ``name``."""
+    if current_backend() == "numpyro":
+        return _numpyro().deterministic(name, value)
+    return pyro.deterministic(name, value)
+
+
+def factor(name: str, log_factor: Any) -> None:
+    """Add ``log_factor`` to the model's log density (an unnormalised potential)."""
+    if current_backend() == "numpyro":
+        return _numpyro().factor(name, log_factor)
+    return pyro.factor(name, log_factor)
+
+
+def module(name: str, nn_module: Any) -> Any:
+    """Register a ``torch.nn.Module``'s parameters as learnable ``param`` sites named ``name``."""
+    if current_backend() == "numpyro":
+        raise NotImplementedError(
+            f"ppgen.module({name!r}, ...): programs with torch modules run on the Pyro backend; "
+            "use backend='pyro'"
+        )
+    from pyro.poutine.runtime import _PYRO_STACK
+
+    for handler in _PYRO_STACK:  # the structure tracer draws the module as a parameter node
+        if hasattr(handler, "register_module"):
+            handler.register_module(name, nn_module)
+    return pyro.module(name, nn_module)
+
+
+def markov(fn: Optional[Callable] = None, history: int = 1, keep: bool = False):
+    """Mark sequential latents as Markov with the given ``history``, so enumeration over a
+    chain of length T costs O(T K^2) rather than O(K^T). Use as ``for t in markov(range(T))``
+    or as a context manager."""
+    if current_backend() == "numpyro":
+        from numpyro.contrib.funsor import markov as numpyro_markov
+
+        return numpyro_markov(fn, history=history, keep=keep)
+    return pyro.markov(fn, history=history, keep=keep)

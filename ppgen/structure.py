@@ -1,0 +1,524 @@
+"""From a program to its structure: one traced run, with provenance tracking.
+
+How it works, in three steps (the whole tracing core is this file):
+
+1. Bind the model's arguments. Every float or array argument is wrapped in a
+   :class:`pyro.ops.provenance.ProvenanceTensor` whose provenance is ``{"@name"}``.
+2. Run the program once on Pyro under :class:`_StructureTracer`. At every site the tracer reads
+   the provenance of the distribution's parameters (which sites and arguments they were
+   computed from), then replaces the site's value by a ProvenanceTensor carrying only the
+   site's own name, so downstream sites see *direct* parents only.
+3. Classify: sites into latent / observed / param / deterministic / factor; arguments into
+   observed data, covariates (per-datum inputs) and hyperparameters (the rest that flow into
+   a distribution); plates from each site's ``cond_indep_stack``.
+
+Data checks (NaN, values outside a distribution's support, data shapes that disagree with a
+plate) happen here too, because every verb traces the program first.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Optional
+
+import numpy as np
+import pyro
+import torch
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from pyroapi.dispatch import GenericModule
+
+from ppgen.backend import torch_precision, to_backend, use_backend
+from ppgen.errors import DataError
+from ppgen.primitives import DATA_SITE
+
+SiteKind = Literal["latent", "observed", "param", "deterministic", "factor"]
+_ARG = "@"  # provenance prefix marking a model argument
+
+
+@dataclass(frozen=True)
+class Support:
+    """Where a site's values live: ``finite`` (with ``cardinality`` per element),
+    ``infinite-discrete`` (counts) or ``continuous`` (with its constraint)."""
+
+    kind: Literal["finite", "infinite-discrete", "continuous"]
+    constraint: str
+    cardinality: Optional[int] = None
+
+    def __str__(self) -> str:
+        if self.kind == "finite":
+            return f"finite({self.cardinality})"
+        return f"{self.kind}: {self.constraint}"
+
+
+@dataclass(frozen=True)
+class Plate:
+    """A plate: ``size`` conditionally independent copies along tensor dimension ``dim``."""
+
+    name: str
+    size: int
+    dim: Optional[int]
+    subsample_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """One named site of a program.
+
+    ``plates`` lists the enclosing plates from outermost to innermost. ``parents`` are the
+    sites whose values the distribution's parameters are computed from (direct parents only);
+    ``arguments`` the model arguments they are computed from. ``distribution_args`` maps each
+    distribution parameter (``concentration1``, ``loc``, ...) to the names it comes from, or to
+    a short constant, for diagram labels such as ``θ ~ Beta(α, β)``.
+    """
+
+    name: str
+    kind: SiteKind
+    distribution: Optional[str] = None
+    support: Optional[Support] = None
+    batch_shape: tuple[int, ...] = ()
+    event_shape: tuple[int, ...] = ()
+    plates: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()
+    arguments: tuple[str, ...] = ()
+    distribution_args: tuple[tuple[str, str], ...] = ()
+    has_data: bool = True
+    data_argument: Optional[str] = None
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.support is not None and self.support.kind != "continuous"
+
+    @property
+    def is_enumerable(self) -> bool:
+        """Finite support, one value per element (no event dimensions): enumerable."""
+        return self.support is not None and self.support.kind == "finite" and not self.event_shape
+
+
+@dataclass(frozen=True)
+class Argument:
+    """A model argument that flows into the program's distributions.
+
+    ``role`` is ``hyperparameter`` (a fixed float or array, drawn as a small dot),
+    ``covariate`` (per-datum input, drawn as a shaded node in its plate) or ``data`` (the
+    value of an observed site)."""
+
+    name: str
+    role: Literal["hyperparameter", "covariate", "data"]
+    feeds: tuple[str, ...]
+    shape: tuple[int, ...] = ()
+    value: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """Everything ppgen knows about a program from one traced run."""
+
+    name: str
+    sites: dict[str, Site]
+    plates: dict[str, Plate]
+    arguments: dict[str, Argument] = field(default_factory=dict)
+
+    @property
+    def hyperparameters(self) -> dict[str, Argument]:
+        return {k: a for k, a in self.arguments.items() if a.role == "hyperparameter"}
+
+    @property
+    def covariates(self) -> dict[str, Argument]:
+        return {k: a for k, a in self.arguments.items() if a.role == "covariate"}
+
+    def of_kind(self, kind: SiteKind) -> dict[str, Site]:
+        return {name: site for name, site in self.sites.items() if site.kind == kind}
+
+    @property
+    def latent(self) -> dict[str, Site]:
+        return self.of_kind("latent")
+
+    @property
+    def observed(self) -> dict[str, Site]:
+        return self.of_kind("observed")
+
+    @property
+    def params(self) -> dict[str, Site]:
+        return self.of_kind("param")
+
+    @property
+    def max_plate_nesting(self) -> int:
+        dims = [-p.dim for p in self.plates.values() if p.dim is not None]
+        return max(dims, default=0)
+
+    def children(self, name: str) -> list[str]:
+        return [s.name for s in self.sites.values() if name in s.parents]
+
+    def summary(self) -> str:
+        """A plain-text table of sites: kind, distribution, support, plates, parents."""
+        rows = [f"{'site':<16} {'kind':<13} {'distribution':<22} {'support':<34} {'plates':<14} parents"]
+        for s in self.sites.values():
+            rows.append(
+                f"{s.name:<16} {s.kind:<13} {s.distribution or '':<22} {str(s.support or ''):<34} "
+                f"{','.join(s.plates):<14} {','.join(s.parents)}"
+            )
+        for a in self.arguments.values():
+            rows.append(f"{a.name:<16} {a.role:<13} feeds {', '.join(a.feeds)}")
+        return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: arguments
+
+
+def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The model's arguments by name, defaults applied (``TypeError`` naming a bad one)."""
+    signature = pyinspect.signature(model)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"{_model_name(model)}: {error}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _model_name(model: Callable) -> str:
+    return getattr(model, "__name__", type(model).__name__)
+
+
+def _is_tracked(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return True
+    if isinstance(value, (torch.Tensor, np.ndarray)) or type(value).__module__.startswith("jax"):
+        return True
+    return False
+
+
+def _track(name: str, value: Any) -> Any:
+    tensor = torch.tensor(value) if isinstance(value, float) else to_backend(value, "pyro")
+    return ProvenanceTensor(tensor, frozenset({_ARG + name}))
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: the tracer
+
+
+_WRAPPERS = ("Independent", "MaskedDistribution", "ExpandedDistribution")
+
+
+def _unwrap(fn: Any) -> Any:
+    """The distribution inside ``.to_event`` / ``.mask`` / ``.expand`` wrappers."""
+    while type(fn).__name__ in _WRAPPERS:
+        fn = fn.base_dist
+    return fn
+
+
+def _distribution_args(fn: Any) -> dict[str, Any]:
+    """The arguments the distribution was built with: recorded at construction when the
+    program used ``ppgen.dist`` (see ``_recording_distributions``), otherwise read back from
+    its parameters (lazily derived ones left out)."""
+    base = _unwrap(fn)
+    recorded = getattr(base, "_ppgen_arguments", None)
+    if recorded is not None:
+        return dict(recorded)
+    out = {}
+    for key in getattr(base, "arg_constraints", {}):
+        descriptor = type(base).__dict__.get(key)
+        if descriptor is not None and not isinstance(descriptor, property) and key not in base.__dict__:
+            continue  # a lazy_property not given by the program (logits when probs was given)
+        try:
+            out[key] = getattr(base, key)
+        except (AttributeError, NotImplementedError):
+            continue
+    if type(base).__name__ == "Unit":
+        out["log_factor"] = base.log_factor
+    return out
+
+
+def _describe_constant(value: Any) -> str:
+    """A constant argument as a diagram shows it: the number if all elements are equal."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    if isinstance(value, torch.Tensor) and value.numel() > 0:
+        value = detach_provenance(value)
+        first = value.reshape(-1)[0]
+        if bool((value == first).all()):
+            return f"{float(first):g}"
+    return "·"
+
+
+def _provenance(value: Any) -> frozenset:
+    """Provenance of a tensor, or of the tensors inside a list/tuple argument."""
+    if isinstance(value, torch.Tensor):
+        return get_provenance(value)
+    if isinstance(value, (list, tuple)):
+        return frozenset().union(*(_provenance(item) for item in value))
+    return frozenset()
+
+
+def support_of(fn: Any) -> Support:
+    """Classify a distribution's support."""
+    base = _unwrap(fn)
+    constraint = fn.support
+    name = repr(constraint)
+    if getattr(constraint, "is_discrete", False):
+        if getattr(base, "has_enumerate_support", False):
+            cardinality = int(base.enumerate_support(expand=False).shape[0])
+            return Support("finite", name, cardinality)
+        return Support("infinite-discrete", name)
+    return Support("continuous", name)
+
+
+class _StructureTracer(Messenger):
+    """Records sites, the provenance of their distributions' parameters, and plates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.plates: dict[str, Plate] = {}
+        self._hooks: list[Any] = []
+
+    def register_module(self, name: str, nn_module: torch.nn.Module) -> None:
+        """Called by ``ppgen.module``: make the module's outputs carry provenance ``{name}``."""
+
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor):
+                return ProvenanceTensor(detach_provenance(output), get_provenance(output) | {name})
+            return output
+
+        self._hooks.append(nn_module.register_forward_hook(hook))
+        self.records.setdefault(name, {"kind": "param", "name": name, "module": True, "sources": frozenset()})
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+
+    def _record_plates(self, msg: dict) -> tuple[str, ...]:
+        frames = [f for f in msg["cond_indep_stack"] if f.name is not None]
+        frames.sort(key=lambda f: f.dim if f.dim is not None else -10_000)
+        for f in frames:
+            full_size = f.full_size if f.full_size is not None else f.size
+            subsample = f.size if f.size != full_size else None
+            self.plates.setdefault(f.name, Plate(f.name, int(full_size), f.dim, subsample))
+        return tuple(f.name for f in frames)
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        name = msg["name"]
+        fn = msg["fn"]
+        if site_is_subsample(msg):
+            return
+        if msg["infer"].get("_deterministic"):
+            kind: SiteKind = "deterministic"
+        elif type(_unwrap(fn)).__name__ == "Unit":
+            kind = "factor"
+        elif msg["is_observed"] or msg["infer"].get(DATA_SITE):
+            kind = "observed"
+        else:
+            kind = "latent"
+        arg_sources = {}
+        if kind == "deterministic":
+            arg_sources["value"] = get_provenance(msg["value"])
+        else:
+            for key, value in _distribution_args(fn).items():
+                arg_sources[key] = _provenance(value)
+        value_provenance = get_provenance(msg["value"]) if isinstance(msg["value"], torch.Tensor) else frozenset()
+        data_argument = next((p[1:] for p in value_provenance if p.startswith(_ARG)), None)
+        plain_value = detach_provenance(msg["value"])
+        self.records[name] = {
+            "name": name,
+            "kind": kind,
+            "fn": fn,
+            "value": plain_value,
+            "plates": self._record_plates(msg),
+            "arg_sources": arg_sources,
+            "distribution_args": _distribution_args(fn) if kind != "deterministic" else {},
+            "has_data": bool(msg["is_observed"]) if kind == "observed" else True,
+            "data_argument": data_argument if msg["is_observed"] else None,
+        }
+        if isinstance(plain_value, torch.Tensor):
+            msg["value"] = ProvenanceTensor(plain_value, frozenset({name}))
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        name = msg["name"]
+        if "$$$" in name:  # a torch module's parameter: grouped under the module's name
+            module_name = name.split("$$$")[0]
+            msg["value"] = ProvenanceTensor(detach_provenance(msg["value"]), frozenset({module_name}))
+            return
+        value = detach_provenance(msg["value"])
+        self.records[name] = {"name": name, "kind": "param", "value": value, "plates": (), "arg_sources": {}}
+        msg["value"] = ProvenanceTensor(value, frozenset({name}))
+
+
+@contextmanager
+def _recording_distributions() -> Iterator[None]:
+    saved = GenericModule.current_backend["distributions"]
+    GenericModule.current_backend["distributions"] = "ppgen._recording_distributions"
+    try:
+        yield
+    finally:
+        GenericModule.current_backend["distributions"] = saved
+
+
+def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None, seed: int = 0):
+    """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments)."""
+    bound = bind_arguments(model, args, kwargs or {})
+    with torch_precision():
+        tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
+    tracer = _StructureTracer()
+    with use_backend("pyro"), _recording_distributions(), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+        torch.manual_seed(seed)
+        try:
+            with tracer:
+                _call_with_bound(model, tracked)
+        finally:
+            tracer.remove_hooks()
+    return tracer, bound
+
+
+def _call_with_bound(model: Callable, bound: dict[str, Any]) -> Any:
+    signature = pyinspect.signature(model)
+    args, kwargs = [], {}
+    for name, parameter in signature.parameters.items():
+        if name not in bound:
+            continue
+        if parameter.kind == parameter.VAR_POSITIONAL:
+            args.extend(bound[name])
+        elif parameter.kind == parameter.VAR_KEYWORD:
+            kwargs.update(bound[name])
+        elif parameter.kind == parameter.KEYWORD_ONLY:
+            kwargs[name] = bound[name]
+        else:
+            args.append(bound[name])
+    return model(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3: classification and checks
+
+
+def _check_data(record: dict, plates: dict[str, Plate]) -> None:
+    name, fn, value = record["name"], record["fn"], record["value"]
+    if not isinstance(value, torch.Tensor):
+        return
+    if value.is_floating_point() and torch.isnan(value).any():
+        index = tuple(int(i) for i in torch.nonzero(torch.isnan(value))[0])
+        raise DataError(f"site {name!r}: observed data contains NaN (first at index {index})")
+    expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    if tuple(value.shape) != expected:
+        try:
+            broadcast = torch.broadcast_shapes(value.shape, expected) == expected
+        except RuntimeError:
+            broadcast = False
+        if not broadcast:
+            hint = ""
+            for plate_name in record["plates"]:
+                plate = plates[plate_name]
+                if plate.dim is not None and len(expected) >= -plate.dim + len(fn.event_shape):
+                    position = plate.dim - len(fn.event_shape)
+                    size = plate.subsample_size or plate.size
+                    if len(value.shape) >= -position and value.shape[position] != size:
+                        hint = f"; plate {plate_name!r} has size {size} but the data has {value.shape[position]} along dim {position}"
+            raise DataError(
+                f"site {name!r}: data of shape {tuple(value.shape)} does not match the site's shape {expected}{hint}"
+            )
+    inside = fn.support.check(value)
+    if not bool(torch.all(inside)):
+        bad = torch.nonzero(~inside)[0] if inside.dim() else torch.tensor([])
+        index = tuple(int(i) for i in bad)
+        offending = value[index] if index else value
+        if offending.dim():
+            offending = offending.flatten()[0]
+        raise DataError(
+            f"site {name!r}: observed value {float(offending):g} at index {index} is outside the support "
+            f"of {type(_unwrap(fn)).__name__} ({fn.support!r})"
+        )
+
+
+def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:
+    kind = record["kind"]
+    if kind == "param":
+        shape = tuple(record["value"].shape) if isinstance(record.get("value"), torch.Tensor) else ()
+        return Site(record["name"], "param", distribution="module" if record.get("module") else None, batch_shape=shape)
+    sources = frozenset().union(*record["arg_sources"].values()) if record["arg_sources"] else frozenset()
+    parents = tuple(sorted(p for p in sources if not p.startswith(_ARG) and p != record["name"]))
+    arguments = tuple(sorted(p[1:] for p in sources if p.startswith(_ARG)))
+    described = []
+    for key, provenance in record["arg_sources"].items():
+        names = sorted(p[1:] if p.startswith(_ARG) else p for p in provenance)
+        if names:
+            described.append((key, ", ".join(names) if len(names) == 1 else f"f({', '.join(names)})"))
+        else:
+            described.append((key, _describe_constant(record["distribution_args"].get(key))))
+    fn = record["fn"]
+    distribution = None if kind == "deterministic" else type(_unwrap(fn)).__name__
+    support = None if kind in ("deterministic", "factor") else support_of(fn)
+    return Site(
+        name=record["name"],
+        kind=kind,
+        distribution=distribution,
+        support=support,
+        batch_shape=tuple(fn.batch_shape),
+        event_shape=tuple(fn.event_shape),
+        plates=record["plates"],
+        parents=parents,
+        arguments=arguments,
+        distribution_args=tuple(described),
+        has_data=record["has_data"],
+        data_argument=record.get("data_argument"),
+    )
+
+
+def _classify_arguments(sites: dict[str, Site], plates: dict[str, Plate], bound: dict[str, Any]) -> dict[str, Argument]:
+    data_args = {s.data_argument for s in sites.values() if s.data_argument}
+    feeds: dict[str, list[str]] = {}
+    for site in sites.values():
+        for arg in site.arguments:
+            feeds.setdefault(arg, []).append(site.name)
+    out = {}
+    for name, value in bound.items():
+        if not _is_tracked(value):
+            continue
+        shape = tuple(np.shape(value)) if not isinstance(value, float) else ()
+        fed = tuple(feeds.get(name, ()))
+        if name in data_args:
+            role = "data"
+        elif not fed:
+            continue
+        else:
+            plate_sizes = {plates[p].size for site in fed for p in sites[site].plates}
+            role = "covariate" if shape and any(d in plate_sizes for d in shape) else "hyperparameter"
+        scalar = float(value) if isinstance(value, float) or int(np.prod(shape)) == 1 else None
+        out[name] = Argument(name, role, fed, shape, scalar)
+    return out
+
+
+def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
+    """Trace ``model(*args, **kwargs)`` once and return its :class:`ModelStructure`.
+
+    Observed data are checked on the way: NaN, values outside the support of the site's
+    distribution and shapes that disagree with a plate raise :class:`ppgen.DataError` naming
+    the site.
+
+    Examples
+    --------
+    >>> from ppgen.models.basics import coin
+    >>> structure = inspect(coin, [1, 0, 1])
+    >>> structure.sites["rho"].support.constraint
+    'Interval(lower_bound=0.0, upper_bound=1.0)'
+    """
+    tracer, bound = trace_model(model, args, kwargs)
+    plates = tracer.plates
+    sites: dict[str, Site] = {}
+    for record in tracer.records.values():
+        if record["kind"] == "observed" and record["has_data"]:
+            _check_data(record, plates)
+        sites[record["name"]] = _site_from_record(record, bound)
+    arguments = _classify_arguments(sites, plates, bound)
+    return ModelStructure(_model_name(model), sites, dict(plates), arguments)
+
+
+def site_plates_size(structure: ModelStructure, site: Site) -> int:
+    """Number of elements of a site across its plates (1 for a global site)."""
+    return math.prod(structure.plates[p].size for p in site.plates)

@@ -1,0 +1,86 @@
+"""The four task verbs: ``generate``, ``score``, ``infer``, ``learn``.
+
+Each takes the program and its arguments, and an engine by name or instance; switching engine
+is changing one word. Engine options and model keyword arguments are passed together and split
+by name (see :func:`ppgen.engine.split_options`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from ppgen.engine import Engine, registered_engines, resolve
+from ppgen.errors import EngineNotApplicable
+from ppgen.results import Estimate, Result
+
+
+def _run(task: str, model: Callable, args: tuple, engine: Union[str, Engine], options: dict) -> Result:
+    instance, model_kwargs, _ = resolve(engine, model, args, options, task)
+    start = time.perf_counter()
+    result = instance.run(model, *args, **model_kwargs)
+    return replace(
+        result,
+        seconds=result.seconds or time.perf_counter() - start,
+        model=model,
+        model_args=args,
+        model_kwargs=model_kwargs,
+    )
+
+
+def infer(model: Callable, *args: Any, engine: Union[str, Engine], **options: Any) -> Result:
+    """Posterior over the latents of ``model(*args)`` given its observed sites.
+
+    Examples
+    --------
+    >>> from ppgen.models.basics import coin
+    >>> result = infer(coin, [1, 1, 0, 1], engine="map")
+    >>> round(float(result.params["rho"]), 3)
+    0.75
+    """
+    return _run("infer", model, args, engine, options)
+
+
+def learn(model: Callable, *args: Any, engine: Union[str, Engine], **options: Any) -> Result:
+    """Fit the parameters of ``model(*args)`` (MLE, MAP, EM, SVI, ...); see ``Result.params``."""
+    return _run("learn", model, args, engine, options)
+
+
+def score(model: Callable, *args: Any, engine: Union[str, Engine], **options: Any) -> Estimate:
+    """``log p(x)`` of the observed sites of ``model(*args)``: exact, a lower bound or an
+    estimate with standard error, as the engine can."""
+    result = _run("score", model, args, engine, options)
+    if result.log_evidence is None:
+        raise EngineNotApplicable(f"engine {result.engine!r} does not compute log p(x)")
+    return result.log_evidence
+
+
+def generate(
+    model: Union[Callable, Result],
+    *args: Any,
+    num_samples: int = 1,
+    seed: int = 0,
+    temperature: float = 1.0,
+    posterior: Optional[Result] = None,
+    **kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """Draw ``num_samples`` runs of the program: ancestral sampling from the prior, or
+    posterior-predictive sampling when given a :class:`Result` (as ``posterior=`` or in place of
+    the model). ``temperature`` T rescales each sampled site: logits / T for discrete sites,
+    scale * sqrt(T) for Gaussian ones.
+
+    Returns site -> array of shape (num_samples, *site_shape).
+    """
+    if isinstance(model, Result):
+        posterior, model = model, model.model
+        if not args and not kwargs:
+            args, kwargs = posterior.model_args, dict(posterior.model_kwargs)
+    if model is None:
+        raise ValueError("generate: the Result does not carry its model; pass the model too")
+    prior_engine = registered_engines()["prior"](
+        num_samples=num_samples, seed=seed, temperature=temperature, posterior=posterior
+    )
+    return prior_engine.run(model, *args, **kwargs).samples
