@@ -11,7 +11,6 @@ L-BFGS with a strong-Wolfe line search by default; Adam for neural programs.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -20,11 +19,10 @@ import torch
 from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
-from tqdm.auto import tqdm
 
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
-from ppgen.engine import Engine, register
-from ppgen.errors import ConvergenceWarning
+from ppgen.engine import Engine, missing_data, register
+from ppgen.driver import Progress, iterate
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
@@ -65,7 +63,7 @@ class _PointEstimate(Engine):
         self.learning_rate = learning_rate
 
     def check(self, structure: ModelStructure) -> Optional[str]:
-        reason = _blocking_discrete(structure)
+        reason = missing_data(structure) or _blocking_discrete(structure)
         if reason:
             return reason
         if not structure.latent and not structure.params:
@@ -102,29 +100,23 @@ class _PointEstimate(Engine):
             variables = list(unconstrained.values()) + [
                 param_store._params[name] for name in param_store.keys()
             ]
-            history = self._optimise(variables, log_objective)
+            progress = self._optimise(variables, log_objective)
             with torch.no_grad():
                 point = {name: transforms[name](u) for name, u in unconstrained.items()}
                 params = {name: param_store[name] for name in param_store.keys() if "$$$" not in name}
-            converged = len(history) >= 2 and abs(history[-1] - history[-2]) <= self.tol * max(1.0, abs(history[-1]))
-        if not converged:
-            warnings.warn(
-                f"{self.name}: the objective changed by more than tol={self.tol} in the last of "
-                f"{self.num_steps} steps; raise num_steps", ConvergenceWarning, stacklevel=3,
-            )
         estimates = {name: to_numpy(value) for name, value in {**point, **params}.items()}
         return Result(
             engine=self.name,
             params=estimates,
             map_estimate={name: estimates[name] for name in latent_names},
             samples={name: estimates[name][None] for name in latent_names},
-            traces={"log_joint" if self.include_priors else "log_likelihood": np.asarray(history)},
-            converged=converged,
-            num_iterations=len(history),
+            traces={"log_joint" if self.include_priors else "log_likelihood": np.asarray(progress.objectives)},
+            converged=progress.converged,
+            num_iterations=progress.num_iterations,
             seconds=time.perf_counter() - start,
         )
 
-    def _optimise(self, variables: list[torch.Tensor], log_objective: Callable[[], torch.Tensor]) -> list[float]:
+    def _optimise(self, variables: list[torch.Tensor], log_objective: Callable[[], torch.Tensor]) -> Progress:
         if self.optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(
                 variables, lr=self.learning_rate or 1.0, max_iter=1, line_search_fn="strong_wolfe",
@@ -139,22 +131,15 @@ class _PointEstimate(Engine):
             loss.backward()
             return loss
 
-        history: list[float] = []
-        bar = tqdm(range(self.num_steps), desc=self.name, disable=not self.progress, leave=False)
-        for _ in bar:
-            loss = optimizer.step(closure)
-            history.append(-float(loss.detach()))
-            if not np.isfinite(history[-1]):
-                raise FloatingPointError(
-                    f"{self.name}: the objective became {history[-1]} after {len(history)} steps; "
-                    "try optimizer='adam' with a smaller learning_rate, or rescale the data"
-                )
-            bar.set_postfix(objective=f"{history[-1]:.4f}")
-            if len(history) >= 2 and abs(history[-1] - history[-2]) <= self.tol * max(1.0, abs(history[-1])):
-                break
-        with torch.no_grad():
-            history.append(float(log_objective()))
-        return history
+        def step(state: None) -> tuple[None, float]:
+            optimizer.step(closure)
+            with torch.no_grad():
+                return state, float(log_objective())
+
+        return iterate(
+            step, None, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name,
+            objective="log_joint" if self.include_priors else "log_likelihood",
+        )
 
 
 @register

@@ -40,6 +40,15 @@ class Engine:
         return f"{type(self).__name__}()"
 
 
+def missing_data(structure: ModelStructure) -> Optional[str]:
+    """Why inference cannot run: an observed site of the program was given no data."""
+    for site in structure.observed.values():
+        if not site.has_data:
+            argument = site.data_argument or site.name
+            return f"observed site {site.name!r} has no data (pass {argument}=...)"
+    return None
+
+
 _REGISTRY: dict[str, type[Engine]] = {}
 
 

@@ -19,3 +19,12 @@ class ConvergenceWarning(UserWarning):
 
 class ReliabilityWarning(UserWarning):
     """A diagnostic says an estimate should not be trusted (Pareto k > 0.7, R-hat > 1.01, divergences)."""
+
+
+class EngineFailure(RuntimeError):
+    """A run failed numerically. ``partial`` holds what it had reached (a
+    :class:`ppgen.driver.Progress` for iterative engines), so a long run is not lost."""
+
+    def __init__(self, message: str, partial: object = None) -> None:
+        super().__init__(message)
+        self.partial = partial

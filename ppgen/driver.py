@@ -1,0 +1,92 @@
+"""The one loop every iterative engine (EM, CAVI, SVI, MAP/MLE) runs through.
+
+An engine supplies ``step(state) -> (state, objective)``, blackjax-style; :func:`iterate` owns
+the iteration count, the convergence test on the objective, the progress bar, and what happens
+when a run is interrupted (Ctrl-C keeps the state reached so far) or fails (the error carries
+the last good state).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from tqdm.auto import tqdm
+
+from ppgen.errors import ConvergenceWarning, EngineFailure
+
+State = TypeVar("State")
+
+
+@dataclass
+class Progress(Generic[State]):
+    """What :func:`iterate` returns: the final state and the objective trace."""
+
+    state: State
+    objectives: list[float] = field(default_factory=list)
+    converged: bool = False
+    interrupted: bool = False
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.objectives)
+
+
+def iterate(
+    step: Callable[[State], tuple[State, float]],
+    state: State,
+    *,
+    num_steps: int,
+    tol: float,
+    progress: bool,
+    name: str,
+    objective: str = "objective",
+    warn: bool = True,
+) -> Progress[State]:
+    """Run ``step`` up to ``num_steps`` times.
+
+    Stops early when the objective changes by at most ``tol * max(1, |objective|)`` between two
+    steps (``tol=0`` runs exactly ``num_steps``). A non-finite objective raises
+    :class:`EngineFailure` holding the last finite state; Ctrl-C stops the loop and returns
+    what was reached, marked ``interrupted``.
+    """
+    result: Progress[State] = Progress(state)
+    bar = tqdm(total=num_steps, desc=name, disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for _ in range(num_steps):
+            new_state, value = step(result.state)
+            value = float(value)
+            if not math.isfinite(value):
+                raise EngineFailure(
+                    f"{name}: {objective} became {value} at iteration {result.num_iterations + 1}; "
+                    "rescale the data or regularise (see the engine's options)",
+                    partial=result,
+                )
+            previous = result.objectives[-1] if result.objectives else None
+            result.state = new_state
+            result.objectives.append(value)
+            bar.update(1)
+            bar.set_postfix({objective: f"{value:.6g}"})
+            if tol > 0 and previous is not None and abs(value - previous) <= tol * max(1.0, abs(value)):
+                result.converged = True
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+        warnings.warn(f"{name}: interrupted after {result.num_iterations} iterations; returning the state reached", stacklevel=3)
+    finally:
+        bar.close()
+    if warn and tol > 0 and not result.converged and not result.interrupted:
+        warnings.warn(
+            f"{name}: {objective} did not converge to tol={tol} within num_steps={num_steps}; "
+            "raise num_steps or loosen tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return result
+
+
+def as_partial(error: Exception) -> Any:
+    """The state a failed run reached, if the error carries one."""
+    return getattr(error, "partial", None)
