@@ -80,7 +80,7 @@ class _PointEstimate(Engine):
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         counted = self._objective_sites(structure)
         latent_names = list(structure.latent)
-        with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             with torch.no_grad():
                 init_trace = poutine.trace(InitMessenger(init_to_median)(model)).get_trace(*args, **kwargs)

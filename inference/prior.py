@@ -22,7 +22,7 @@ from pyro.poutine.messenger import Messenger
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, register
 from ppgen.results import Result
-from ppgen.structure import bind_arguments
+from ppgen.structure import inspect
 
 
 def temper(fn: Any, temperature: float, site: str) -> Any:
@@ -98,11 +98,11 @@ class Prior(Engine):
         return program
 
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
-        bind_arguments(model, args, kwargs)
+        structure = inspect(model, *args, **kwargs)
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         program = self._program(model)
         draws = self._posterior_draws()
-        with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
             torch.manual_seed(self.seed)
             trace = poutine.trace(program).get_trace(*args, **kwargs)
             return_sites = [

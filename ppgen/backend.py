@@ -78,14 +78,15 @@ def to_backend(value: Any, backend: str) -> Any:
 
 
 @contextmanager
-def torch_precision(dtype: torch.dtype = torch.float64) -> Iterator[None]:
+def torch_precision(dtype: torch.dtype = torch.float64, enabled: bool = True) -> Iterator[None]:
     """Run the enclosed Pyro code with ``dtype`` as torch's default floating type.
 
     Engines on Pyro compute in float64 by default, so that constants written as Python floats
     in a program (``dist.Normal(0., 1.)``) match float64 data and exact answers agree to 1e-6.
+    Programs with torch modules keep the modules' precision (``enabled=False``).
     """
     saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(dtype if enabled else saved)
     try:
         yield
     finally:

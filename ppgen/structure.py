@@ -32,7 +32,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyroapi.dispatch import GenericModule
 
-from ppgen.backend import torch_precision, to_backend, use_backend
+from ppgen.backend import to_backend, torch_precision, use_backend
 from ppgen.errors import DataError
 from ppgen.primitives import DATA_SITE
 
@@ -122,6 +122,7 @@ class ModelStructure:
     sites: dict[str, Site]
     plates: dict[str, Plate]
     arguments: dict[str, Argument] = field(default_factory=dict)
+    precision: str = "float64"
 
     @property
     def hyperparameters(self) -> dict[str, Argument]:
@@ -145,6 +146,17 @@ class ModelStructure:
     @property
     def params(self) -> dict[str, Site]:
         return self.of_kind("param")
+
+    @property
+    def has_modules(self) -> bool:
+        """Whether the program registers torch modules (``ppgen.module``): a neural program."""
+        return any(site.distribution == "module" for site in self.params.values())
+
+    @property
+    def float64(self) -> bool:
+        """Whether Pyro engines should run this program in float64 (``torch_precision``): yes,
+        unless it ran only in torch's default precision (float32 torch modules)."""
+        return self.precision == "float64"
 
     @property
     def max_plate_nesting(self) -> int:
@@ -335,7 +347,7 @@ class _StructureTracer(Messenger):
             "arg_sources": arg_sources,
             "distribution_args": _distribution_args(fn) if kind != "deterministic" else {},
             "has_data": bool(msg["is_observed"]) if kind == "observed" else True,
-            "data_argument": data_argument if msg["is_observed"] else None,
+            "data_argument": data_argument if kind == "observed" else None,
         }
         if isinstance(plain_value, torch.Tensor):
             msg["value"] = ProvenanceTensor(plain_value, frozenset({name}))
@@ -364,17 +376,23 @@ def _recording_distributions() -> Iterator[None]:
 def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None, seed: int = 0):
     """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments)."""
     bound = bind_arguments(model, args, kwargs or {})
-    with torch_precision():
-        tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
-    tracer = _StructureTracer()
-    with use_backend("pyro"), _recording_distributions(), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
-        torch.manual_seed(seed)
-        try:
-            with tracer:
-                _call_with_bound(model, tracked)
-        finally:
-            tracer.remove_hooks()
-    return tracer, bound
+    for precision in (torch.float64, torch.get_default_dtype()):
+        tracer = _StructureTracer()
+        with use_backend("pyro"), _recording_distributions(), torch_precision(precision), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+            tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
+            torch.manual_seed(seed)
+            try:
+                with tracer:
+                    _call_with_bound(model, tracked)
+                tracer.precision = str(precision).replace("torch.", "")
+                return tracer, bound
+            except RuntimeError as error:
+                # float32 torch modules cannot take float64 inputs: run in their precision
+                if precision != torch.float64 or "dtype" not in str(error) and "Double" not in str(error):
+                    raise
+            finally:
+                tracer.remove_hooks()
+    raise AssertionError("unreachable")
 
 
 def _call_with_bound(model: Callable, bound: dict[str, Any]) -> Any:
@@ -516,7 +534,7 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
             _check_data(record, plates)
         sites[record["name"]] = _site_from_record(record, bound)
     arguments = _classify_arguments(sites, plates, bound)
-    return ModelStructure(_model_name(model), sites, dict(plates), arguments)
+    return ModelStructure(_model_name(model), sites, dict(plates), arguments, tracer.precision)
 
 
 def site_plates_size(structure: ModelStructure, site: Site) -> int:

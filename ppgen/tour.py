@@ -1,0 +1,381 @@
+"""The tour: every catalogue model with every applicable engine, as one static HTML report.
+
+For each model: its program source, its plate diagram, the table of ``log p(x)`` by engine, and
+per engine what it inferred or learned (posterior summaries, parameters, exact marginals,
+objective traces, diagnostics, run time), with plots where a picture says more. At the top, the
+capability table: which engine ran on which model, measured on this run, not claimed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect as pyinspect
+import io
+import math
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ppgen.catalogue import Example, Simulated, catalogue
+from ppgen.diagram import diagram_spec, to_graphviz
+from ppgen.engine import check_all, engine_options, registered_engines
+from ppgen.results import Result
+from ppgen.structure import ModelStructure, inspect
+from ppgen.verbs import infer
+
+#: Options the tour lowers under ``--quick`` (only passed to engines that accept them).
+QUICK_OPTIONS = {"num_samples": 300, "num_warmup": 200, "num_steps": 200}
+TOUR_TASKS = ("infer", "learn")
+GLOBAL_SIZE_LIMIT = 24  # latents with at most this many elements are summarised one by one
+
+
+@dataclass
+class EngineRun:
+    """One engine on one model: its result, or why it did not run."""
+
+    engine: str
+    result: Optional[Result] = None
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+
+
+@dataclass
+class ModelReport:
+    example: Example
+    simulated: Simulated
+    structure: ModelStructure
+    runs: list[EngineRun] = field(default_factory=list)
+
+
+def _figure_html(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="plot">'
+
+
+def _small_globals(structure: ModelStructure) -> list[str]:
+    names = []
+    for site in structure.latent.values():
+        size = math.prod(site.batch_shape + site.event_shape)
+        if size <= GLOBAL_SIZE_LIMIT and not site.is_discrete:
+            names.append(site.name)
+    return names
+
+
+def _engine_options(example: Example, engine: str, quick: bool) -> dict[str, Any]:
+    accepted = engine_options(registered_engines()[engine])
+    options: dict[str, Any] = {}
+    if "progress" in accepted:
+        options["progress"] = False
+    if quick:
+        options.update({k: v for k, v in QUICK_OPTIONS.items() if k in accepted})
+    options.update(example.options.get(engine, {}))
+    return options
+
+
+def run_example(example: Example, quick: bool, engines: Optional[list[str]] = None) -> ModelReport:
+    """Simulate the example's data and run every applicable engine on it."""
+    simulated = example.simulate()
+    structure = inspect(example.model, **simulated.data)
+    report = ModelReport(example, simulated, structure)
+    for check in check_all(structure):
+        if not any(task in check.tasks for task in TOUR_TASKS) or check.name == "prior":
+            continue
+        if engines is not None and check.name not in engines:
+            continue
+        if not check.applies:
+            report.runs.append(EngineRun(check.name, skipped=check.reason))
+            continue
+        if check.name in example.skip:
+            report.runs.append(EngineRun(check.name, skipped="skipped in the tour for this model (too slow or not meaningful)"))
+            continue
+        report.runs.append(_run_engine(example, simulated, check.name, quick))
+    return report
+
+
+def _run_engine(example: Example, simulated: Simulated, engine: str, quick: bool) -> EngineRun:
+    options = _engine_options(example, engine, quick)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = infer(example.model, engine=engine, **simulated.data, **options)
+        return EngineRun(engine, result=result)
+    except Exception as error:  # the tour reports failures instead of stopping
+        return EngineRun(engine, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
+
+
+# ------------------------------------------------------------------------------------------
+# HTML
+
+
+def _format_value(value: Any) -> str:
+    array = np.asarray(value)
+    if array.size == 1:
+        number = float(array.reshape(-1)[0])
+        return f"{number:.4g}"
+    if array.size <= 12:
+        return "[" + ", ".join(f"{float(v):.3g}" for v in array.reshape(-1)) + "]"
+    return f"array{tuple(array.shape)}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _posterior_rows(result: Result, names: list[str], truth: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name in names:
+        if name not in result.samples:
+            continue
+        draws = np.asarray(result.samples[name], dtype=float)
+        flat = draws.reshape(draws.shape[0], -1)
+        true = np.asarray(truth[name], dtype=float).reshape(-1) if name in truth and np.size(truth[name]) == flat.shape[1] else None
+        for index in range(flat.shape[1]):
+            label = name if flat.shape[1] == 1 else f"{name}[{index}]"
+            sd = f"{flat[:, index].std():.3g}" if flat.shape[0] > 1 else "(point)"
+            rows.append([html.escape(label), f"{flat[:, index].mean():.4g}", sd, f"{true[index]:.4g}" if true is not None else ""])
+    return rows
+
+
+def _marginals_figure(result: Result) -> Optional[Any]:
+    import matplotlib.pyplot as plt
+
+    items = [(k, np.asarray(v)) for k, v in result.marginals.items() if np.asarray(v).ndim == 2]
+    if not items:
+        return None
+    figure, axes = plt.subplots(1, len(items), figsize=(5 * len(items), 2.2), squeeze=False)
+    for axis, (name, probs) in zip(axes[0], items):
+        shown = probs[:60]
+        axis.imshow(shown.T, aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(f"p({name}_i = k | x), first {len(shown)} i")
+        axis.set_xlabel("i")
+        axis.set_ylabel("k")
+    return figure
+
+
+def _traces_figure(result: Result) -> Optional[Any]:
+    import matplotlib.pyplot as plt
+
+    traces = {k: np.asarray(v) for k, v in result.traces.items() if np.asarray(v).ndim == 1 and len(v) > 1}
+    if not traces:
+        return None
+    figure, axes = plt.subplots(1, len(traces), figsize=(4.5 * len(traces), 2.5), squeeze=False)
+    for axis, (name, values) in zip(axes[0], traces.items()):
+        axis.plot(np.arange(1, len(values) + 1), values)
+        axis.set_xlabel("iteration")
+        axis.set_title(name)
+    return figure
+
+
+def _comparison_figure(report: ModelReport, names: list[str]) -> Optional[Any]:
+    """Posterior histograms of each small global latent, one colour per engine."""
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for name in names:
+        site = report.structure.sites[name]
+        size = math.prod(site.batch_shape + site.event_shape)
+        panels.extend((name, index, size) for index in range(min(size, 4)))
+    runs = [r for r in report.runs if r.result is not None]
+    if not panels or not any(name in r.result.samples for r in runs for name, _, _ in panels):
+        return None
+    panels = panels[:8]
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
+    for axis, (name, index, size) in zip(axes[0], panels):
+        for run in runs:
+            if name not in run.result.samples:
+                continue
+            draws = np.asarray(run.result.samples[name], dtype=float).reshape(len(run.result.samples[name]), -1)[:, index]
+            if draws.size > 1:
+                axis.hist(draws, bins=30, density=True, histtype="step", label=run.engine)
+            else:
+                axis.axvline(draws[0], linestyle="--", color="gray", label=f"{run.engine} (point)")
+        truth = report.simulated.truth.get(name)
+        if truth is not None and np.size(truth) == size:
+            axis.axvline(float(np.asarray(truth, dtype=float).reshape(-1)[index]), color="black", label="truth")
+        axis.set_title(name if size == 1 else f"{name}[{index}]")
+    axes[0][0].legend(fontsize=7)
+    return figure
+
+
+def _arviz_figure(result: Result, names: list[str]) -> Optional[Any]:
+    if "r_hat" not in result.diagnostics or not names:
+        return None
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    present = [n for n in names if n in result.samples][:4]
+    if not present:
+        return None
+    axes = az.plot_trace(result.to_arviz(), var_names=present, compact=True)
+    return np.asarray(axes).reshape(-1)[0].figure if axes is not None else plt.gcf()
+
+
+def _diagnostics_html(result: Result) -> str:
+    rows = []
+    for key, value in result.diagnostics.items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if np.size(v) <= 12}
+            shown = ", ".join(f"{html.escape(str(k))}: {_format_value(v)}" for k, v in list(value.items())[:12])
+        elif isinstance(value, (int, float, np.floating, np.integer, np.ndarray, list, tuple)) and np.size(value) <= 64:
+            try:
+                shown = _format_value(value)
+            except (TypeError, ValueError):
+                shown = html.escape(str(value))
+        else:
+            shown = html.escape(str(value)[:200])
+        rows.append([html.escape(str(key)), shown])
+    return _table(["diagnostic", "value"], rows) if rows else ""
+
+
+def _run_html(report: ModelReport, run: EngineRun, globals_: list[str]) -> str:
+    if run.skipped:
+        return f"<h4>{run.engine}</h4><p class='muted'>not applicable: {html.escape(run.skipped)}</p>"
+    if run.error:
+        return f"<h4>{run.engine}</h4><pre class='error'>{html.escape(run.error)}</pre>"
+    result = run.result
+    parts = [f"<h4>{run.engine}</h4>"]
+    facts = [f"time {result.seconds:.2f} s"]
+    if result.log_evidence is not None:
+        facts.append(f"log p(x): {html.escape(str(result.log_evidence))}")
+    if result.num_iterations is not None:
+        facts.append(f"{result.num_iterations} iterations" + (" (converged)" if result.converged else ""))
+    parts.append("<p>" + " · ".join(facts) + "</p>")
+    rows = _posterior_rows(result, globals_, report.simulated.truth)
+    if rows:
+        parts.append(_table(["quantity", "mean", "sd", "true value"], rows))
+    params = {k: v for k, v in result.params.items() if k not in globals_}
+    if params:
+        truth = report.simulated.truth
+        parts.append(
+            _table(
+                ["parameter", "learned", "true value"],
+                [[html.escape(k), _format_value(v), _format_value(truth[k]) if k in truth else ""] for k, v in params.items()],
+            )
+        )
+    parts.append(_diagnostics_html(result))
+    figures = [_marginals_figure(result), _traces_figure(result), _arviz_figure(result, globals_)]
+    if report.example.report is not None:
+        extra = report.example.report(report.example, report.simulated, result)
+        figures.extend(extra if isinstance(extra, list) else [extra])
+    parts.extend(_figure_html(f) for f in figures if f is not None)
+    return "\n".join(parts)
+
+
+def _evidence_table(report: ModelReport) -> str:
+    rows = []
+    for run in report.runs:
+        if run.result is not None and run.result.log_evidence is not None:
+            estimate = run.result.log_evidence
+            stderr = f"{estimate.stderr:.3g}" if estimate.kind == "estimate" else ""
+            rows.append([run.engine, f"{estimate.value:.4f}", stderr, estimate.kind])
+        elif run.result is not None and "log_likelihood" in run.result.traces:
+            rows.append([run.engine, f"{float(run.result.traces['log_likelihood'][-1]):.4f}", "", "log-likelihood at the fit"])
+    return _table(["engine", "log p(x)", "stderr", "kind"], rows) if rows else "<p class='muted'>no engine computed log p(x)</p>"
+
+
+def _model_html(report: ModelReport) -> str:
+    example = report.example
+    source = html.escape(pyinspect.getsource(example.model))
+    diagram = to_graphviz(diagram_spec(report.structure, distributions=True), name=example.name)
+    svg = diagram.pipe(format="svg", encoding="utf-8")
+    svg = svg[svg.find("<svg"):]
+    globals_ = _small_globals(report.structure)
+    comparison = _comparison_figure(report, globals_)
+    parts = [
+        f"<section id='{example.name}'><h2>{example.name} <small>({example.family})</small></h2>",
+        f"<p>{html.escape(example.description)}</p>",
+        f"<div class='row'><div class='col'><h3>Program</h3><pre>{source}</pre></div>",
+        f"<div class='col'><h3>Plate diagram</h3>{svg}</div></div>",
+        "<h3>log p(x) by engine</h3>",
+        _evidence_table(report),
+    ]
+    if comparison is not None:
+        parts += ["<h3>Posteriors side by side</h3>", _figure_html(comparison)]
+    parts.append("<h3>Engines</h3>")
+    parts.extend(_run_html(report, run, globals_) for run in report.runs)
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _capability_table(reports: list[ModelReport]) -> str:
+    engines = sorted({run.engine for report in reports for run in report.runs})
+    rows = []
+    for report in reports:
+        cells = [f"<a href='#{report.example.name}'>{report.example.name}</a>"]
+        by_engine = {run.engine: run for run in report.runs}
+        for engine in engines:
+            run = by_engine.get(engine)
+            if run is None or run.skipped:
+                title = html.escape(run.skipped) if run and run.skipped else ""
+                cells.append(f"<span class='muted' title='{title}'>—</span>")
+            elif run.error:
+                cells.append(f"<span class='error' title='{html.escape(run.error.splitlines()[0])}'>failed</span>")
+            else:
+                cells.append(f"✓ {run.result.seconds:.1f}s")
+        rows.append(cells)
+    return _table(["model"] + engines, rows)
+
+
+STYLE = """
+body { font-family: Helvetica, Arial, sans-serif; margin: 2em; max-width: 1400px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+.row { display: flex; gap: 2em; flex-wrap: wrap; } .col { flex: 1; min-width: 420px; }
+.muted { color: #888; } .error { color: #b00; }
+section { border-top: 2px solid #ddd; margin-top: 2em; }
+svg { max-width: 100%; height: auto; }
+"""
+
+
+def write_report(reports: list[ModelReport], directory: Path, seconds: float) -> Path:
+    """Write ``directory/index.html`` and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = [
+        "<h1>ppgen tour</h1>",
+        f"<p>{len(reports)} models, {sum(1 for r in reports for run in r.runs if run.result)} engine runs, "
+        f"{seconds:.0f} s in all. Each model is one program; each engine ran on that same program.</p>",
+        "<h2>Capability table (measured on this run)</h2>",
+        _capability_table(reports),
+    ]
+    body.extend(_model_html(report) for report in reports)
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>ppgen tour</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    path = directory / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def tour(
+    directory: str = "tour",
+    quick: bool = False,
+    models: Optional[list[str]] = None,
+    engines: Optional[list[str]] = None,
+    progress: bool = True,
+) -> Path:
+    """Run the catalogue through every applicable engine and write the HTML report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tqdm.auto import tqdm
+
+    examples = [e for e in catalogue() if models is None or e.name in models or e.family in models]
+    start = time.perf_counter()
+    reports = []
+    bar = tqdm(examples, desc="tour", disable=not progress)
+    for example in bar:
+        bar.set_postfix(model=example.name)
+        reports.append(run_example(example, quick, engines))
+    return write_report(reports, Path(directory), time.perf_counter() - start)
