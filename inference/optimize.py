@@ -119,8 +119,8 @@ class _PointEstimate(Engine):
     def _optimise(self, variables: list[torch.Tensor], log_objective: Callable[[], torch.Tensor]) -> Progress:
         if self.optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(
-                variables, lr=self.learning_rate or 1.0, max_iter=1, line_search_fn="strong_wolfe",
-                tolerance_grad=0.0, tolerance_change=0.0, history_size=20,
+                variables, lr=self.learning_rate or 1.0, max_iter=20, line_search_fn="strong_wolfe",
+                tolerance_grad=1e-12, tolerance_change=1e-14, history_size=20,
             )
         else:
             optimizer = torch.optim.Adam(variables, lr=self.learning_rate or 0.01)

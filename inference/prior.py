@@ -90,9 +90,12 @@ class Prior(Engine):
 
     def _program(self, model: Callable) -> Callable:
         program = poutine.uncondition(model)
-        if self.posterior is not None and self.posterior.params:
-            params = {k: torch.as_tensor(np.asarray(v)) for k, v in self.posterior.params.items()}
-            program = poutine.substitute(program, data=params)
+        if self.posterior is not None:
+            params = {
+                k: torch.as_tensor(np.asarray(v)) for k, v in self.posterior.params.items() if k not in self.posterior.samples
+            }
+            if params:
+                program = poutine.substitute(program, data=params)
         if self.temperature != 1.0:
             program = _Temperature(self.temperature)(program)
         return program

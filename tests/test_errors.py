@@ -1,0 +1,68 @@
+"""Bad input gets a clear error naming the site, plate or argument."""
+
+import numpy as np
+import pytest
+
+import ppgen
+from ppgen import DataError, EngineNotApplicable, dist, plate, sample
+from ppgen.models import basics, mixtures
+
+
+def test_nan_data_names_the_site():
+    x = np.array([170.0, np.nan, 180.0])
+    with pytest.raises(DataError, match=r"site 'x': observed data contains NaN \(first at index \(1,\)\)"):
+        ppgen.infer(basics.heights, x, engine="map")
+
+
+def test_value_outside_support_names_site_and_value():
+    x = np.array([1.0, 0.0, 2.0])
+    with pytest.raises(DataError, match=r"site 'x': observed value 2 at index \(2,\) is outside the support of Bernoulli"):
+        ppgen.inspect(basics.coin, x)
+
+
+def test_data_length_disagreeing_with_plate():
+    def model(x=None, num_data=5):
+        mu = sample("mu", dist.Normal(0.0, 1.0))
+        with plate("N", num_data):
+            sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    with pytest.raises(DataError, match=r"site 'x': data of shape \(6,\) does not match the site's shape \(5,\); plate 'N' has size 5 but the data has 6"):
+        ppgen.inspect(model, np.zeros(6))
+
+
+def test_unknown_engine_lists_engines():
+    with pytest.raises(EngineNotApplicable, match=r"unknown engine 'magic'; registered engines: .*map.*mle"):
+        ppgen.infer(basics.coin, np.ones(3), engine="magic")
+
+
+def test_inapplicable_engine_names_site_and_alternatives():
+    data = mixtures.simulate_bernoulli_mixture(num_data=10).data
+    with pytest.raises(EngineNotApplicable) as info:
+        ppgen.infer(mixtures.bernoulli_mixture, engine="map", **data)
+    message = str(info.value)
+    assert "latent site 'z' is discrete" in message and "Engines that apply:" in message
+
+
+def test_missing_data_is_reported():
+    with pytest.raises(EngineNotApplicable, match=r"observed site 'x' has no data"):
+        ppgen.infer(basics.coin, engine="map")
+
+
+def test_unknown_option_is_reported():
+    with pytest.raises(TypeError, match=r"unknown option 'num_stpes'"):
+        ppgen.infer(basics.coin, np.ones(3), engine="map", num_stpes=3)
+
+
+def test_bad_engine_option_value():
+    with pytest.raises(ValueError, match=r"map: optimizer must be 'lbfgs' or 'adam', got 'sgd'"):
+        ppgen.infer(basics.coin, np.ones(3), engine="map", optimizer="sgd")
+
+
+def test_wrong_model_argument():
+    with pytest.raises(TypeError, match=r"coin: .*unexpected keyword argument 'y'"):
+        ppgen.inspect(basics.coin, y=np.ones(3))
+
+
+def test_score_needs_an_engine_with_evidence():
+    with pytest.raises(EngineNotApplicable, match=r"does not do 'score'|does not compute log p\(x\)"):
+        ppgen.score(basics.coin, np.ones(3), engine="map")
