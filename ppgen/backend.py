@@ -71,7 +71,8 @@ def to_backend(value: Any, backend: str) -> Any:
     if backend == "pyro":
         if isinstance(value, torch.Tensor):
             return value
-        return torch.as_tensor(np.asarray(value))
+        array = np.asarray(value)
+        return torch.as_tensor(array if array.flags.writeable else array.copy())
     import jax.numpy as jnp
 
     return jnp.asarray(to_numpy(value))

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
+from ppgen.structure import inspect
 
 
 def log_density(model: Callable, *args: Any, values: dict[str, Any], backend: str = "pyro", **kwargs: Any) -> float:
@@ -29,6 +30,9 @@ def log_density(model: Callable, *args: Any, values: dict[str, Any], backend: st
     with use_backend("pyro"), torch_precision(), pyro.get_param_store().scope(), torch.no_grad():
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         tensors = to_backend(values, "pyro")
-        conditioned = poutine.substitute(poutine.condition(model, data=tensors), data=tensors)
+        param_names = set(inspect(model, *args, **kwargs).params)
+        params = {k: v for k, v in tensors.items() if k in param_names}
+        latents = {k: v for k, v in tensors.items() if k not in param_names}
+        conditioned = poutine.substitute(poutine.condition(model, data=latents), data=params)
         trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
         return float(to_numpy(trace.log_prob_sum()))
