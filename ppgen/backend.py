@@ -25,11 +25,37 @@ def current_backend() -> Backend:
     return "numpyro" if GenericModule.current_backend["pyro"].startswith("numpyro") else "pyro"
 
 
+_NUMPYRO_ZEROS_CHECKED = False
+
+
+def _fix_numpyro_zeros() -> None:
+    """``numpyro.compat.ops.zeros`` (what ``ppgen.ops.zeros`` is on NumPyro) returns ones in
+    NumPyro <= 0.22; replace it with the intended function once."""
+    global _NUMPYRO_ZEROS_CHECKED
+    if _NUMPYRO_ZEROS_CHECKED:
+        return
+    _NUMPYRO_ZEROS_CHECKED = True
+    import jax.numpy as jnp
+    from numpyro.compat import ops as numpyro_ops
+
+    if float(jnp.sum(numpyro_ops.zeros(1))) == 0.0:
+        return
+
+    def zeros(*sizes: Any, **kwargs: Any) -> Any:
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = tuple(sizes[0])
+        return jnp.zeros(sizes, **kwargs)
+
+    numpyro_ops.zeros = zeros
+
+
 @contextmanager
 def use_backend(backend: str) -> Iterator[None]:
     """Run the enclosed program code on ``backend`` ("pyro" or "numpyro")."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numpyro":
+        _fix_numpyro_zeros()
     saved = dict(GenericModule.current_backend)
     GenericModule.current_backend.update(_ALIASES[_PYROAPI_ALIAS[backend]])
     try:

@@ -316,6 +316,15 @@ class _StructureTracer(Messenger):
             self.plates.setdefault(f.name, Plate(f.name, int(full_size), f.dim, subsample))
         return tuple(f.name for f in frames)
 
+    def _pyro_sample(self, msg: dict) -> None:
+        # A flat prior (ImproperUniform) cannot be sampled: trace it at a point of its support.
+        fn = msg["fn"]
+        if msg["value"] is None and not msg["is_observed"] and type(_unwrap(fn)).__name__ == "ImproperUniform":
+            transform = torch.distributions.biject_to(fn.support)
+            shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+            msg["value"] = transform(torch.zeros(transform.inverse_shape(shape)))
+            msg["done"] = True
+
     def _pyro_post_sample(self, msg: dict) -> None:
         name = msg["name"]
         fn = msg["fn"]
