@@ -862,3 +862,91 @@ def latent_and_deterministic(structure: ModelStructure) -> list[str]:
         for name, site in structure.sites.items()
         if (site.kind == "latent" and not site.is_discrete) or site.kind == "deterministic"
     ]
+
+
+def sample_program(
+    *,
+    engine: str,
+    engine_file: str,
+    structure: ModelStructure,
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    start: float,
+    build_functions: Callable[[Callable, dict], ModelFunctions],
+    make_kernel: Callable[[ModelFunctions], Kernel],
+    options: tuple,
+    num_chains: int,
+    num_warmup: int,
+    num_samples: int,
+    thinning: int,
+    vectorized: bool,
+    seed: int,
+    progress: bool,
+    stats_names: dict[str, str],
+    enumerated_out: list[str],
+    extra_diagnostics: dict[str, Any],
+) -> Result:
+    """Everything an engine on NumPyro does around its kernel: bind the program, fetch or
+    build its compiled sampler, run the chains, constrain the draws, draw the enumerated
+    discrete sites, and assemble the :class:`Result`.
+
+    ``build_functions(program, data)`` gives the potential the kernel samples (the program
+    reparameterised or conditioned as the engine needs); ``options`` are the engine options
+    the compiled sampler depends on; discrete sites the kernel samples itself are returned by
+    its ``info`` under ``"discrete"``.
+    """
+    bound = bind_program(model, args, kwargs)
+
+    def build() -> CompiledSampler:
+        program = bound.numpyro_model()
+        fingerprint = program_fingerprint(model, bound.static, engine_file)
+        return CompiledSampler(
+            lambda: build_functions(program, bound.data),
+            make_kernel,
+            chunk_length_for(num_warmup, num_samples),
+            program,
+            None if fingerprint is None else fingerprint + repr(options),
+        )
+
+    sampler, reused = compiled_sampler(bound.key + (engine,) + options, build)
+    run = run_chains(
+        sampler,
+        bound.data,
+        seed=seed,
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        thinning=thinning,
+        vectorized=vectorized,
+        progress=progress,
+        name=engine,
+        start=start,
+    )
+    samples = constrained_draws(sampler, run, bound.data, latent_and_deterministic(structure))
+    for name, values in run.infos.get("discrete", {}).items():
+        samples[name] = _flatten_chains(values)
+    continuous = {name: samples[name] for name in continuous_sites(structure) if name in samples}
+    samples.update(
+        discrete_draws(sampler, enumerated_out, continuous, bound.data, seed, -1 - structure.max_plate_nesting)
+    )
+    stats = stats_from_infos(run.infos, stats_names)
+    diagnostics = {
+        "backend": "numpyro",
+        "enumerated": enumerated_out,
+        "compiled_sampler_reused": reused,
+        "interrupted": run.interrupted,
+        **extra_diagnostics,
+    }
+    return assemble_result(
+        engine=engine,
+        structure=structure,
+        bound=bound,
+        sampler=sampler,
+        run=run,
+        samples=samples,
+        sample_stats=stats,
+        seed=seed,
+        extra_diagnostics=diagnostics,
+        seconds=time.perf_counter() - start,
+    )

@@ -226,83 +226,53 @@ class _Hamiltonian(Engine):
         return self._run_numpyro(structure, model, args, kwargs, start)
 
     def _run_numpyro(self, structure: ModelStructure, model: Callable, args: tuple, kwargs: dict, start: float) -> Result:
-        bound = _mcmc.bind_program(model, args, kwargs)
         discrete = _mcmc.enumerated_sites(structure)
         noncentred = _mcmc.location_scale_sites(structure) if self.reparam else []
 
-        def build() -> _mcmc.CompiledSampler:
-            program = bound.numpyro_model()
+        def build_functions(program: Callable, data: dict) -> _mcmc.ModelFunctions:
+            return _mcmc.model_functions(_mcmc.enumerated(_mcmc.reparameterised(program, noncentred), discrete), data)
 
-            def build_functions() -> _mcmc.ModelFunctions:
-                prepared = _mcmc.enumerated(_mcmc.reparameterised(program, noncentred), discrete)
-                return _mcmc.model_functions(prepared, bound.data)
-
-            def make_kernel(functions: _mcmc.ModelFunctions) -> _mcmc.Kernel:
-                return hamiltonian_kernel(
-                    functions,
-                    algo=self.algo,
-                    num_warmup=self.num_warmup,
-                    target_accept=self.target_accept,
-                    dense_mass=self.dense_mass,
-                    max_tree_depth=self.max_tree_depth,
-                    num_leapfrog=self.num_leapfrog,
-                    trajectory_length=self.trajectory_length,
-                    step_size=self.step_size,
-                    init_radius=self.init_radius,
-                )
-
-            fingerprint = _mcmc.program_fingerprint(model, bound.static, __file__)
-            return _mcmc.CompiledSampler(
-                build_functions,
-                make_kernel,
-                _mcmc.chunk_length_for(self.num_warmup, self.num_samples),
-                program,
-                None if fingerprint is None else fingerprint + repr(self._kernel_options()),
+        def make_kernel(functions: _mcmc.ModelFunctions) -> _mcmc.Kernel:
+            return hamiltonian_kernel(
+                functions,
+                algo=self.algo,
+                num_warmup=self.num_warmup,
+                target_accept=self.target_accept,
+                dense_mass=self.dense_mass,
+                max_tree_depth=self.max_tree_depth,
+                num_leapfrog=self.num_leapfrog,
+                trajectory_length=self.trajectory_length,
+                step_size=self.step_size,
+                init_radius=self.init_radius,
             )
 
-        sampler, reused = _mcmc.compiled_sampler(bound.key + self._kernel_options(), build)
-        run = _mcmc.run_chains(
-            sampler,
-            bound.data,
-            seed=self.seed,
+        result = _mcmc.sample_program(
+            engine=self.name,
+            engine_file=__file__,
+            structure=structure,
+            model=model,
+            args=args,
+            kwargs=kwargs,
+            start=start,
+            build_functions=build_functions,
+            make_kernel=make_kernel,
+            options=self._kernel_options(),
             num_chains=self.num_chains,
             num_warmup=self.num_warmup,
             num_samples=self.num_samples,
             thinning=self.thinning,
             vectorized=self.chain_method == "vectorized",
-            progress=self.progress,
-            name=self.name,
-            start=start,
-        )
-        samples = _mcmc.constrained_draws(sampler, run, bound.data, _mcmc.latent_and_deterministic(structure))
-        continuous = {name: samples[name] for name in _mcmc.continuous_sites(structure)}
-        samples.update(
-            _mcmc.discrete_draws(
-                sampler, discrete, continuous, bound.data, self.seed, -1 - structure.max_plate_nesting
-            )
-        )
-        stats = _mcmc.stats_from_infos(run.infos, SAMPLE_STATS)
-        if self.algo == "NUTS" and "n_steps" in stats:
-            stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1.0)).astype(np.int64)
-        return _mcmc.assemble_result(
-            engine=self.name,
-            structure=structure,
-            bound=bound,
-            sampler=sampler,
-            run=run,
-            samples=samples,
-            sample_stats=stats,
             seed=self.seed,
-            extra_diagnostics={
-                "backend": "numpyro",
-                "reparameterised": noncentred,
-                "enumerated": discrete,
-                "compiled_sampler_reused": reused,
-                "step_size": float(np.mean(stats["step_size"][-1:])) if "step_size" in stats else float("nan"),
-                "interrupted": run.interrupted,
-            },
-            seconds=time.perf_counter() - start,
+            progress=self.progress,
+            stats_names=SAMPLE_STATS,
+            enumerated_out=discrete,
+            extra_diagnostics={"reparameterised": noncentred},
         )
+        if self.algo == "NUTS" and "n_steps" in result.sample_stats:
+            result.sample_stats["tree_depth"] = np.ceil(np.log2(result.sample_stats["n_steps"] + 1.0)).astype(np.int64)
+        if "step_size" in result.sample_stats:
+            result.diagnostics["step_size"] = float(result.sample_stats["step_size"][-1])
+        return result
 
 
 @register
