@@ -151,3 +151,13 @@ def test_options_are_validated_and_params_block_mcmc():
         ppgen.infer(coin, COIN.data["x"], engine="nuts", target_accept=1.5)
     with pytest.raises(EngineNotApplicable, match="site 'weights' is a param"):
         ppgen.infer(gaussian_mixture_1d, GMM.data["x"], engine="nuts")
+
+
+def test_pyro_backend_matches_beta_posterior():
+    result = ppgen.infer(
+        coin, engine="nuts", backend="pyro", num_warmup=150, num_samples=300, num_chains=2, progress=False, **COIN.data
+    )
+    assert result.diagnostics["backend"] == "pyro"
+    mean, sd = coin_exact()
+    assert_within(result.samples["rho"].mean(), mean, sd / np.sqrt(result.diagnostics["ess_bulk"]["rho"]), what="pyro mean")
+    assert result.log_likelihood["x"].shape == (600, len(COIN.data["x"]))
