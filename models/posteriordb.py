@@ -245,6 +245,9 @@ PROGRAMS = {
 
 _POSTERIORDB = "posteriordb reference posterior"
 _QUICK = {"num_warmup": 500, "num_samples": 500}
+#: Engines that draw from the prior (or initialise by drawing from it on Pyro) cannot run a
+#: program with a flat, improper prior.
+_IMPROPER_SKIP = ("prior", "map", "mle")
 
 EXAMPLES = [
     Example(
@@ -259,10 +262,12 @@ EXAMPLES = [
         "kidscore_momiq", kidscore_momiq, load_kidiq,
         f"{_POSTERIORDB}: linear regression, flat prior on the coefficients",
         options={"nuts": {**_QUICK, "dense_mass": True}, "hmc": {**_QUICK, "dense_mass": True}},
+        skip=_IMPROPER_SKIP,
     ),
     Example(
         "low_dim_gauss_mix", low_dim_gauss_mix, load_low_dim_gauss_mix,
         f"{_POSTERIORDB}: two-component mixture with ordered means", options={"nuts": dict(_QUICK)},
+        skip=_IMPROPER_SKIP,
     ),
     Example("arK", arK, load_arK, f"{_POSTERIORDB}: AR(5) time series", options={"nuts": dict(_QUICK)}),
     Example("gp_regr", gp_regr, load_gp_regr, f"{_POSTERIORDB}: GP regression, function integrated out", options={"nuts": dict(_QUICK)}),
