@@ -92,6 +92,37 @@ def bernoulli_mixture(
         sample("x", dist.Bernoulli(theta[z]).to_event(1), obs=x)
 
 
+def conjugate_gaussian_mixture(
+    x: Optional[Any] = None,
+    num_data: int = 200,
+    K: int = 3,
+    weight_concentration: float = 1.0,
+    mean_prior: float = 0.0,
+    mean_precision: float = 0.1,
+    precision_shape: float = 1.0,
+    precision_rate: float = 1.0,
+) -> None:
+    """1-D Gaussian mixture with conjugate priors (the Dirichlet–Normal–Gamma mixture).
+
+    π ~ Dirichlet(γ 1_K);  τ_k ~ Gamma(a, b),  μ_k | τ_k ~ Normal(m₀, (β₀ τ_k)^(−1/2)), k = 1..K;
+    z_i ~ Categorical(π);  x_i ~ Normal(μ_{z_i}, τ_{z_i}^(−1/2)).
+
+    Every complete conditional is conjugate, so coordinate-ascent VI applies; the same model
+    is scikit-learn's ``BayesianGaussianMixture`` in one dimension with
+    ``weight_concentration_prior_type="dirichlet_distribution"``,
+    ``weight_concentration_prior=γ``, ``mean_prior=[m₀]``, ``mean_precision_prior=β₀``,
+    ``degrees_of_freedom_prior=2a``, ``covariance_prior=[[2b]]``.
+    """
+    n = num_data if x is None else len(x)
+    pi = sample("pi", dist.Dirichlet(weight_concentration * ops.ones(K)))
+    with plate("K", K):
+        tau = sample("tau", dist.Gamma(precision_shape, precision_rate))
+        mu = sample("mu", dist.Normal(mean_prior, (mean_precision * tau) ** -0.5))
+    with plate("N", n):
+        z = sample("z", dist.Categorical(pi))
+        sample("x", dist.Normal(mu[z], tau[z] ** -0.5), obs=x)
+
+
 def simulate_gaussian_mixture(num_data: int = 300, seed: int = 0) -> Simulated:
     rng = np.random.default_rng(seed)
     weights = np.array([0.5, 0.3, 0.2])
@@ -127,6 +158,12 @@ EXAMPLES = [
         bayesian_gaussian_mixture_1d,
         simulate_gaussian_mixture_1d,
         "1-D Gaussian mixture with Dirichlet, Normal and HalfNormal priors",
+    ),
+    Example(
+        "conjugate_gaussian_mixture",
+        conjugate_gaussian_mixture,
+        simulate_gaussian_mixture_1d,
+        "1-D Gaussian mixture with conjugate Dirichlet and Normal–Gamma priors (coordinate-ascent VI applies)",
     ),
     Example("bernoulli_mixture", bernoulli_mixture, simulate_bernoulli_mixture, "mixture of Bernoullis with Beta/Dirichlet priors"),
 ]
