@@ -35,7 +35,7 @@ import numpy as np
 import pyro
 import torch
 
-from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
+from ppgen.backend import torch_precision, to_numpy, use_backend
 from ppgen.driver import iterate
 from ppgen.engine import Engine, missing_data, register
 from ppgen.errors import EngineFailure, EngineNotApplicable
@@ -43,6 +43,7 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 
 from ._conjugate import ConjugateGraph, Factor, NotConjugate, compile_program, structural_reason
+from ._vi import pyro_arguments
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ class CAVI(Engine):
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
         structure = inspect(model, *args, **kwargs)
-        args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
+        args, kwargs = pyro_arguments(args, kwargs)
         with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             try:
