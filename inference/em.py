@@ -1,0 +1,580 @@
+"""Expectation–maximisation (``engine="em"``) for programs with discrete latents.
+
+The globals θ are the program's ``param`` sites and its continuous *global* latents (outside
+every plate that holds data), which EM treats as point estimates (MAP-EM: their prior is part
+of the objective). Each iteration
+
+* **E-step**: exact posterior over the enumerated discrete latents at θ (a mixture: one tensor
+  contraction; an HMM: forward–backward), giving for each site the posterior weights of its
+  cells (see :mod:`ppgen.inference._discrete`);
+* **M-step**: maximises the expected complete-data log joint
+  Q(θ) = Σ_sites Σ_cells w · log p(site | parents; θ) + log p(θ). Where the structure is a
+  recognised exponential family (a global gathered into Categorical / Bernoulli / Poisson /
+  Normal / multivariate normal arguments, with a conjugate prior or none) the update is in
+  closed form (:mod:`ppgen.inference._em_closed_form`); the remaining globals take L-BFGS steps on
+  Q (generalised EM), accepted only if Q increases.
+
+So the Gaussian mixture, the Bernoulli mixture and Baum–Welch for an HMM all come out of the
+same code, and log p(x; θ) (plus log p(θ) with priors) never decreases. Degenerate components
+are regularised (``reg_covar`` added to variances, as scikit-learn does), never NaN.
+
+References
+----------
+A. P. Dempster, N. M. Laird, D. B. Rubin (1977), "Maximum likelihood from incomplete data via
+the EM algorithm", JRSS B 39(1). X.-L. Meng, D. B. Rubin (1993), "Maximum likelihood
+estimation via the ECM algorithm", Biometrika 80(2). D. Arthur, S. Vassilvitskii (2007),
+"k-means++: the advantages of careful seeding", SODA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from torch.distributions import transform_to
+
+from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
+from ppgen.driver import Progress, iterate
+from ppgen.engine import Engine, missing_data, register
+from ppgen.errors import ConvergenceWarning
+from ppgen.inference._discrete import (
+    Enumeration,
+    Factor,
+    Posterior,
+    _from_chain_layout,
+    enumerate_program,
+    exact_posterior,
+    quiet_validation,
+    total,
+)
+from ppgen.inference._em_closed_form import (
+    ORDER,
+    Prior,
+    SiteModel,
+    choose_rule,
+    compact,
+    given_arguments,
+    mvn_features_apply,
+    prepare_mvn_features,
+    recognise,
+    unwrap,
+    update,
+)
+from ppgen.inference.enumerate import blocking_latent
+from ppgen.results import Estimate, Result
+from ppgen.structure import ModelStructure, inspect
+
+_PROBE_SEED = 20240601
+_INITS = ("auto", "program", "kmeans++")
+
+
+def _global_latents(structure: ModelStructure) -> list[str]:
+    """Continuous latents outside every plate that holds an observed site: EM's point estimates."""
+    data_plates = {p for s in structure.observed.values() for p in s.plates}
+    return [n for n, s in structure.latent.items() if not s.is_discrete and not set(s.plates) & data_plates]
+
+
+def _blocking(structure: ModelStructure) -> Optional[str]:
+    reason = missing_data(structure)
+    if reason:
+        return reason
+    modules = [n for n, s in structure.params.items() if s.distribution == "module"]
+    if modules:
+        return f"param {modules[0]!r} is a torch module; neural programs are fitted by gradient engines (svi)"
+    globals_ = set(_global_latents(structure))
+    for name, site in structure.latent.items():
+        if site.is_discrete:
+            continue
+        if name not in globals_:
+            return (
+                f"latent site {name!r} is continuous and local (it shares plate(s) {site.plates} with the data); "
+                "EM treats continuous latents as global point estimates"
+            )
+    discrete = {n: s for n, s in structure.latent.items() if s.is_discrete}
+    if not discrete:
+        return "the program has no discrete latent to take expectations over (for point estimates use 'mle' or 'map')"
+    restricted = ModelStructure(structure.name, {n: s for n, s in structure.sites.items() if n not in globals_}, structure.plates, structure.arguments)
+    reason = blocking_latent(restricted)
+    if reason:
+        return reason
+    if not structure.params and not globals_:
+        return "nothing to learn: the program has no param sites and no continuous global latents"
+    return None
+
+
+@dataclass(frozen=True)
+class EMState:
+    """θ (constrained values by name), the E-step at θ, and the objective history."""
+
+    values: dict[str, torch.Tensor]
+    posterior: Posterior
+    log_likelihood: float
+    log_joint: float
+    history: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass
+class _Problem:
+    """Everything fixed across iterations: the program, its globals, the enumeration layout,
+    the recognised site models, and the M-step plan."""
+
+    model: Callable
+    args: tuple
+    kwargs: dict
+    params: list[str]
+    latents: list[str]
+    constraints: dict[str, Any]
+    layout: Enumeration
+    site_models: dict[str, SiteModel]
+    priors: dict[str, Optional[Prior]]
+    prior_fns: dict[str, Any]
+    depends: dict[str, set[str]]
+    rules: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    uses: dict[str, list[tuple[SiteModel, str]]] = field(default_factory=dict)
+    fast: bool = False
+    constant_factors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.params + self.latents
+
+    def program(self, values: dict[str, torch.Tensor]) -> Callable:
+        params = {n: values[n] for n in self.params}
+        latents = {n: values[n] for n in self.latents}
+        return poutine.condition(poutine.substitute(self.model, data=params), data=latents)
+
+
+@register
+class EM(Engine):
+    """Expectation–maximisation over discrete latents; (MAP-)estimates of the globals.
+
+    Parameters
+    ----------
+    num_steps : int
+        Maximum number of EM iterations.
+    tol : float
+        Stop when the objective changes by at most ``tol * max(1, |objective|)``; 0 runs
+        exactly ``num_steps`` iterations.
+    num_restarts : int
+        Independent runs (k-means++ seeds ``seed``, ``seed + 1``, ...); the best objective wins.
+    init : {"auto", "program", "kmeans++"}
+        "program": ``param`` sites at their initial values, continuous latents at a prior draw;
+        "kmeans++": for a mixture (one discrete latent per datum), hard assignments from
+        k-means++ seeding followed by one M-step; "auto": k-means++ where it applies.
+    init_params : dict, optional
+        Starting values by site name (overrides ``init`` for those sites).
+    reg_covar : float
+        Added to every variance / covariance diagonal (keeps collapsing components finite).
+    gradient_steps : int
+        L-BFGS iterations per M-step for globals without a closed form.
+    seed, progress : as everywhere.
+
+    Returns a :class:`~ppgen.Result` with ``params`` (every global), ``marginals`` and
+    ``map_estimate`` of the discrete latents at the estimate, ``traces["log_likelihood"]``
+    (log p(x; θ) after each iteration; ``traces["log_joint"]`` adds log p(θ) when there are
+    priors), ``log_evidence`` = Estimate(log p(x; θ̂), kind="exact") for programs without
+    priors, and ``diagnostics["m_step"]`` saying how each global was updated.
+
+    Examples
+    --------
+    >>> import ppgen
+    >>> from ppgen.models.mixtures import gaussian_mixture, simulate_gaussian_mixture
+    >>> data = simulate_gaussian_mixture(num_data=200).data
+    >>> result = ppgen.learn(gaussian_mixture, engine="em", **data)
+    >>> result.params["locs"].shape
+    (3, 2)
+    """
+
+    name = "em"
+    tasks = frozenset({"learn", "infer", "score"})
+    summary = "expectation-maximisation: exact E-step, closed-form / gradient M-step (MAP with priors)"
+
+    def __init__(
+        self,
+        num_steps: int = 100,
+        tol: float = 1e-6,
+        num_restarts: int = 1,
+        init: str = "auto",
+        init_params: Optional[dict[str, Any]] = None,
+        reg_covar: float = 1e-6,
+        gradient_steps: int = 20,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+            raise ValueError(f"EM: num_steps must be a positive integer, got {num_steps!r}")
+        if not tol >= 0:
+            raise ValueError(f"EM: tol must be >= 0, got {tol!r}")
+        if not isinstance(num_restarts, (int, np.integer)) or num_restarts < 1:
+            raise ValueError(f"EM: num_restarts must be a positive integer, got {num_restarts!r}")
+        if init not in _INITS:
+            raise ValueError(f"EM: init must be one of {_INITS}, got {init!r}")
+        if init_params is not None and not isinstance(init_params, dict):
+            raise TypeError(f"EM: init_params must be a dict of site values, got {type(init_params).__name__}")
+        if not reg_covar >= 0:
+            raise ValueError(f"EM: reg_covar must be >= 0, got {reg_covar!r}")
+        if not isinstance(gradient_steps, (int, np.integer)) or gradient_steps < 1:
+            raise ValueError(f"EM: gradient_steps must be a positive integer, got {gradient_steps!r}")
+        self.num_steps = int(num_steps)
+        self.tol = float(tol)
+        self.num_restarts = int(num_restarts)
+        self.init = init
+        self.init_params = init_params
+        self.reg_covar = float(reg_covar)
+        self.gradient_steps = int(gradient_steps)
+        self.seed = seed
+        self.progress = progress
+
+    def check(self, structure: ModelStructure) -> Optional[str]:
+        return _blocking(structure)
+
+    # ---------------------------------------------------------------------------------------
+    # set-up
+
+    def _setup(self, model: Callable, args: tuple, kwargs: dict, structure: ModelStructure) -> tuple[_Problem, dict]:
+        """Globals, their constraints and program values; two random probes to recognise gathers."""
+        params = [n for n, s in structure.params.items() if s.distribution != "module"]
+        latents = _global_latents(structure)
+        plain = poutine.trace(model).get_trace(*args, **kwargs)
+        store = pyro.get_param_store()
+        constraints_ = {n: store._constraints.get(n, constraints.real) for n in params}
+        constraints_.update({n: plain.nodes[n]["fn"].support for n in latents})
+        program_values = {n: plain.nodes[n]["value"].detach() for n in params}
+        program_values.update({n: plain.nodes[n]["value"].detach() for n in latents})
+        names = params + latents
+        generator = torch.Generator().manual_seed(_PROBE_SEED)
+        probes = []
+        for _ in range(2):
+            probe = {}
+            for n in names:
+                transform = transform_to(constraints_[n])
+                shape = transform.inv(program_values[n]).shape
+                probe[n] = transform(torch.randn(shape, generator=generator, dtype=program_values[n].dtype))
+            probes.append(probe)
+        depends = _dependencies(structure, set(names))
+        problem = _Problem(model, args, kwargs, params, latents, constraints_, None, {}, {}, {}, depends)  # type: ignore[arg-type]
+        first = enumerate_program(problem.program(probes[0]), args, kwargs, log_probs=False)
+        second = enumerate_program(problem.program(probes[1]), args, kwargs, max_plate_nesting=first.max_plate_nesting, log_probs=False)
+        site_models, opaque = recognise(first, second, (probes[0], probes[1]), depends)
+        problem.layout = enumerate_program(problem.program(program_values), args, kwargs, max_plate_nesting=first.max_plate_nesting)
+        for n in latents:
+            site_models.pop(n, None)
+            fn = first.trace.nodes[n]["fn"]
+            base, _ = unwrap(fn)
+            fixed = n in first.trace.nodes and all(
+                torch.equal(compact(a), compact(b)) for a, b in zip(given_arguments(base).values(), given_arguments(unwrap(second.trace.nodes[n]["fn"])[0]).values())
+            )
+            problem.prior_fns[n] = fn if fixed else None
+            problem.priors[n] = (
+                Prior(type(base).__name__, {k: compact(v) for k, v in given_arguments(base).items()}) if fixed else None
+            )
+        problem.site_models = site_models
+        self._plan(problem, opaque)
+        return problem, program_values
+
+    def _plan(self, problem: _Problem, opaque: dict[str, str]) -> None:
+        uses: dict[str, list[tuple[SiteModel, str]]] = {n: [] for n in problem.names}
+        for site in problem.site_models.values():
+            for key, gather in site.gathers().items():
+                uses[gather.name].append((site, key))
+        blocked = {g for site in opaque for g in problem.depends.get(site, ())}
+        for name in problem.names:
+            if name in blocked:
+                problem.rules[name], problem.reasons[name] = "gradient", "gradient steps: feeds a site whose arguments are not gathers"
+            else:
+                rule, why = choose_rule(name, uses[name], problem.priors.get(name), name in problem.latents)
+                problem.rules[name] = rule
+                problem.reasons[name] = why if rule != "gradient" else f"gradient steps: {why}"
+        problem.uses = uses
+        # Fast path: every factor is a recognised site, a global's prior with fixed arguments, or
+        # a site that no global feeds; then no iteration needs to run the program.
+        fast = True
+        for factor in problem.layout.factors:
+            name = factor.site
+            if name in problem.site_models or (name in problem.latents and problem.prior_fns.get(name) is not None):
+                continue
+            if problem.depends.get(name):
+                fast = False
+            else:
+                problem.constant_factors[name] = factor.log_prob
+        problem.fast = fast
+        for site in problem.site_models.values():
+            if mvn_features_apply(site):
+                prepare_mvn_features(site)
+
+    # ---------------------------------------------------------------------------------------
+    # E-step
+
+    def _factors(self, problem: _Problem, values: dict[str, torch.Tensor], only: Optional[set[str]] = None) -> list[Factor]:
+        """Every site's factor at ``values`` (only the sites depending on ``only``, if given)."""
+        layout = problem.layout
+        if not problem.fast:
+            enumeration = enumerate_program(problem.program(values), problem.args, problem.kwargs, max_plate_nesting=layout.max_plate_nesting)
+            return [f for f in enumeration.factors if only is None or problem.depends.get(f.site, set()) & only]
+        out = []
+        for factor in layout.factors:
+            name = factor.site
+            if only is not None and not (problem.depends.get(name, set()) & only or name in only):
+                continue
+            if name in problem.site_models:
+                log_prob = problem.site_models[name].log_prob(values)
+            elif name in problem.latents:
+                log_prob = problem.prior_fns[name].log_prob(values[name])
+            else:
+                log_prob = problem.constant_factors[name]
+            out.append(Factor(name, log_prob, factor.latent_dims, factor.plates))
+        return out
+
+    def _e_step(self, problem: _Problem, values: dict[str, torch.Tensor], history: tuple = ()) -> EMState:
+        factors = self._factors(problem, values)
+        posterior = exact_posterior(problem.layout.with_factors(factors), marginals=False, weights=True)
+        log_joint = float(posterior.log_evidence)
+        log_prior = sum(float(total(f, problem.layout.plates)) for f in factors if f.site in problem.latents)
+        return EMState(values, posterior, log_joint - log_prior, log_joint, history + ((log_joint - log_prior, log_joint),))
+
+    # ---------------------------------------------------------------------------------------
+    # M-step
+
+    def _m_step(self, problem: _Problem, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        values = dict(values)
+        cache: dict = {}
+        for rule in ORDER:
+            for name in problem.names:
+                if problem.rules[name] == rule:
+                    values[name] = update(rule, name, problem.uses[name], values, weights, problem.priors.get(name), self.reg_covar, cache)
+        gradient = [n for n in problem.names if problem.rules[n] == "gradient"]
+        if gradient:
+            values = self._gradient_m_step(problem, values, weights, gradient)
+        return values
+
+    def _expected_log_joint(self, problem: _Problem, values: dict, weights: dict, names: set[str]) -> torch.Tensor:
+        out = torch.zeros(())
+        for factor in self._factors(problem, values, only=names):
+            weight = weights[factor.site]
+            if not factor.scope:
+                out = out + total(factor, problem.layout.plates)
+                continue
+            term = torch.where(weight > 0, weight * factor.log_prob, torch.zeros(()))
+            out = out + term.sum()
+        return out
+
+    def _gradient_m_step(self, problem: _Problem, values: dict, weights: dict, names: list[str]) -> dict:
+        """Generalised EM: L-BFGS on Q over the unconstrained globals ``names``; kept only if Q
+        increased."""
+        transforms = {n: transform_to(problem.constraints[n]) for n in names}
+        free = {n: transforms[n].inv(values[n]).detach().clone().requires_grad_(True) for n in names}
+        names_set = set(names)
+
+        def objective() -> torch.Tensor:
+            current = dict(values)
+            current.update({n: transforms[n](u) for n, u in free.items()})
+            return self._expected_log_joint(problem, current, weights, names_set)
+
+        with torch.enable_grad():
+            before = float(objective().detach())
+            optimizer = torch.optim.LBFGS(
+                list(free.values()), lr=1.0, max_iter=self.gradient_steps, line_search_fn="strong_wolfe",
+                tolerance_grad=1e-10, tolerance_change=1e-12, history_size=10,
+            )
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                loss = -objective()
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            after = float(objective().detach())
+        if not (after >= before) or not math.isfinite(after):
+            return values
+        out = dict(values)
+        out.update({n: transforms[n](u).detach() for n, u in free.items()})
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # initialisation
+
+    def _initial_values(self, problem: _Problem, program_values: dict, restart: int) -> dict[str, torch.Tensor]:
+        values = dict(program_values)
+        generator = torch.Generator().manual_seed(int(self.seed) + restart)
+        for name in problem.latents:  # a prior draw breaks the symmetry of exchangeable components
+            fn = problem.layout.trace.nodes[name]["fn"]
+            torch.manual_seed(int(self.seed) + restart)
+            values[name] = fn.sample().detach()
+        mode = self.init
+        mixture = _mixture_rows(problem)
+        if mode == "auto":
+            mode = "kmeans++" if mixture is not None else "program"
+        if mode == "kmeans++":
+            if mixture is None:
+                raise ValueError(
+                    "EM: init='kmeans++' needs a mixture (one discrete latent per datum with observed children); "
+                    "use init='program'"
+                )
+            latent, data = mixture
+            assignment = _kmeans_plus_plus(data, latent.cardinality, generator)
+            weights = _hard_weights(problem, latent, assignment)
+            values = self._m_step(problem, values, weights)
+        for name, value in (self.init_params or {}).items():
+            if name not in values:
+                raise ValueError(f"EM: init_params names {name!r}, which is not a param site or continuous global latent ({sorted(values)})")
+            values[name] = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value, dtype=values[name].dtype).reshape(values[name].shape)
+        return values
+
+    # ---------------------------------------------------------------------------------------
+
+    def _fit(self, problem: _Problem, values: dict[str, torch.Tensor]) -> Progress[EMState]:
+        state = self._e_step(problem, values)
+        objective = "log_joint" if problem.latents else "log_likelihood"
+
+        def step(current: EMState) -> tuple[EMState, float]:
+            new_values = self._m_step(problem, current.values, current.posterior.weights)
+            new_state = self._e_step(problem, new_values, current.history)
+            return new_state, new_state.log_joint
+
+        return iterate(step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name, objective=objective, warn=False)
+
+    def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
+        start = time.perf_counter()
+        structure = inspect(model, *args, **kwargs)
+        reason = _blocking(structure)
+        if reason:
+            from ppgen.errors import EngineNotApplicable
+
+            raise EngineNotApplicable(f"engine 'em' does not apply to {structure.name}: {reason}")
+        args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation():
+            torch.manual_seed(self.seed)
+            problem, program_values = self._setup(model, args, kwargs, structure)
+            best: Optional[Progress[EMState]] = None
+            finals = []
+            for restart in range(self.num_restarts):
+                progress = self._fit(problem, self._initial_values(problem, program_values, restart))
+                finals.append(progress.state.log_joint)
+                if best is None or progress.state.log_joint > best.state.log_joint:
+                    best = progress
+            assert best is not None
+            estimate = best.state.values
+            final = enumerate_program(problem.program(estimate), args, kwargs, max_plate_nesting=problem.layout.max_plate_nesting)
+            posterior = exact_posterior(final, marginals=True, map_estimate=True)
+        if self.tol > 0 and not best.converged and not best.interrupted:
+            warnings.warn(
+                f"em: the objective did not converge to tol={self.tol} within num_steps={self.num_steps}; raise num_steps or loosen tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        history = np.asarray(best.state.history[1:], dtype=np.float64).reshape(-1, 2)
+        traces = {"log_likelihood": history[:, 0]}
+        if problem.latents:
+            traces["log_joint"] = history[:, 1]
+        params = {n: to_numpy(v) for n, v in estimate.items()}
+        map_estimate = {n: params[n] for n in problem.latents}
+        map_estimate.update({n: to_numpy(v) for n, v in posterior.map_values.items()})
+        log_likelihood = best.state.log_likelihood
+        return Result(
+            engine=self.name,
+            params=params,
+            marginals={n: to_numpy(p) for n, p in posterior.marginals.items()},
+            map_estimate=map_estimate,
+            log_evidence=None if problem.latents else Estimate(log_likelihood, 0.0, "exact"),
+            traces=traces,
+            converged=best.converged,
+            num_iterations=best.num_iterations,
+            diagnostics={
+                "m_step": {n: problem.reasons[n] for n in problem.names},
+                "e_step": posterior.method,
+                "evaluator": "exponential-family" if problem.fast else "traced",
+                "log_likelihood": log_likelihood,
+                "log_joint": best.state.log_joint,
+                "restarts": finals,
+            },
+            seconds=time.perf_counter() - start,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _dependencies(structure: ModelStructure, globals_: set[str]) -> dict[str, set[str]]:
+    """Site -> the globals it depends on, directly or through deterministic sites."""
+    memo: dict[str, set[str]] = {}
+
+    def visit(name: str, seen: frozenset = frozenset()) -> set[str]:
+        if name in memo:
+            return memo[name]
+        out: set[str] = set()
+        site = structure.sites.get(name)
+        for parent in site.parents if site else ():
+            if parent in globals_:
+                out.add(parent)
+            elif parent in structure.sites and structure.sites[parent].kind == "deterministic" and parent not in seen:
+                out |= visit(parent, seen | {name})
+        memo[name] = out
+        return out
+
+    return {name: visit(name) for name in structure.sites}
+
+
+def _mixture_rows(problem: _Problem):
+    """(latent, data rows (n, d)) when the program is a mixture: exactly one enumerated latent,
+    in plates, whose observed children sit in (at least) its plates."""
+    layout = problem.layout
+    if len(layout.latents) != 1:
+        return None
+    latent = next(iter(layout.latents.values()))
+    if not latent.plates:
+        return None
+    count = int(np.prod(latent.shape))
+    columns = []
+    for factor in layout.factors:
+        site = layout.trace.nodes[factor.site]
+        if factor.scope != (latent.name,) or not site["is_observed"] or factor.site in problem.latents:
+            continue
+        value = site["value"]
+        if value.numel() % count:
+            return None
+        columns.append(value.reshape(count, -1).to(torch.get_default_dtype()))
+    if not columns:
+        return None
+    return latent, torch.cat(columns, -1)
+
+
+def _kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Assignment of each row to the nearest of k centres seeded by k-means++."""
+    n = data.shape[0]
+    centres = [data[torch.randint(n, (1,), generator=generator)].squeeze(0)]
+    nearest = ((data - centres[0]) ** 2).sum(-1)
+    for _ in range(1, k):
+        probs = nearest / nearest.sum() if nearest.sum() > 0 else torch.full((n,), 1.0 / n)
+        choice = torch.multinomial(probs, 1, generator=generator)
+        centres.append(data[choice].squeeze(0))
+        nearest = torch.minimum(nearest, ((data - centres[-1]) ** 2).sum(-1))
+    distances = torch.cdist(data, torch.stack(centres))
+    return distances.argmin(-1)
+
+
+def _hard_weights(problem: _Problem, latent, assignment: torch.Tensor) -> dict[str, torch.Tensor]:
+    """E-step weights of a hard assignment, in every factor's layout."""
+    layout = problem.layout
+    plates = layout.plates
+    batch_dims = sorted(plates[n][0] for n in latent.plates)
+    batch_shape = tuple(plates[n][1] for n in sorted(latent.plates, key=lambda n: plates[n][0]))
+    onehot = torch.nn.functional.one_hot(assignment, latent.cardinality).to(torch.get_default_dtype())
+    onehot = onehot.reshape(batch_shape + (latent.cardinality,))
+    weights = {}
+    for factor in layout.factors:
+        if factor.scope == (latent.name,):
+            weights[factor.site] = _from_chain_layout(onehot, factor, [latent.name], batch_dims)
+        else:
+            weights[factor.site] = torch.ones_like(factor.log_prob)
+    return weights

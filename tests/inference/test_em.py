@@ -1,0 +1,165 @@
+"""EM against scikit-learn, hmmlearn, fixed-point equations, and its invariants."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+import ppgen
+from ppgen.errors import EngineNotApplicable
+from ppgen.models import basics, factor, mixtures, sequences
+
+
+@pytest.fixture(scope="module")
+def gmm_data():
+    return mixtures.simulate_gaussian_mixture(num_data=300, seed=0).data["x"]
+
+
+def _program_init(K, D):
+    weights = np.full(K, 1.0 / K)
+    locs = np.sin(np.arange(K * D) + 1.0).reshape(K, D)
+    scale_trils = np.tile(np.eye(D), (K, 1, 1))
+    return weights, locs, scale_trils
+
+
+def _sklearn_fit(x, K, num_steps):
+    from sklearn.mixture import GaussianMixture
+
+    weights, locs, trils = _program_init(K, x.shape[1])
+    model = GaussianMixture(
+        K, covariance_type="full", max_iter=num_steps, tol=0.0, reg_covar=1e-6,
+        weights_init=weights, means_init=locs, precisions_init=np.linalg.inv(trils @ trils.transpose(0, 2, 1)),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x)
+    return model
+
+
+def test_gmm_matches_sklearn_from_identical_init(gmm_data):
+    x, K, steps = gmm_data, 3, 30
+    result = ppgen.learn(mixtures.gaussian_mixture, x, K=K, engine="em", num_steps=steps, tol=0.0, init="program")
+    reference = _sklearn_fit(x, K, steps)
+    assert result.num_iterations == steps
+    assert result.diagnostics["m_step"]["locs"].startswith("closed form")
+    assert result.traces["log_likelihood"][-1] / len(x) == pytest.approx(reference.score(x), rel=1e-6)
+    assert result.log_evidence.value == pytest.approx(reference.score(x) * len(x), rel=1e-6)
+    np.testing.assert_allclose(result.params["weights"], reference.weights_, atol=1e-4)
+    np.testing.assert_allclose(result.params["locs"], reference.means_, atol=1e-4)
+    trils = result.params["scale_trils"]
+    np.testing.assert_allclose(trils @ trils.transpose(0, 2, 1), reference.covariances_, atol=1e-4)
+    # engines agree: enumeration at EM's parameters gives EM's final responsibilities (and sklearn's)
+    exact = ppgen.infer(mixtures.gaussian_mixture, x, K=K, engine="enumerate", params=result.params)
+    np.testing.assert_allclose(exact.marginals["z"], result.marginals["z"], atol=1e-12)
+    np.testing.assert_allclose(exact.marginals["z"], reference.predict_proba(x), atol=1e-4)
+
+
+def test_log_likelihood_never_decreases(gmm_data):
+    result = ppgen.learn(mixtures.gaussian_mixture, gmm_data, K=4, engine="em", num_steps=40, tol=0.0, seed=3)
+    trace = result.traces["log_likelihood"]
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[:-1]))
+    assert np.all(np.isfinite(trace))
+
+
+def test_collapsing_component_is_regularised():
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(size=(40, 2)), np.tile([[4.0, 4.0]], (5, 1))])  # a cluster of identical points
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = ppgen.learn(mixtures.gaussian_mixture, x, K=3, engine="em", num_steps=30, tol=0.0, reg_covar=1e-4, seed=0)
+    assert all(np.all(np.isfinite(v)) for v in result.params.values())
+    assert np.all(np.isfinite(result.traces["log_likelihood"]))
+
+
+def test_baum_welch_matches_hmmlearn():
+    from hmmlearn.hmm import CategoricalHMM
+
+    y = sequences.simulate_casino(num_sequences=4, num_steps=80, seed=5).data["y"]
+    steps = 15
+    result = ppgen.learn(sequences.hmm_categorical, y, K=2, V=6, engine="em", num_steps=steps, tol=0.0)
+    assert set(result.diagnostics["m_step"].values()) == {"closed form (counts)"}
+    trace = result.traces["log_likelihood"]
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[:-1]))
+    reference = CategoricalHMM(n_components=2, n_features=6, init_params="", params="ste", n_iter=steps, tol=0.0)
+    reference.startprob_ = np.full(2, 0.5)
+    reference.transmat_ = sequences._sticky(2)
+    reference.emissionprob_ = sequences._spread_rows(2, 6)
+    X, lengths = y.reshape(-1, 1), [y.shape[1]] * y.shape[0]
+    reference.fit(X, lengths)
+    np.testing.assert_allclose(result.params["transition"], reference.transmat_, atol=1e-6)
+    np.testing.assert_allclose(result.params["emission"], reference.emissionprob_, atol=1e-6)
+    np.testing.assert_allclose(result.params["initial"], reference.startprob_, atol=1e-6)
+    assert trace[-1] == pytest.approx(reference.score(X, lengths), rel=1e-9)
+
+
+def test_map_em_bernoulli_mixture_is_a_fixed_point():
+    """At convergence, θ_kd = (Σ γ x + a − 1) / (Σ γ + a + b − 2) and π ∝ Σ γ + γ0 − 1, with the
+    responsibilities γ recomputed here in NumPy from the returned estimate."""
+    data = mixtures.simulate_bernoulli_mixture(num_data=150, seed=2).data
+    x, a, b, gamma0 = data["x"], 2.0, 3.0, 2.0
+    result = ppgen.learn(
+        mixtures.bernoulli_mixture, x, K=2, alpha=a, beta=b, gamma=gamma0, engine="em", num_steps=500, tol=1e-12
+    )
+    assert result.converged and result.log_evidence is None
+    pi, theta = result.params["pi"], result.params["theta"]
+    log_joint = np.log(pi) + (x[:, None, :] * np.log(theta) + (1 - x[:, None, :]) * np.log1p(-theta)).sum(-1)
+    resp = np.exp(log_joint - logsumexp(log_joint, 1, keepdims=True))
+    np.testing.assert_allclose(theta, (resp.T @ x + a - 1) / (resp.sum(0)[:, None] + a + b - 2), atol=1e-6)
+    np.testing.assert_allclose(pi, (resp.sum(0) + gamma0 - 1) / (len(x) + 2 * (gamma0 - 1)), atol=1e-6)
+    joint = result.traces["log_joint"]
+    assert np.all(np.diff(joint) >= -1e-9 * np.abs(joint[:-1]))
+
+
+def test_map_em_with_nonconjugate_prior_is_stationary():
+    """HalfNormal priors on the scales have no closed form: gradient M-steps (generalised EM).
+    At the returned point the log joint log p(x, π, μ, σ), written here in NumPy, is flat."""
+    data = mixtures.simulate_gaussian_mixture_1d(num_data=120, seed=3).data
+    x, K = data["x"], 3
+    result = ppgen.learn(mixtures.bayesian_gaussian_mixture_1d, x, K=K, engine="em", num_steps=400, tol=1e-13)
+    assert result.diagnostics["m_step"]["sigma"] == "gradient steps: no closed form for a normal scale with a prior"
+    assert result.diagnostics["m_step"]["mu"] == "closed form (normal_loc)"
+    joint = result.traces["log_joint"]
+    assert np.all(np.diff(joint) >= -1e-9 * np.abs(joint[:-1]))
+    pi, mu, sigma = (result.params[k] for k in ("pi", "mu", "sigma"))
+
+    def log_joint(mu, log_sigma):
+        s = np.exp(log_sigma)
+        mixture = logsumexp(np.log(pi) + norm.logpdf(x[:, None], mu, s), 1).sum()
+        halfnormal = (np.log(2) + norm.logpdf(s, 0, 5.0)).sum()
+        return mixture + norm.logpdf(mu, 0, 10.0).sum() + halfnormal
+
+    h = 1e-5
+    for k in range(K):
+        step = np.eye(K)[k] * h
+        d_mu = (log_joint(mu + step, np.log(sigma)) - log_joint(mu - step, np.log(sigma))) / (2 * h)
+        d_sigma = (log_joint(mu, np.log(sigma) + step) - log_joint(mu, np.log(sigma) - step)) / (2 * h)
+        assert abs(d_mu) < 1e-3 and abs(d_sigma) < 1e-3
+
+
+def test_kmeans_init_and_restarts_pick_the_best(gmm_data):
+    result = ppgen.learn(mixtures.gaussian_mixture, gmm_data, K=3, engine="em", num_restarts=3, num_steps=200, seed=1)
+    assert result.diagnostics["log_likelihood"] == pytest.approx(max(result.diagnostics["restarts"]))
+    assert result.converged
+
+
+@pytest.mark.parametrize(
+    "model, data, message",
+    [
+        (basics.coin, {"x": np.array([1.0, 0.0])}, "no discrete latent"),
+        (factor.ppca, {"x": np.zeros((5, 3)), "K": 1}, "latent site 'z' is continuous and local"),
+    ],
+)
+def test_not_applicable_names_the_reason(model, data, message):
+    with pytest.raises(EngineNotApplicable, match=message):
+        ppgen.learn(model, engine="em", **data)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("num_steps", 0, "num_steps must be a positive integer"), ("init", "random", "init must be one of"), ("tol", -1.0, "tol must be >= 0")],
+)
+def test_rejects_bad_options(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        ppgen.learn(mixtures.gaussian_mixture_1d, np.zeros(4), engine="em", **{option: value})

@@ -1,0 +1,139 @@
+"""Importance sampling against the Beta–Bernoulli closed forms."""
+
+import warnings
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+import ppgen
+from ppgen import dist, sample
+from ppgen.errors import ReliabilityWarning
+from ppgen.models import basics, mixtures
+
+
+@pytest.fixture(scope="module")
+def tosses():
+    return basics.simulate_coin(num_tosses=30, rho=0.7, seed=2).data["x"]
+
+
+def test_evidence_within_three_standard_errors(tosses):
+    truth = basics.coin_log_evidence(tosses)
+    for seed in range(3):
+        estimate = ppgen.score(basics.coin, tosses, engine="importance", num_samples=4000, seed=seed)
+        assert estimate.kind == "estimate" and estimate.stderr > 0
+        assert abs(estimate.value - truth) < 3 * estimate.stderr
+
+
+def test_standard_error_shrinks_like_one_over_root_n(tosses):
+    small = ppgen.score(basics.coin, tosses, engine="importance", num_samples=2000, seed=0).stderr
+    large = ppgen.score(basics.coin, tosses, engine="importance", num_samples=32000, seed=0).stderr
+    assert small / large == pytest.approx(4.0, rel=0.15)
+
+
+def test_posterior_draws_match_closed_form(tosses):
+    a, b = basics.coin_posterior(tosses)
+    result = ppgen.infer(basics.coin, tosses, engine="importance", num_samples=20000, seed=1)
+    ess = result.diagnostics["ess"]
+    mean, sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    assert result.diagnostics["vectorized"]
+    assert result.samples["rho"].shape == (20000,)
+    assert abs(result.samples["rho"].mean() - mean) < 4 * sd / np.sqrt(ess)
+    assert result.diagnostics["pareto_k"] < 0.7
+
+
+def exact_guide(x, num_tosses=10, a=2.0, b=2.0):
+    heads = x.sum()
+    sample("rho", dist.Beta(a + heads, b + len(x) - heads))
+
+
+def test_posterior_proposal_is_exact(tosses):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReliabilityWarning)
+        estimate = ppgen.score(basics.coin, tosses, engine="importance", guide=exact_guide, num_samples=50)
+    assert estimate.value == pytest.approx(basics.coin_log_evidence(tosses), abs=1e-9)
+    assert estimate.stderr < 1e-9
+
+
+def learned_guide(x, num_tosses=10, a=2.0, b=2.0):
+    concentration = pyro.param("q_concentration", torch.ones(2), constraint=dist.constraints.positive)
+    sample("rho", dist.Beta(concentration[0], concentration[1]))
+
+
+def test_guide_params_are_read_from_the_store(tosses):
+    heads = float(tosses.sum())
+    pyro.param("q_concentration", torch.tensor([2.0 + heads, 2.0 + len(tosses) - heads], dtype=torch.float64), constraint=dist.constraints.positive)
+    estimate = ppgen.score(basics.coin, tosses, engine="importance", guide=learned_guide, num_samples=50)
+    assert estimate.value == pytest.approx(basics.coin_log_evidence(tosses), abs=1e-9)
+
+
+class Encoder(torch.nn.Module):
+    """Maps the data to Beta concentrations (a tiny amortised guide)."""
+
+    def __init__(self, heads: float, tails: float):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 2)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.copy_(torch.tensor([np.log(2.0 + heads), np.log(2.0 + tails)]))
+
+    def forward(self, x):
+        return self.linear(x.mean().reshape(1, 1)).exp().squeeze(0)
+
+
+def test_guide_with_a_torch_module(tosses):
+    encoder = Encoder(float(tosses.sum()), float(len(tosses) - tosses.sum()))
+
+    def amortised_guide(x, num_tosses=10, a=2.0, b=2.0):
+        ppgen.module("encoder", encoder)
+        concentration = encoder(x.float())
+        sample("rho", dist.Beta(concentration[0], concentration[1]))
+
+    x32 = tosses.astype(np.float32)
+    estimate = ppgen.score(basics.coin, x32, engine="importance", guide=amortised_guide, num_samples=100)
+    assert estimate.value == pytest.approx(basics.coin_log_evidence(tosses), abs=1e-4)
+
+
+def test_poor_proposal_warns(tosses):
+    def far_guide(x, num_tosses=10, a=2.0, b=2.0):
+        sample("rho", dist.Beta(1.0, 30.0))
+
+    with pytest.warns(ReliabilityWarning, match="Pareto k"):
+        result = ppgen.infer(basics.coin, tosses, engine="importance", guide=far_guide, num_samples=2000)
+    assert result.diagnostics["pareto_k"] > 0.7
+
+
+def test_unvectorisable_program_falls_back(tosses):
+    def coin_with_branch(x, a=2.0, b=2.0):
+        rho = sample("rho", dist.Beta(a, b))
+        p = rho if float(rho) > -1.0 else 1.0 - rho  # Python control flow on a sampled value
+        with ppgen.plate("N", len(x)):
+            sample("x", dist.Bernoulli(p), obs=x)
+
+    result = ppgen.infer(coin_with_branch, tosses, engine="importance", num_samples=600, seed=0)
+    assert not result.diagnostics["vectorized"]
+    assert abs(result.log_evidence.value - basics.coin_log_evidence(tosses)) < 3 * result.log_evidence.stderr
+
+
+def test_discrete_latents_are_resampled():
+    data = mixtures.simulate_gaussian_mixture_1d(num_data=6, seed=0).data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReliabilityWarning)
+        result = ppgen.infer(mixtures.gaussian_mixture_1d, engine="importance", num_samples=3000, **data)
+    assert result.samples["z"].shape == (3000, 6)
+    exact = ppgen.score(mixtures.gaussian_mixture_1d, engine="enumerate", **data)
+    assert abs(result.log_evidence.value - exact.value) < 4 * result.log_evidence.stderr
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"num_samples": 1}, ValueError, "num_samples must be an integer >= 2"),
+        ({"guide": "prior"}, TypeError, "guide must be a program"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+    ],
+)
+def test_rejects_bad_options(tosses, options, error, message):
+    with pytest.raises(error, match=message):
+        ppgen.score(basics.coin, tosses, engine="importance", **options)

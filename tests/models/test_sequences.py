@@ -1,0 +1,65 @@
+"""Sequence models: closed forms checked against the program's own density; simulators."""
+
+import numpy as np
+import pytest
+
+import ppgen
+from ppgen import dist, plate, sample
+from ppgen.models import sequences
+
+
+def test_markov_chain_closed_forms_match_the_program():
+    """Importance sampling with the closed-form posterior as proposal has constant weights equal
+    to the closed-form evidence; a wrong posterior or evidence would break one of the two."""
+    data = sequences.simulate_markov_chain(num_steps=40, seed=1).data
+    x, K = data["x"], data["K"]
+    posterior = sequences.markov_chain_posterior(x, K)
+
+    def posterior_guide(x, T=100, K=3, concentration=1.0):
+        sample("initial", dist.Dirichlet(ppgen.ops.tensor(posterior["initial"])))
+        with plate("states", K):
+            sample("transition", dist.Dirichlet(ppgen.ops.tensor(posterior["transition"])))
+
+    estimate = ppgen.score(sequences.markov_chain, engine="importance", guide=posterior_guide, num_samples=20, **data)
+    assert estimate.value == pytest.approx(sequences.markov_chain_log_evidence(x, K), abs=1e-8)
+    assert estimate.stderr < 1e-8
+
+
+def test_markov_chain_counts():
+    x = np.array([0, 1, 1, 2, 0, 1])
+    posterior = sequences.markov_chain_posterior(x, K=3, concentration=0.5)
+    np.testing.assert_array_equal(posterior["initial"], [1.5, 0.5, 0.5])
+    expected = np.full((3, 3), 0.5)
+    for previous, current in zip(x[:-1], x[1:]):
+        expected[previous, current] += 1
+    np.testing.assert_array_equal(posterior["transition"], expected)
+
+
+@pytest.mark.parametrize(
+    "simulate, key, shape, upper",
+    [
+        (sequences.simulate_markov_chain, "x", (100,), 3),
+        (sequences.simulate_casino, "y", (3, 100), 6),
+        (sequences.simulate_hmm_gaussian, "y", (3, 100), None),
+    ],
+)
+def test_simulators_are_seeded(simulate, key, shape, upper):
+    first, second, other = simulate(seed=0), simulate(seed=0), simulate(seed=1)
+    assert first.data[key].shape == shape
+    np.testing.assert_array_equal(first.data[key], second.data[key])
+    assert not np.array_equal(first.data[key], other.data[key])
+    if upper is not None:
+        assert first.data[key].min() >= 0 and first.data[key].max() < upper
+
+
+def test_casino_recovers_the_loaded_die():
+    """Baum–Welch on enough rolls finds a state that throws six about half the time."""
+    simulated = sequences.simulate_casino(num_sequences=10, num_steps=200, seed=3)
+    result = ppgen.learn(sequences.hmm_categorical, engine="em", num_steps=200, **simulated.data)
+    assert result.params["emission"][:, 5].max() == pytest.approx(0.5, abs=0.08)
+
+
+@pytest.mark.parametrize("model, kwargs", [(sequences.hmm_gaussian, {"num_sequences": 2, "T": 5}), (sequences.hmm_categorical, {"num_sequences": 2, "T": 5})])
+def test_prior_predictive(model, kwargs):
+    draws = ppgen.generate(model, num_samples=4, **kwargs)
+    assert draws["y_4"].shape == (4, 2) and draws["z_0"].shape == (4, 2)
