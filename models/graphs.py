@@ -149,7 +149,7 @@ def fit_blocks(graph: nx.Graph, K: int = 2, engine: str = "cavi", **options: Any
     return labelled, result
 
 
-def spectral_init(adjacency: Any, K: int = 2, confidence: float = 0.8, seed: int = 0) -> np.ndarray:
+def spectral_init(adjacency: Any, K: int = 2, confidence: float = 0.9, seed: int = 0) -> np.ndarray:
     """Initial block probabilities from the spectrum of the normalised adjacency
     D^(−1/2) A D^(−1/2): k-means on the row-normalised top-K eigenvectors (Ng, Jordan & Weiss
     2001), smoothed to ``confidence`` on the chosen block. Shape (n, K).
