@@ -241,14 +241,19 @@ def _collect(trace: Any, first_available_dim: int, log_probs: bool) -> Enumerati
     factors = []
     for name, site in _sample_sites(trace):
         if log_probs:
-            log_prob = site["fn"].log_prob(site["value"])
-            log_prob = scale_and_mask(log_prob, site["scale"], site["mask"])
-            if not isinstance(log_prob, torch.Tensor):
-                log_prob = torch.as_tensor(log_prob)
-        else:
-            log_prob = torch.zeros(())
+            log_prob = site_log_prob(site)
+        else:  # only the shape: a stride-0 view, no density computed
+            fn, value = site["fn"], site["value"]
+            batch = tuple(value.shape[: value.dim() - len(fn.event_shape)])
+            log_prob = torch.zeros(()).expand(torch.broadcast_shapes(batch, tuple(fn.batch_shape)))
         factors.append(Factor(name, log_prob, latent_dims(site, log_prob, first_available_dim, id_to_latent), site["_ppgen_plates"]))
     return Enumeration(trace, first_available_dim, latents, factors, plates)
+
+
+def site_log_prob(site: dict) -> torch.Tensor:
+    """A trace site's log-density tensor, masked and scaled as Pyro does."""
+    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+    return log_prob if isinstance(log_prob, torch.Tensor) else torch.as_tensor(log_prob)
 
 
 def latent_dims(site: dict, log_prob: torch.Tensor, first_available_dim: int, id_to_latent: dict[int, str]) -> dict[str, int]:
@@ -477,7 +482,50 @@ def viterbi(chain: Chain) -> tuple[torch.Tensor, torch.Tensor]:
     return best, path
 
 
+def _single_latent_posterior(enumeration: Enumeration, marginals: bool, weights: bool, map_estimate: bool) -> Posterior:
+    """One latent (per plate element): a mixture. Everything stays in the factors' own layout,
+    so the sum is one logsumexp over the latent's dim and the posterior one softmax."""
+    latent = next(iter(enumeration.latents.values()))
+    plates = enumeration.plates
+    own_plates = set(latent.plates)
+    rank = max([-latent.dim] + [f.log_prob.dim() for f in enumeration.factors])
+    joint: Any = None
+    constant = torch.zeros(())
+    for factor in enumeration.factors:
+        if not factor.scope:
+            constant = constant + total(factor, plates)
+            continue
+        term = _reduce_foreign_plates(_padded(factor.log_prob, rank), factor, own_plates, plates)
+        joint = term if joint is None else joint + term
+    full = [1] * rank
+    full[latent.dim] = latent.cardinality
+    for name in latent.plates:
+        dim, size = plates[name]
+        full[dim] = size
+    log_z = torch.logsumexp(joint, latent.dim, keepdim=True)
+    posterior = Posterior(log_z.expand([1 if d == rank + latent.dim else n for d, n in enumerate(full)]).sum() + constant, method="chain")
+    if marginals or weights:
+        gamma = (joint - log_z).exp().expand(full)
+        if marginals:
+            probs = gamma.movedim(latent.dim, -1)
+            posterior.marginals[latent.name] = probs.reshape(latent.shape + (latent.cardinality,))
+        if weights:
+            for factor in enumeration.factors:
+                if not factor.scope:
+                    posterior.weights[factor.site] = torch.ones_like(factor.log_prob)
+                    continue
+                target = (1,) * (rank - factor.log_prob.dim()) + tuple(factor.log_prob.shape)
+                w = gamma.expand(torch.broadcast_shapes(tuple(gamma.shape), target))
+                posterior.weights[factor.site] = w.sum_to_size(target).reshape(factor.log_prob.shape)
+    if map_estimate:
+        best = joint.expand(full).argmax(latent.dim)
+        posterior.map_values[latent.name] = latent.support[best].reshape(latent.shape)
+    return posterior
+
+
 def _chain_posterior(enumeration: Enumeration, placement, marginals: bool, weights: bool, map_estimate: bool) -> Posterior:
+    if len(enumeration.latents) == 1:
+        return _single_latent_posterior(enumeration, marginals, weights, map_estimate)
     chain = build_chain(enumeration, placement)
     need_gamma = marginals or weights
     log_z, gamma, xi = forward_backward(chain, marginals=need_gamma, pairwise=weights)

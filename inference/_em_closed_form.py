@@ -142,7 +142,7 @@ class SiteModel:
     def log_prob(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """The site's factor at ``values`` (may be broadcast where Pyro's would be expanded)."""
         arguments = self.arguments_at(values)
-        if self.family == "MultivariateNormal" and "features" in self.cache:
+        if self.cache.get("natural"):
             log_p = _mvn_log_prob_by_features(self, arguments)
         else:
             log_p = self.cls(**arguments, validate_args=False).log_prob(self.value)
@@ -296,15 +296,19 @@ def upper_triangle(d: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare_mvn_features(site: SiteModel) -> None:
-    """Cache [x̃, x̃_d x̃_e (d ≤ e)] for the site's data, x̃ = x − mean(x) (data are constant)."""
+    """Cache the design matrix [x̃, x̃_d x̃_e (d ≤ e), 1] of the site's data, x̃ = x − mean(x):
+    the data are constant, so both the E-step (a product with natural parameters) and the
+    M-step (weighted sums) reuse it."""
+    if "design" in site.cache:
+        return
     x = site.value
     d = x.shape[-1]
     flat = x.reshape(-1, d)
     centre = flat.mean(0)
     centred = flat - centre
     first, second = upper_triangle(d)
-    features = torch.cat([centred, centred[:, first] * centred[:, second]], -1)
-    site.cache.update(features=features, centre=centre, data_shape=tuple(x.shape[:-1]), dim=d)
+    design = torch.cat([centred, centred[:, first] * centred[:, second], torch.ones_like(centred[:, :1])], -1)
+    site.cache.update(design=design, centre=centre, data_shape=tuple(x.shape[:-1]), dim=d)
 
 
 def _config_only(index: torch.Tensor, data_rank: int) -> bool:
@@ -324,7 +328,8 @@ def mvn_precision(arguments: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
 
 
 def _mvn_log_prob_by_features(site: SiteModel, arguments: dict[str, torch.Tensor]) -> torch.Tensor:
-    """log N(x | μ, Σ) = ⟨η, T(x̃)⟩ − A(η) as one matrix product (configurations × data)."""
+    """log N(x | μ, Σ) = ⟨η, T(x̃)⟩ − A(η) for every configuration and datum in one matrix
+    product of natural parameters (configurations × S) with the design (data × S)."""
     cache = site.cache
     d, centre = cache["dim"], cache["centre"]
     loc = arguments["loc"]
@@ -337,12 +342,11 @@ def _mvn_log_prob_by_features(site: SiteModel, arguments: dict[str, torch.Tensor
     quadratic = precision[..., first, second] * torch.where(first == second, -0.5, -1.0).to(precision.dtype)
     linear = (precision @ loc.unsqueeze(-1)).squeeze(-1)
     constant = -0.5 * (loc * linear).sum(-1) - 0.5 * log_det - 0.5 * d * math.log(2 * math.pi)
-    coefficients = torch.cat([linear, quadratic], -1).reshape(-1, linear.shape[-1] + quadratic.shape[-1])
+    coefficients = torch.cat([linear, quadratic, constant.unsqueeze(-1)], -1)
     data_rank = len(cache["data_shape"])
     config_shape = batch[: len(batch) - data_rank] if data_rank else batch
-    values = coefficients @ cache["features"].T  # (configurations, data)
-    values = values.reshape(tuple(config_shape) + cache["data_shape"])
-    return values + constant.reshape(tuple(config_shape) + (1,) * data_rank)
+    values = coefficients.reshape(-1, coefficients.shape[-1]) @ cache["design"].T  # (configurations, data)
+    return values.reshape(tuple(config_shape) + cache["data_shape"])
 
 
 def mvn_features_apply(site: SiteModel) -> bool:
@@ -513,23 +517,21 @@ def update(
         variance = sums[:, 0] / (sums[:, 1] + EPS) + reg_covar
         return _keep_old(variance.sqrt(), old_rows, sums[:, 1] > 0).reshape(current.shape)
 
-    # multivariate normal: statistics [1, x̃, x̃ x̃ᵀ (upper)] of centred data, shared by loc and cov
+    # multivariate normal: weighted sums of the design [x̃, x̃ x̃ᵀ (upper), 1], shared by loc and cov
     total = None
     for site, key in uses:
         if (site.name, num_rows) not in cache:
-            if "features" not in site.cache:
-                prepare_mvn_features(site)
-            features = site.cache["features"].reshape(site.cache["data_shape"] + (-1,))
-            stat = torch.cat([torch.ones(features.shape[:-1] + (1,), dtype=dtype), features], -1)
+            prepare_mvn_features(site)
+            design = site.cache["design"].reshape(site.cache["data_shape"] + (-1,))
             weight = cell_weights(site, weights[site.name])
-            cache[(site.name, num_rows)] = weighted_row_sums(weight, stat, site.arguments[key].index, num_rows)
+            cache[(site.name, num_rows)] = weighted_row_sums(weight, design, site.arguments[key].index, num_rows)
         sums = cache[(site.name, num_rows)]
         total = sums if total is None else total + sums
     site = uses[0][0]
     d, centre = site.cache["dim"], site.cache["centre"]
-    count = total[:, 0] + EPS
-    first_moment = total[:, 1 : 1 + d]
-    used = total[:, 0] > 0
+    count = total[:, -1] + EPS
+    first_moment = total[:, :d]
+    used = total[:, -1] > 0
     if rule == "mvn_loc":
         new = first_moment / count.unsqueeze(-1) + centre
         return _keep_old(new, old_rows, used).reshape(current.shape)
@@ -543,11 +545,11 @@ def update(
         mean = loc_argument.value.reshape(-1, d)[:1].expand(num_rows, d) - centre
     first, second = upper_triangle(d)
     second_moment = torch.zeros((num_rows, d, d), dtype=dtype)
-    second_moment[:, first, second] = total[:, 1 + d :]
-    second_moment[:, second, first] = total[:, 1 + d :]
+    second_moment[:, first, second] = total[:, d:-1]
+    second_moment[:, second, first] = total[:, d:-1]
     cross = first_moment.unsqueeze(-1) * mean.unsqueeze(-2)
     covariance = (second_moment - cross - cross.transpose(-1, -2)) / count[:, None, None] + (
-        total[:, 0] / count
+        total[:, -1] / count
     )[:, None, None] * mean.unsqueeze(-1) * mean.unsqueeze(-2)
     covariance = covariance + reg_covar * torch.eye(d, dtype=dtype)
     if key == "scale_tril":

@@ -53,6 +53,7 @@ from ppgen.inference._discrete import (
     enumerate_program,
     exact_posterior,
     quiet_validation,
+    site_log_prob,
     total,
 )
 from ppgen.inference._em_closed_form import (
@@ -70,7 +71,7 @@ from ppgen.inference._em_closed_form import (
 )
 from ppgen.inference.enumerate import blocking_latent
 from ppgen.results import Estimate, Result
-from ppgen.structure import ModelStructure, inspect
+from ppgen.structure import ModelStructure, bind_arguments, inspect
 
 _PROBE_SEED = 20240601
 _INITS = ("auto", "program", "kmeans++")
@@ -235,7 +236,16 @@ class EM(Engine):
         self.progress = progress
 
     def check(self, structure: ModelStructure) -> Optional[str]:
+        self._checked = structure  # the verbs check, then run the same call: reuse the trace
         return _blocking(structure)
+
+    def _structure(self, model: Callable, args: tuple, kwargs: dict) -> ModelStructure:
+        checked, self._checked = getattr(self, "_checked", None), None
+        if checked is not None and checked.name == getattr(model, "__name__", None):
+            bound = bind_arguments(model, args, kwargs)
+            if all(name in bound and tuple(np.shape(bound[name])) == a.shape for name, a in checked.arguments.items()):
+                return checked
+        return inspect(model, *args, **kwargs)
 
     # ---------------------------------------------------------------------------------------
     # set-up
@@ -265,7 +275,9 @@ class EM(Engine):
         first = enumerate_program(problem.program(probes[0]), args, kwargs, log_probs=False)
         second = enumerate_program(problem.program(probes[1]), args, kwargs, max_plate_nesting=first.max_plate_nesting, log_probs=False)
         site_models, opaque = recognise(first, second, (probes[0], probes[1]), depends)
-        problem.layout = enumerate_program(problem.program(program_values), args, kwargs, max_plate_nesting=first.max_plate_nesting)
+        problem.layout = enumerate_program(
+            problem.program(program_values), args, kwargs, max_plate_nesting=first.max_plate_nesting, log_probs=False
+        )
         for n in latents:
             site_models.pop(n, None)
             fn = first.trace.nodes[n]["fn"]
@@ -305,11 +317,12 @@ class EM(Engine):
             if problem.depends.get(name):
                 fast = False
             else:
-                problem.constant_factors[name] = factor.log_prob
+                problem.constant_factors[name] = site_log_prob(problem.layout.trace.nodes[name])
         problem.fast = fast
         for site in problem.site_models.values():
             if mvn_features_apply(site):
                 prepare_mvn_features(site)
+                site.cache["natural"] = True
 
     # ---------------------------------------------------------------------------------------
     # E-step
@@ -319,7 +332,7 @@ class EM(Engine):
         layout = problem.layout
         if not problem.fast:
             enumeration = enumerate_program(problem.program(values), problem.args, problem.kwargs, max_plate_nesting=layout.max_plate_nesting)
-            return [f for f in enumeration.factors if only is None or problem.depends.get(f.site, set()) & only]
+            return [f for f in enumeration.factors if only is None or problem.depends.get(f.site, set()) & only or f.site in only]
         out = []
         for factor in layout.factors:
             name = factor.site
@@ -411,7 +424,9 @@ class EM(Engine):
             torch.manual_seed(int(self.seed) + restart)
             values[name] = fn.sample().detach()
         mode = self.init
-        mixture = _mixture_rows(problem)
+        if set(self.init_params or ()) >= set(problem.names):
+            mode = "program"  # every global is given: nothing to seed
+        mixture = _mixture_rows(problem) if mode != "program" else None
         if mode == "auto":
             mode = "kmeans++" if mixture is not None else "program"
         if mode == "kmeans++":
@@ -445,7 +460,7 @@ class EM(Engine):
 
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
-        structure = inspect(model, *args, **kwargs)
+        structure = self._structure(model, args, kwargs)
         reason = _blocking(structure)
         if reason:
             from ppgen.errors import EngineNotApplicable
@@ -464,7 +479,8 @@ class EM(Engine):
                     best = progress
             assert best is not None
             estimate = best.state.values
-            final = enumerate_program(problem.program(estimate), args, kwargs, max_plate_nesting=problem.layout.max_plate_nesting)
+            final = problem.layout.with_factors(self._factors(problem, estimate))
+            final.program = problem.program(estimate)
             posterior = exact_posterior(final, marginals=True, map_estimate=True)
         if self.tol > 0 and not best.converged and not best.interrupted:
             warnings.warn(

@@ -14,6 +14,7 @@ second colour.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional
 
 import graphviz
@@ -121,7 +122,72 @@ def diagram_spec(
             for parent in site.parents + tuple(data_nodes.get(a, a) for a in site.arguments):
                 if parent in nodes and parent != site.name:
                     edges.append({"source": parent, "target": site.name, "role": "guide"})
-    return {"plates": plates, "nodes": nodes, "edges": edges}
+    return collapse_chains({"plates": plates, "nodes": nodes, "edges": edges})
+
+
+_STEP = re.compile(r"^(.+)_(\d+)$")
+_MIN_CHAIN = 3
+
+
+def collapse_chains(spec: dict[str, Any]) -> dict[str, Any]:
+    """Draw the steps ``name_0, ..., name_{T-1}`` of a sequence (a loop under ``ppgen.markov``)
+    as one node ``name_t`` (with ``chain_length`` T). An edge between consecutive steps becomes a
+    self-loop labelled ``t−1 → t``; parallel edges between two chains become one.
+
+    A group collapses when it has at least three members, indexed 0..T−1 without gaps, all of
+    one kind, role and plate path.
+    """
+    groups: dict[str, dict[int, str]] = {}
+    for name in spec["nodes"]:
+        match = _STEP.match(name)
+        if match:
+            groups.setdefault(match.group(1), {})[int(match.group(2))] = name
+    rename: dict[str, tuple[str, int]] = {}
+    lengths: dict[str, int] = {}
+    for prefix, members in groups.items():
+        kinds = {(spec["nodes"][n]["kind"], spec["nodes"][n]["path"], spec["nodes"][n]["role"]) for n in members.values()}
+        if len(members) < _MIN_CHAIN or sorted(members) != list(range(len(members))) or len(kinds) != 1:
+            continue
+        collapsed = f"{prefix}_t"
+        if collapsed in spec["nodes"]:
+            continue
+        lengths[collapsed] = len(members)
+        rename.update({name: (collapsed, index) for index, name in members.items()})
+    if not rename:
+        return spec
+
+    def step_label(label: str) -> str:
+        for prefix in {c[: -len("_t")] for c in lengths}:
+            label = re.sub(rf"\b{re.escape(prefix)}_1\b", f"{prefix}_t", label)
+            label = re.sub(rf"\b{re.escape(prefix)}_0\b", f"{prefix}_t−1", label)
+        return label
+
+    nodes: dict[str, dict[str, Any]] = {}
+    for name, node in spec["nodes"].items():
+        if name not in rename:
+            nodes[name] = node
+            continue
+        collapsed, index = rename[name]
+        if collapsed in nodes and index != 1:
+            continue
+        typical = dict(node)
+        typical["label"] = symbol(collapsed) if node["label"] == symbol(name) else step_label(node["label"])
+        typical["chain_length"] = lengths[collapsed]
+        nodes[collapsed] = typical
+    edges, seen = [], set()
+    for edge in spec["edges"]:
+        source, source_index = rename.get(edge["source"], (edge["source"], None))
+        target, target_index = rename.get(edge["target"], (edge["target"], None))
+        new = dict(edge, source=source, target=target)
+        if source == target and source in lengths:
+            if target_index != source_index + 1:
+                continue
+            new["label"] = "t−1 → t"
+        key = (source, target, edge["role"])
+        if key not in seen:
+            seen.add(key)
+            edges.append(new)
+    return {"plates": spec["plates"], "nodes": nodes, "edges": edges}
 
 
 class PlateDiagram(graphviz.Digraph):
@@ -169,6 +235,8 @@ def to_graphviz(spec: dict[str, Any], name: str = "model") -> PlateDiagram:
         clusters[node["path"]].node(node_name, label=label, **style)
     for edge in spec["edges"]:
         attributes = {"style": "dashed", "color": GUIDE_COLOUR} if edge["role"] == "guide" else {}
+        if "label" in edge:
+            attributes["label"] = edge["label"]
         graph.edge(edge["source"], edge["target"], **attributes)
 
     def attach(path: tuple[str, ...]) -> None:

@@ -63,3 +63,16 @@ def test_casino_recovers_the_loaded_die():
 def test_prior_predictive(model, kwargs):
     draws = ppgen.generate(model, num_samples=4, **kwargs)
     assert draws["y_4"].shape == (4, 2) and draws["z_0"].shape == (4, 2)
+
+
+def test_diagram_draws_each_chain_as_one_node():
+    from ppgen.diagram import diagram_spec, to_graphviz
+
+    data = sequences.simulate_casino(num_sequences=2, num_steps=12).data
+    spec = diagram_spec(ppgen.inspect(sequences.hmm_categorical, **data))
+    assert set(spec["nodes"]) == {"initial", "transition", "emission", "z_t", "y_t"}
+    assert spec["nodes"]["z_t"]["chain_length"] == 12 and spec["nodes"]["z_t"]["path"] == ("sequences",)
+    edges = {(e["source"], e["target"]): e.get("label") for e in spec["edges"]}
+    assert edges[("z_t", "z_t")] == "t−1 → t"
+    assert ("z_t", "y_t") in edges and ("y_t", "y_t") not in edges
+    assert 'z_t -> z_t [label="t−1 → t"]' in to_graphviz(spec).source
