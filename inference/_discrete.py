@@ -140,6 +140,25 @@ def quiet_validation() -> Iterator[None]:
         yield
 
 
+_PARALLEL_WORK = 1 << 16  # elements per tensor operation below which one thread is faster
+
+
+@contextmanager
+def threads_for(work: int) -> Iterator[None]:
+    """One intra-op thread for loops of small tensor operations: torch parallelises some
+    reductions (``max`` over a dim, ``logsumexp``) whatever their size, and waking a second
+    thread costs far more than the work (100× on a loaded machine)."""
+    saved = torch.get_num_threads()
+    if work >= _PARALLEL_WORK or saved == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def in_precision(run: Callable[[], Any], float64: Optional[bool] = None) -> Any:
     """Call ``run`` under float64 (``torch_precision``), or in torch's default precision when
     the program holds float32 torch modules (``float64=False``, or a dtype error in float64)."""
@@ -528,7 +547,9 @@ def _chain_posterior(enumeration: Enumeration, placement, marginals: bool, weigh
         return _single_latent_posterior(enumeration, marginals, weights, map_estimate)
     chain = build_chain(enumeration, placement)
     need_gamma = marginals or weights
-    log_z, gamma, xi = forward_backward(chain, marginals=need_gamma, pairwise=weights)
+    T, n, K = chain.unary.shape
+    with threads_for(n * K * K):
+        log_z, gamma, xi = forward_backward(chain, marginals=need_gamma, pairwise=weights)
     posterior = Posterior(log_z.sum() + chain.constant, method="chain")
     latents = list(enumeration.latents.values())
     K = latents[0].cardinality
@@ -545,7 +566,8 @@ def _chain_posterior(enumeration: Enumeration, placement, marginals: bool, weigh
             w = w.reshape(chain.batch_shape + tuple(w.shape[1:]))
             posterior.weights[factor.site] = _from_chain_layout(w, factor, scope, chain.batch_dims)
     if map_estimate:
-        _, path = viterbi(chain)
+        with threads_for(n * K * K):
+            _, path = viterbi(chain)
         for t, latent in enumerate(latents):
             posterior.map_values[latent.name] = latent.support[path[t]].reshape(latent.shape)
     return posterior

@@ -54,6 +54,7 @@ from ppgen.inference._discrete import (
     exact_posterior,
     quiet_validation,
     site_log_prob,
+    threads_for,
     total,
 )
 from ppgen.inference._em_closed_form import (
@@ -448,12 +449,15 @@ class EM(Engine):
     # ---------------------------------------------------------------------------------------
 
     def _fit(self, problem: _Problem, values: dict[str, torch.Tensor]) -> Progress[EMState]:
-        state = self._e_step(problem, values)
+        work = max((f.log_prob.numel() for f in problem.layout.factors), default=0)
+        with threads_for(work):
+            state = self._e_step(problem, values)
         objective = "log_joint" if problem.latents else "log_likelihood"
 
         def step(current: EMState) -> tuple[EMState, float]:
-            new_values = self._m_step(problem, current.values, current.posterior.weights)
-            new_state = self._e_step(problem, new_values, current.history)
+            with threads_for(work):
+                new_values = self._m_step(problem, current.values, current.posterior.weights)
+                new_state = self._e_step(problem, new_values, current.history)
             return new_state, new_state.log_joint
 
         return iterate(step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name, objective=objective, warn=False)
