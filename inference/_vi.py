@@ -1,13 +1,23 @@
-"""Helpers shared by the variational engines (cavi, advi, svi, meanfield)."""
+"""Helpers shared by the variational engines (cavi, advi, svi, meanfield): argument conversion,
+the stochastic-gradient loop over the shared driver, the final ELBO estimate, draws from q."""
 
 from __future__ import annotations
 
+import math
 from numbers import Number
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive
 
-from ppgen.backend import to_backend
+from ppgen.backend import to_backend, to_numpy
+from ppgen.driver import Progress, iterate
+from ppgen.results import Estimate
+
+OPTIMIZERS = ("adam", "clipped_adam")
 
 
 def _as_array(value: Any) -> Any:
@@ -22,3 +32,76 @@ def pyro_arguments(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     args = tuple(_as_array(a) for a in args)
     kwargs = {k: _as_array(v) for k, v in kwargs.items()}
     return to_backend(args, "pyro"), to_backend(kwargs, "pyro")
+
+
+def check_common_options(owner: str, num_steps: int, learning_rate: float, num_particles: int, optimizer: str, num_samples: int) -> None:
+    """scikit-learn-style validation of the options every SVI engine shares."""
+    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"{owner}: num_steps must be a positive integer, got {num_steps!r}")
+    if not (isinstance(learning_rate, Number) and learning_rate > 0):
+        raise ValueError(f"{owner}: learning_rate must be a positive number, got {learning_rate!r}")
+    if not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
+        raise ValueError(f"{owner}: num_particles must be a positive integer, got {num_particles!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{owner}: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"{owner}: num_samples must be a positive integer, got {num_samples!r}")
+
+
+def make_optimizer(name: str, learning_rate: float, clip_norm: float = 10.0):
+    """Pyro's Adam or ClippedAdam (gradient norm clipped to ``clip_norm``)."""
+    if name == "clipped_adam":
+        return pyro.optim.ClippedAdam({"lr": learning_rate, "clip_norm": clip_norm})
+    return pyro.optim.Adam({"lr": learning_rate})
+
+
+def run_svi(svi: SVI, step_args: Callable[[int], tuple[tuple, dict]], num_steps: int, tol: float, progress: bool, name: str) -> Progress:
+    """``num_steps`` SVI steps through :func:`ppgen.driver.iterate`; the objective is the ELBO
+    estimate −loss of each step (``step_args(i)`` gives the step's model arguments, so the
+    caller can pass minibatches)."""
+    counter = {"step": 0}
+
+    def step(state: None) -> tuple[None, float]:
+        args, kwargs = step_args(counter["step"])
+        counter["step"] += 1
+        return state, -float(svi.step(*args, **kwargs))
+
+    return iterate(step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0)
+
+
+def estimate_elbo(loss: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict, num_evaluations: int) -> Estimate:
+    """The ELBO as a mean of ``num_evaluations`` independent estimates, with its standard error.
+    A stochastic lower bound of log p(x)."""
+    with torch.no_grad():
+        values = np.array([-float(loss.loss(model, guide, *args, **kwargs)) for _ in range(num_evaluations)])
+    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    return Estimate(float(values.mean()), stderr, "lower-bound")
+
+
+def draw_from_guide(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int, sites: list[str], shapes: dict[str, tuple]
+) -> dict[str, np.ndarray]:
+    """``num_samples`` joint draws of ``sites`` from the guide (and, for sites the guide does
+    not sample, from the model given the guide's draws), vectorised when the program allows."""
+    with torch.no_grad():
+        try:
+            predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=sites, parallel=True)
+            draws = predictive(*args, **kwargs)
+            out = {k: to_numpy(v).reshape((num_samples,) + shapes[k]) for k, v in draws.items()}
+        except (RuntimeError, ValueError, IndexError):
+            predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=sites, parallel=False)
+            draws = predictive(*args, **kwargs)
+            out = {k: to_numpy(v).reshape((num_samples,) + shapes[k]) for k, v in draws.items()}
+    return out
+
+
+def site_shapes(model: Callable, args: tuple, kwargs: dict) -> dict[str, tuple]:
+    """Value shape of every sample site in one run of the model."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    return {name: tuple(site["value"].shape) for name, site in trace.nodes.items() if site["type"] == "sample"}
+
+
+def param_values(store: Any, skip: Optional[Callable[[str], bool]] = None) -> dict[str, np.ndarray]:
+    """The parameter store's (constrained) values as NumPy arrays."""
+    return {name: to_numpy(store[name]) for name in store.keys() if skip is None or not skip(name)}

@@ -1,0 +1,131 @@
+"""ADVI on NumPyro: the same mean-field Gaussian guide (``AutoNormal``), with the SVI update
+compiled once by JAX, so a step costs microseconds rather than Pyro's milliseconds."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ppgen.backend import to_backend, to_numpy, use_backend
+from ppgen.driver import iterate
+from ppgen.results import Estimate, Result
+from ppgen.structure import ModelStructure
+
+from ._vi import _as_array
+
+
+def _split_arrays(args: tuple, kwargs: dict) -> tuple[dict, Callable[[dict], tuple[tuple, dict]]]:
+    """Array-valued arguments (traced by jit) apart from the rest (closed over as constants)."""
+    import jax
+
+    arrays = {}
+    for index, value in enumerate(args):
+        if isinstance(value, jax.Array):
+            arrays[f"arg{index}"] = value
+    for key, value in kwargs.items():
+        if isinstance(value, jax.Array):
+            arrays[key] = value
+
+    def rebuild(values: dict) -> tuple[tuple, dict]:
+        new_args = tuple(values.get(f"arg{i}", v) for i, v in enumerate(args))
+        new_kwargs = {k: values.get(k, v) for k, v in kwargs.items()}
+        return new_args, new_kwargs
+
+    return arrays, rebuild
+
+
+def _readable(params: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in params.items():
+        value = to_numpy(value)
+        if name.endswith("_auto_loc"):
+            out[name[: -len("_auto_loc")] + ".loc"] = value
+        elif name.endswith("_auto_scale"):
+            out[name[: -len("_auto_scale")] + ".scale"] = value
+        else:
+            out[name] = value
+    return out
+
+
+def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: tuple, kwargs: dict) -> Result:
+    """:class:`ppgen.inference.advi.ADVI` on NumPyro (see its docstring)."""
+    import jax
+    import numpyro
+    from numpyro.handlers import block
+    from numpyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+    from numpyro.infer.initialization import init_to_median
+
+    start = time.perf_counter()
+    discrete = [name for name, site in structure.latent.items() if site.is_discrete]
+    nesting = structure.max_plate_nesting
+    deterministic = [name for name, site in structure.sites.items() if site.kind == "deterministic"]
+    args = to_backend(tuple(_as_array(a) for a in args), "numpyro")
+    kwargs = to_backend({k: _as_array(v) for k, v in kwargs.items()}, "numpyro")
+    with use_backend("numpyro"):
+        if discrete:
+            from numpyro.contrib.funsor import config_enumerate
+
+            program = config_enumerate(model)
+            loss = TraceEnum_ELBO(num_particles=engine.num_particles, max_plate_nesting=nesting)
+        else:
+            program = model
+            loss = Trace_ELBO(num_particles=engine.num_particles)
+        guide = AutoNormal(block(model, hide=discrete), init_loc_fn=init_to_median, init_scale=engine.init_scale)
+        if engine.optimizer == "clipped_adam":
+            optimizer = numpyro.optim.ClippedAdam(engine.learning_rate, clip_norm=10.0)
+        else:
+            optimizer = numpyro.optim.Adam(engine.learning_rate)
+        svi = SVI(program, guide, optimizer, loss)
+        key, init_key, elbo_key, draw_key, discrete_key = jax.random.split(jax.random.PRNGKey(engine.seed), 5)
+        arrays, rebuild = _split_arrays(args, kwargs)
+        state = svi.init(init_key, *args, **kwargs)
+
+        @jax.jit
+        def update(current: Any, values: dict) -> tuple[Any, Any]:
+            call_args, call_kwargs = rebuild(values)
+            return svi.update(current, *call_args, **call_kwargs)
+
+        def step(current: Any) -> tuple[Any, float]:
+            new, loss_value = update(current, arrays)
+            return new, -float(loss_value)
+
+        progress = iterate(
+            step, state, num_steps=engine.num_steps, tol=engine.tol, progress=engine.progress, name=engine.name,
+            objective="elbo", warn=engine.tol > 0,
+        )
+        params = svi.get_params(progress.state)
+
+        def single_elbo(rng: Any) -> Any:
+            return -loss.loss(rng, params, program, guide, *args, **kwargs)
+
+        keys = jax.random.split(elbo_key, engine.num_elbo_evaluations)
+        try:
+            values = np.asarray(jax.vmap(single_elbo)(keys))
+        except Exception:  # enumeration under vmap: evaluate one at a time
+            values = np.asarray([float(single_elbo(k)) for k in keys])
+        stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+        estimate = Estimate(float(values.mean()), stderr, "lower-bound")
+
+        draws = Predictive(guide, params=params, num_samples=engine.num_samples)(draw_key, *args, **kwargs)
+        latent_draws = {k: v for k, v in draws.items() if k in structure.latent}
+        extra_sites = deterministic + discrete
+        if extra_sites:
+            completed = Predictive(
+                program, posterior_samples=latent_draws, return_sites=extra_sites, infer_discrete=bool(discrete),
+            )(discrete_key, *args, **kwargs)
+            latent_draws.update({k: v for k, v in completed.items() if k in extra_sites})
+    return Result(
+        engine=engine.name,
+        samples={k: to_numpy(v) for k, v in latent_draws.items()},
+        params=_readable(params),
+        log_evidence=estimate,
+        traces={"elbo": np.asarray(progress.objectives)},
+        converged=progress.converged if engine.tol > 0 else None,
+        num_iterations=progress.num_iterations,
+        diagnostics={"guide": "AutoNormal", "backend": "numpyro", "enumerated": discrete, "elbo_stderr": stderr},
+        seconds=time.perf_counter() - start,
+    )
