@@ -5,6 +5,7 @@ namespaces; then :func:`inspect` it, :func:`render` its plate diagram, and run a
 engine through the four verbs :func:`generate`, :func:`score`, :func:`infer`, :func:`learn`.
 """
 
+from ppgen.amortize import amortize
 from ppgen.backend import current_backend, to_numpy, use_backend
 from ppgen.diagram import render
 from ppgen.engine import Engine, EngineCheck, engines_for, register, registered_engines
@@ -16,6 +17,7 @@ from ppgen.verbs import generate, infer, learn, score
 
 __all__ = [
     "Argument",
+    "amortize",
     "ConvergenceWarning",
     "DataError",
     "Engine",

@@ -262,5 +262,7 @@ def render(
     distribution (``θ ~ Beta(α, β)``). Save with ``.render(filename, format="png")``.
     """
     structure = inspect(model, *args, **kwargs)
+    if guide is not None and hasattr(guide, "bind"):  # ppgen.amortize(encoder): give it the model's signature
+        guide = guide.bind(model, structure).program
     guide_structure = inspect(guide, *args, **kwargs) if guide is not None else None
     return to_graphviz(diagram_spec(structure, guide_structure, distributions), name=structure.name)

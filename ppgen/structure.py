@@ -295,10 +295,15 @@ class _StructureTracer(Messenger):
     def register_module(self, name: str, nn_module: torch.nn.Module) -> None:
         """Called by ``ppgen.module``: make the module's outputs carry provenance ``{name}``."""
 
+        def tag(value):
+            if isinstance(value, torch.Tensor):
+                return ProvenanceTensor(detach_provenance(value), get_provenance(value) | {name})
+            return value
+
         def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor):
-                return ProvenanceTensor(detach_provenance(output), get_provenance(output) | {name})
-            return output
+            if isinstance(output, (tuple, list)):  # e.g. an encoder returning (loc, scale)
+                return type(output)(tag(item) for item in output)
+            return tag(output)
 
         self._hooks.append(nn_module.register_forward_hook(hook))
         self.records.setdefault(name, {"kind": "param", "name": name, "module": True, "sources": frozenset()})
