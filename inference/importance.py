@@ -48,6 +48,7 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure
 
 PARETO_K_THRESHOLD = 0.7
+_IMPROPER = ("ImproperUniform", "Unit")
 _PARTICLES = "_ppgen_particles"
 
 
@@ -202,7 +203,16 @@ class Importance(Engine):
         self.progress = progress
 
     def check(self, structure: ModelStructure) -> Optional[str]:
-        return missing_data(structure)
+        reason = missing_data(structure)
+        if reason or self.guide is not None:
+            return reason
+        for site in structure.latent.values():
+            if site.distribution in _IMPROPER:
+                return (
+                    f"latent site {site.name!r} has an improper prior ({site.distribution}), which cannot be "
+                    "sampled: importance sampling from the prior needs proper priors (or pass guide=...)"
+                )
+        return None
 
     # ----------------------------------------------------------------------------------------
 

@@ -129,5 +129,8 @@ def simulate_two_class(num_data: int = 200, seed: int = 0) -> Simulated:
 EXAMPLES = [
     Example("coin", coin, simulate_coin, "Beta–Bernoulli coin: conjugate, closed-form posterior and evidence"),
     Example("heights", heights, simulate_heights, "Normal with unknown mean and scale"),
-    Example("two_class", two_class, simulate_two_class, "generative classifier with Gaussian class densities"),
+    Example(
+        "two_class", two_class, simulate_two_class, "generative classifier with Gaussian class densities",
+        options={"importance": {"num_samples": 300}},  # sequential particles: mu[index] is not batch-safe
+    ),
 ]

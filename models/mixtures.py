@@ -158,12 +158,17 @@ EXAMPLES = [
         bayesian_gaussian_mixture_1d,
         simulate_gaussian_mixture_1d,
         "1-D Gaussian mixture with Dirichlet, Normal and HalfNormal priors",
+        options={"importance": {"num_samples": 300}},  # sequential particles: locs[z] is not batch-safe
     ),
     Example(
         "conjugate_gaussian_mixture",
         conjugate_gaussian_mixture,
         simulate_gaussian_mixture_1d,
         "1-D Gaussian mixture with conjugate Dirichlet and Normal–Gamma priors (coordinate-ascent VI applies)",
+        options={"importance": {"num_samples": 300}},  # sequential particles: locs[z] is not batch-safe
     ),
-    Example("bernoulli_mixture", bernoulli_mixture, simulate_bernoulli_mixture, "mixture of Bernoullis with Beta/Dirichlet priors"),
+    Example(
+        "bernoulli_mixture", bernoulli_mixture, simulate_bernoulli_mixture, "mixture of Bernoullis with Beta/Dirichlet priors",
+        options={"importance": {"num_samples": 300}},  # sequential particles: locs[z] is not batch-safe
+    ),
 ]

@@ -196,6 +196,7 @@ EXAMPLES = [
     Example(
         "markov_chain", markov_chain, simulate_markov_chain,
         "Markov chain over discretised daily temperature, Dirichlet priors (closed-form posterior and evidence)",
+        options={"importance": {"num_samples": 300}},  # sequential particles: transition[x] is not batch-safe
     ),
     Example(
         "hmm_categorical", hmm_categorical, simulate_casino,
