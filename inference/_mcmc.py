@@ -573,8 +573,7 @@ def program_fingerprint(model: Callable, static: dict[str, Any], engine_file: st
         return None
     return repr(
         (
-            model.__module__,
-            model.__qualname__,
+            model.__qualname__,  # not __module__: a script's program is __main__ there, a module elsewhere
             digests,
             closure,
             sorted((k, repr(v)) for k, v in static.items()),
