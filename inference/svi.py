@@ -1,0 +1,309 @@
+"""Stochastic variational inference with a guide program: ``engine="svi"``.
+
+Maximises the evidence lower bound
+
+    ELBO(φ, θ) = E_{q_φ(z | x)}[log p_θ(x, z) − log q_φ(z | x)] ≤ log p_θ(x)
+
+over the guide's parameters φ and the model's ``param`` sites and modules θ, with
+reparameterised gradients (Hoffman et al. 2013; Kingma & Welling 2014). The guide is a program
+over the model's latents, or ``ppgen.amortize(encoder, latent="z")`` (an encoder network giving
+q(z_i | x_i) for each datum), or, by default, a mean-field Gaussian (``AutoNormal``).
+
+Minibatches: ``subsample_size=B`` slices the data plate's arguments to B random data per step
+(without replacement within an epoch) and multiplies the log densities of every site in that
+plate, in the model and in the guide, by N / B, so each step's ELBO is an unbiased estimate of
+the full-data ELBO. Finite discrete latents the guide does not sample are summed out
+(``TraceEnum_ELBO``). Without enumeration the KL terms are analytic where they exist
+(``TraceMeanField_ELBO``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI as PyroSVI
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
+from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide.initialization import init_to_median
+from pyro.poutine.messenger import Messenger
+
+from ppgen.backend import torch_precision, to_numpy, use_backend
+from ppgen.engine import Engine, missing_data, register
+from ppgen.results import Result
+from ppgen.structure import ModelStructure, inspect
+
+from ._vi import check_common_options, draw_from_guide, estimate_elbo, make_optimizer, pyro_arguments, run_svi, site_shapes
+
+ELBOS = ("auto", "trace", "meanfield")
+
+
+class _ScalePlate(Messenger):
+    """Multiplies the log density of every site inside plate ``name`` by ``factor`` (N / B)."""
+
+    def __init__(self, name: str, factor: float) -> None:
+        super().__init__()
+        self.name, self.factor = name, factor
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if any(frame.name == self.name for frame in msg["cond_indep_stack"]):
+            msg["scale"] = msg["scale"] * self.factor
+
+
+def _scaled(program: Callable, plate: str, factor: float) -> Callable:
+    def scaled(*args: Any, **kwargs: Any) -> Any:
+        with _ScalePlate(plate, factor):
+            return program(*args, **kwargs)
+
+    return scaled
+
+
+def _copy_modules(value: Any, copies: dict[int, torch.nn.Module]) -> Any:
+    """``value`` with every torch module replaced by a (shared per original) deep copy."""
+    if isinstance(value, torch.nn.Module):
+        if id(value) not in copies:
+            copies[id(value)] = copy.deepcopy(value)
+        return copies[id(value)]
+    if isinstance(value, dict):
+        return {k: _copy_modules(v, copies) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_modules(v, copies) for v in value)
+    return value
+
+
+@register
+class SVI(Engine):
+    """Stochastic variational inference with a guide program or an amortised encoder.
+
+    Parameters
+    ----------
+    guide : a guide program (same signature as the model), ``ppgen.amortize(encoder)``, or None
+        for a mean-field Gaussian over the continuous latents (``AutoNormal``).
+    num_steps : gradient steps (an epoch is N / subsample_size steps).
+    learning_rate : step size of Adam / ClippedAdam.
+    optimizer : ``"adam"`` or ``"clipped_adam"`` (gradient norm clipped to ``clip_norm``).
+    subsample_size : minibatch size B over the data plate (None: full batches).
+    subsample_plate : the plate to subsample (default: the largest plate holding observed data).
+    num_particles : draws of the guide per gradient estimate.
+    elbo : ``"auto"`` (analytic KL where available, enumeration when needed), ``"trace"`` or
+        ``"meanfield"``.
+    num_samples : draws from the guide returned in ``Result.samples``.
+    num_elbo_evaluations : full-data ELBO estimates averaged for ``log_evidence``.
+    copy_modules : train copies of the torch modules passed as arguments and of the encoder
+        (the originals stay untouched, so runs are reproducible); the trained ones are in
+        ``Result.diagnostics["modules"]``. With ``False`` the given modules are trained in place.
+    tol, seed, progress : early stopping on the (noisy) ELBO (0: run all steps), seed, progress bar.
+
+    Returns a :class:`~ppgen.Result` with ``params`` (the parameter store: guide and model
+    parameters, modules as ``name$$$weight``), ``samples`` (latents drawn from the guide on the
+    full data), ``log_evidence`` (ELBO ± standard error, a lower bound), ``traces["elbo"]``
+    (per-step full-data estimates) and ``diagnostics["modules"]`` (trained modules by name).
+
+    Examples
+    --------
+    >>> import ppgen
+    >>> from ppgen.models.basics import heights
+    >>> result = ppgen.infer(heights, [172.0, 168.5, 181.2, 175.0], engine="svi", num_steps=200, learning_rate=0.05)
+    >>> sorted(result.samples)
+    ['mu', 'sigma']
+    """
+
+    name = "svi"
+    tasks = frozenset({"infer", "learn", "score"})
+    summary = "stochastic VI with a guide program or amortised encoder; minibatches (Pyro)"
+
+    def __init__(
+        self,
+        guide: Optional[Callable] = None,
+        num_steps: int = 1000,
+        learning_rate: float = 0.01,
+        optimizer: str = "adam",
+        subsample_size: Optional[int] = None,
+        subsample_plate: Optional[str] = None,
+        num_particles: int = 1,
+        elbo: str = "auto",
+        num_samples: int = 1000,
+        num_elbo_evaluations: int = 10,
+        clip_norm: float = 10.0,
+        copy_modules: bool = True,
+        tol: float = 0.0,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        check_common_options("SVI", num_steps, learning_rate, num_particles, optimizer, num_samples)
+        if guide is not None and not callable(guide):
+            raise TypeError(f"SVI: guide must be a program, ppgen.amortize(encoder) or None, got {type(guide).__name__}")
+        if subsample_size is not None and (not isinstance(subsample_size, (int, np.integer)) or subsample_size < 1):
+            raise ValueError(f"SVI: subsample_size must be a positive integer or None, got {subsample_size!r}")
+        if elbo not in ELBOS:
+            raise ValueError(f"SVI: elbo must be one of {ELBOS}, got {elbo!r}")
+        if not isinstance(num_elbo_evaluations, int) or num_elbo_evaluations < 1:
+            raise ValueError(f"SVI: num_elbo_evaluations must be a positive integer, got {num_elbo_evaluations!r}")
+        self.guide = guide
+        self.num_steps = int(num_steps)
+        self.learning_rate = float(learning_rate)
+        self.optimizer = optimizer
+        self.subsample_size = None if subsample_size is None else int(subsample_size)
+        self.subsample_plate = subsample_plate
+        self.num_particles = int(num_particles)
+        self.elbo = elbo
+        self.num_samples = int(num_samples)
+        self.num_elbo_evaluations = num_elbo_evaluations
+        self.clip_norm = clip_norm
+        self.copy_modules = copy_modules
+        self.tol = tol
+        self.seed = seed
+        self.progress = progress
+
+    def check(self, structure: ModelStructure) -> Optional[str]:
+        reason = missing_data(structure)
+        if reason:
+            return reason
+        for site in structure.latent.values():
+            if site.is_discrete and not site.is_enumerable:
+                return f"latent site {site.name!r} is discrete with {site.support} support; svi enumerates discrete latents and needs finite support"
+        if not structure.latent and not structure.params:
+            return "the program has no latent and no param site"
+        if self.subsample_plate is not None and self.subsample_plate not in structure.plates:
+            return f"subsample_plate {self.subsample_plate!r} is not a plate of the program (plates: {', '.join(structure.plates) or 'none'})"
+        return None
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def _data_plate(self, structure: ModelStructure) -> str:
+        if self.subsample_plate is not None:
+            return self.subsample_plate
+        candidates = {p for site in structure.observed.values() for p in site.plates}
+        if not candidates:
+            raise ValueError("SVI: subsample_size needs a plate holding observed data; the program has none")
+        return max(candidates, key=lambda name: structure.plates[name].size)
+
+    def _guide_program(self, model: Callable, structure: ModelStructure, discrete: list[str]) -> tuple[Callable, str]:
+        if self.guide is None:
+            guide = AutoNormal(poutine.block(model, hide=discrete), init_loc_fn=init_to_median, init_scale=0.1)
+            return guide, "AutoNormal"
+        if hasattr(self.guide, "bind"):
+            bound = self.guide.bind(model, structure, copy_encoder=self.copy_modules)
+            return bound.program, repr(self.guide)
+        return self.guide, getattr(self.guide, "__name__", type(self.guide).__name__)
+
+    @staticmethod
+    def _sliced(value: Any, index: torch.Tensor, size: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
+            return value[index]
+        return value
+
+    # ---- run -----------------------------------------------------------------------------------
+    def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
+        start = time.perf_counter()
+        structure = inspect(model, *args, **kwargs)
+        copies: dict[int, torch.nn.Module] = {}
+        if self.copy_modules:
+            args, kwargs = _copy_modules(args, copies), _copy_modules(kwargs, copies)
+        args, kwargs = pyro_arguments(args, kwargs)
+        with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
+            torch.manual_seed(self.seed)
+            store = pyro.get_param_store()
+            discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
+            guide, guide_name = self._guide_program(model, structure, discrete_latents)
+            with torch.no_grad(), poutine.block():
+                guided = {
+                    name for name, site in poutine.trace(guide).get_trace(*args, **kwargs).nodes.items()
+                    if site["type"] == "sample" and not site["is_observed"]
+                }
+            enumerated = [name for name in discrete_latents if name not in guided]
+            missing = [name for name, site in structure.latent.items() if not site.is_discrete and name not in guided]
+            if missing:
+                raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
+            program = config_enumerate(model, default="parallel") if enumerated else model
+            loss = self._loss(structure, enumerated)
+            optimizer = make_optimizer(self.optimizer, self.learning_rate, self.clip_norm)
+            step_args, plate, factor = self._minibatches(structure, args, kwargs)
+            if plate is None:
+                svi = PyroSVI(program, guide, optimizer, loss=loss)
+            else:
+                svi = PyroSVI(_scaled(program, plate, factor), _scaled(guide, plate, factor), optimizer, loss=loss)
+            progress = run_svi(svi, step_args, self.num_steps, self.tol, self.progress, self.name)
+            estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
+            shapes = site_shapes(model, args, kwargs)
+            latent = [name for name in structure.latent if name in guided]
+            samples = draw_from_guide(model, guide, args, kwargs, self.num_samples, latent, shapes) if latent else {}
+            params = {name: to_numpy(store[name]) for name in store.keys()}
+            modules = self._named_modules(guide, copies, args, kwargs, store)
+        return Result(
+            engine=self.name,
+            samples=samples,
+            params=params,
+            log_evidence=estimate,
+            traces={"elbo": np.asarray(progress.objectives)},
+            converged=progress.converged if self.tol > 0 else None,
+            num_iterations=progress.num_iterations,
+            diagnostics={
+                "guide": guide_name,
+                "elbo": type(loss).__name__,
+                "enumerated": enumerated,
+                "subsample_size": self.subsample_size,
+                "subsample_plate": plate,
+                "modules": modules,
+                "elbo_stderr": estimate.stderr,
+            },
+            seconds=time.perf_counter() - start,
+        )
+
+    def _loss(self, structure: ModelStructure, enumerated: list[str]) -> Any:
+        if enumerated:
+            if self.elbo == "meanfield":
+                raise ValueError("SVI: elbo='meanfield' cannot sum out discrete latents; use 'auto' or 'trace'")
+            return TraceEnum_ELBO(max_plate_nesting=structure.max_plate_nesting, num_particles=self.num_particles)
+        if self.elbo == "trace":
+            return Trace_ELBO(num_particles=self.num_particles)
+        return TraceMeanField_ELBO(num_particles=self.num_particles)
+
+    def _minibatches(self, structure: ModelStructure, args: tuple, kwargs: dict) -> tuple[Callable, Optional[str], float]:
+        """Per-step argument function, the subsampled plate and the scale N / B."""
+        if self.subsample_size is None:
+            return (lambda _: (args, kwargs)), None, 1.0
+        plate = self._data_plate(structure)
+        size = structure.plates[plate].size
+        batch = min(self.subsample_size, size)
+        if batch == size:
+            return (lambda _: (args, kwargs)), None, 1.0
+        sliceable = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == size]
+        if not sliceable:
+            raise ValueError(f"SVI: no argument has plate {plate!r}'s size {size} as its leading dimension to subsample")
+        per_epoch = size // batch
+        order = {"permutation": torch.randperm(size)}
+
+        def step_args(step: int) -> tuple[tuple, dict]:
+            position = step % per_epoch
+            if position == 0 and step > 0:
+                order["permutation"] = torch.randperm(size)
+            index = order["permutation"][position * batch:(position + 1) * batch]
+            return (
+                tuple(self._sliced(a, index, size) for a in args),
+                {k: self._sliced(v, index, size) for k, v in kwargs.items()},
+            )
+
+        return step_args, plate, size / batch
+
+    @staticmethod
+    def _named_modules(guide: Callable, copies: dict, args: tuple, kwargs: dict, store: Any) -> dict[str, torch.nn.Module]:
+        """Trained modules by their ``ppgen.module`` names: the encoder of an amortised guide,
+        and every module among the arguments, matched to its parameters in the store."""
+        out = {}
+        amortized = getattr(guide, "amortized", None)
+        if amortized is not None:
+            out[amortized.name] = amortized.encoder
+        candidates = list(copies.values()) or [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.nn.Module)]
+        pointers = {store._params[key].data_ptr(): key.split("$$$")[0] for key in store.keys() if "$$$" in key}
+        for module in candidates:
+            for parameter in module.parameters():
+                name = pointers.get(parameter.data_ptr())
+                if name is not None:
+                    out.setdefault(name, module)
+                    break
+        return out

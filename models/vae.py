@@ -1,0 +1,175 @@
+"""The variational autoencoder on scikit-learn's handwritten digits (8 × 8, 1797 images).
+
+z_i ~ Normal(0, I_K);  x_i ~ Bernoulli(σ(f_θ(z_i))) over the 64 binarised pixels, i = 1..N,
+
+with f_θ an MLP decoder. Trained with ``engine="svi"`` and the amortised guide
+``ppgen.amortize(Encoder(...), latent="z")``, q_φ(z_i | x_i) = Normal(μ_φ(x_i), σ_φ(x_i)) (Kingma &
+Welling 2014). :func:`report` draws what the tour shows: digits generated from the prior,
+reconstructions, and the 2-D latent space coloured by digit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ppgen import dist, module, plate, sample
+from ppgen.amortize import amortize
+from ppgen.catalogue import Example, Simulated
+
+NUM_PIXELS = 64
+
+
+def _mlp(sizes: list[int], generator: torch.Generator) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = torch.nn.Linear(fan_in, fan_out, dtype=torch.float64)
+        with torch.no_grad():  # seeded He-uniform initialisation, independent of the global RNG
+            bound = 1.0 / np.sqrt(fan_in)
+            linear.weight.uniform_(-bound, bound, generator=generator)
+            linear.bias.uniform_(-bound, bound, generator=generator)
+        layers.append(linear)
+        if index < len(sizes) - 2:
+            layers.append(torch.nn.Softplus())
+    return torch.nn.Sequential(*layers)
+
+
+class Decoder(torch.nn.Module):
+    """MLP z (K) → hidden → hidden → pixel logits (64)."""
+
+    def __init__(self, latent_dim: int = 2, hidden: int = 128, num_pixels: int = NUM_PIXELS, seed: int = 0) -> None:
+        super().__init__()
+        self.net = _mlp([latent_dim, hidden, hidden, num_pixels], torch.Generator().manual_seed(seed))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class Encoder(torch.nn.Module):
+    """MLP pixels (64) → hidden → hidden → (loc, scale) of q(z | x), each (K)."""
+
+    def __init__(self, latent_dim: int = 2, hidden: int = 128, num_pixels: int = NUM_PIXELS, seed: int = 1) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = _mlp([num_pixels, hidden, hidden, 2 * latent_dim], torch.Generator().manual_seed(seed))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.net(x).split(self.latent_dim, -1)
+        return loc, torch.nn.functional.softplus(raw_scale) + 1e-4
+
+
+def vae(x: Optional[Any] = None, num_data: int = 100, latent_dim: int = 2, decoder: Optional[torch.nn.Module] = None) -> None:
+    """Variational autoencoder with Bernoulli pixels.
+
+    Parameters
+    ----------
+    x : array of shape (N, 64) with values in {0, 1}, or None to generate ``num_data`` images.
+    latent_dim : K, the dimension of z (2 to 16).
+    decoder : the network f_θ (a :class:`Decoder`); it is trained in place of θ, so pass it
+        whenever ``x`` is given. Without one, a fixed seeded decoder generates images.
+    """
+    if decoder is None:
+        if x is not None:
+            raise ValueError("vae: pass decoder=Decoder(latent_dim) (the network to train) together with x")
+        decoder = Decoder(latent_dim)
+    n = num_data if x is None else x.shape[0]
+    module("theta", decoder)
+    with plate("N", n):
+        z = sample("z", dist.Normal(0.0, 1.0).expand([latent_dim]).to_event(1))
+        logits = decoder(z)
+        sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def load_digits_binary(test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits, pixels binarised at half intensity (> 8 of 16), split into
+    train and test sets: (x_train, y_train, x_test, y_test), x as float64 (N, 64)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data > 8).astype(np.float64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(round(len(x) * (1 - test_fraction)))
+    train, test = order[:cut], order[cut:]
+    return x[train], digits.target[train], x[test], digits.target[test]
+
+
+def simulate_digits(latent_dim: int = 2, seed: int = 0) -> Simulated:
+    """The digits training set and a freshly initialised decoder (the tour's data)."""
+    x_train, y_train, x_test, y_test = load_digits_binary(seed=seed)
+    return Simulated(
+        {"x": x_train, "latent_dim": latent_dim, "decoder": Decoder(latent_dim, seed=seed)},
+        {"labels": y_train, "x_test": x_test, "labels_test": y_test},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# what the tour shows
+
+
+def _image_grid(axis: Any, images: np.ndarray, rows: int, title: str) -> None:
+    columns = int(np.ceil(len(images) / rows))
+    canvas = np.zeros((rows * 9 - 1, columns * 9 - 1))
+    for index, image in enumerate(images):
+        r, c = divmod(index, columns)
+        canvas[r * 9:r * 9 + 8, c * 9:c * 9 + 8] = image.reshape(8, 8)
+    axis.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    axis.set_title(title, fontsize=9)
+    axis.axis("off")
+
+
+def report(example: Example, simulated: Simulated, result: Any) -> list[Any]:
+    """Figures for the tour: generated digits, reconstructions and the latent space."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modules = result.diagnostics.get("modules", {}) if result is not None else {}
+    decoder, encoder = modules.get("theta"), modules.get("phi")
+    if decoder is None:
+        return []
+    latent_dim = int(simulated.data.get("latent_dim", 2))
+    generator = torch.Generator().manual_seed(0)
+    figures = []
+    with torch.no_grad():
+        z = torch.randn(48, latent_dim, generator=generator, dtype=torch.float64)
+        generated = torch.sigmoid(decoder(z)).numpy()
+        figure, axis = plt.subplots(figsize=(6, 4.2))
+        _image_grid(axis, generated, 6, "digits generated from the prior: E[x | z], z ~ N(0, I)")
+        figures.append(figure)
+        if encoder is not None:
+            x_test = torch.as_tensor(simulated.truth["x_test"][:16])
+            loc, _ = encoder(x_test)
+            reconstructed = torch.sigmoid(decoder(loc)).numpy()
+            figure, axes = plt.subplots(1, 2, figsize=(8, 2.6))
+            _image_grid(axes[0], x_test.numpy(), 2, "held-out digits")
+            _image_grid(axes[1], reconstructed, 2, "reconstructions E[x | z = μ_φ(x)]")
+            figures.append(figure)
+            if latent_dim == 2:
+                loc, _ = encoder(torch.as_tensor(simulated.data["x"]))
+                figure, axis = plt.subplots(figsize=(5, 4.5))
+                points = axis.scatter(loc[:, 0].numpy(), loc[:, 1].numpy(), c=simulated.truth["labels"], cmap="tab10", s=6)
+                figure.colorbar(points, ax=axis, label="digit")
+                axis.set_xlabel("z₁ (encoder mean)")
+                axis.set_ylabel("z₂")
+                axis.set_title("latent space of the training digits", fontsize=9)
+                figures.append(figure)
+    return figures
+
+
+#: The tour's amortised guide (svi trains a copy of this encoder on every run).
+TOUR_GUIDE = amortize(Encoder(2), latent="z")
+
+EXAMPLES = [
+    Example(
+        "vae",
+        vae,
+        simulate_digits,
+        "variational autoencoder on scikit-learn's 8×8 digits, MLP encoder/decoder, 2-D latent space",
+        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 128, "num_steps": 1500, "learning_rate": 3e-3, "num_samples": 10}},
+        skip=("advi", "map", "mle", "importance", "nuts", "hmc", "gibbs", "mh", "meanfield", "cavi", "enumerate", "em"),
+        report=report,
+    ),
+]
