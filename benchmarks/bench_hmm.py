@@ -11,7 +11,7 @@ get the emission log-densities and run the forward recursion on tensors directly
 Also reported: ``ppgen.score`` end to end, which first traces the program into its
 ``ModelStructure`` (``ppgen.inspect``) and then runs the engine.
 
-    .venv/bin/python benchmarks/bench_hmm.py [--quick] [--repeats 5]
+    .venv/bin/python benchmarks/bench_hmm.py [--quick] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="T = 200, 20 sequences")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     num_sequences, T, K = (20, 200, 10) if options.quick else (100, 1000, 10)
     data = simulate_hmm_gaussian(num_sequences=num_sequences, num_steps=T, K=K, seed=0).data
     torch.set_default_dtype(torch.float64)
@@ -86,7 +89,7 @@ def main() -> None:
         fn()  # warm-up
         results[name] = median_time(fn, options.repeats)
     reference, reference_value = results["anchor: logsumexp forward"]
-    print(f"HMM K={K}, T={T}, {num_sequences} sequences, float64; median of {options.repeats}")
+    print(f"HMM K={K}, T={T}, {num_sequences} sequences, float64, torch threads {torch.get_num_threads()}; median of {options.repeats}")
     for name, (seconds, value) in results.items():
         print(f"  {name:<32} {seconds * 1e3:9.1f} ms   ratio {seconds / reference:5.2f}   log p(x) {value:.6f}")
     assert np.isclose(results["ppgen enumerate (engine run)"][1], reference_value, rtol=1e-9)

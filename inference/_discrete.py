@@ -141,18 +141,36 @@ def quiet_validation() -> Iterator[None]:
 
 
 _PARALLEL_WORK = 1 << 16  # elements per tensor operation below which one thread is faster
+_LARGE_WORK_THREADS: Optional[int] = None  # threads handed back to large operations inside small_ops()
+
+
+@contextmanager
+def small_ops() -> Iterator[None]:
+    """Run an engine on one intra-op thread, handing the threads back to large operations
+    (:func:`threads_for`). Programs issue many small tensor operations (a site per time step),
+    torch parallelises some of them (``max`` over a dim, ``logsumexp``) whatever their size, and
+    waking a second thread costs far more than the work: 100× on a loaded machine."""
+    global _LARGE_WORK_THREADS
+    saved, previous = torch.get_num_threads(), _LARGE_WORK_THREADS
+    _LARGE_WORK_THREADS = saved if previous is None else previous
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+        _LARGE_WORK_THREADS = previous
 
 
 @contextmanager
 def threads_for(work: int) -> Iterator[None]:
-    """One intra-op thread for loops of small tensor operations: torch parallelises some
-    reductions (``max`` over a dim, ``logsumexp``) whatever their size, and waking a second
-    thread costs far more than the work (100× on a loaded machine)."""
+    """All threads for an operation on ``work`` elements if it is large, one otherwise."""
+    available = _LARGE_WORK_THREADS or torch.get_num_threads()
+    target = available if work >= _PARALLEL_WORK else 1
     saved = torch.get_num_threads()
-    if work >= _PARALLEL_WORK or saved == 1:
+    if target == saved:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(target)
     try:
         yield
     finally:
@@ -255,16 +273,20 @@ def _collect(trace: Any, first_available_dim: int, log_probs: bool) -> Enumerati
         if dim is None:
             continue
         id_to_latent[site["infer"]["_dim_to_id"][dim]] = name
-        support = site["fn"].enumerate_support(expand=False).reshape(-1)
+        value = site["value"]  # the support, laid along the latent's own dim
+        laid_out = value.dim() >= -dim and value.numel() == value.shape[dim]
+        support = value.reshape(-1) if laid_out else site["fn"].enumerate_support(expand=False).reshape(-1)
         latents[name] = Latent(name, dim, support, site["_ppgen_plates"], _plate_shape(plates, site["_ppgen_plates"]))
     factors = []
     for name, site in _sample_sites(trace):
+        fn, value = site["fn"], site["value"]
+        batch = tuple(value.shape[: value.dim() - len(fn.event_shape)])
+        shape = torch.broadcast_shapes(batch, tuple(fn.batch_shape))
         if log_probs:
-            log_prob = site_log_prob(site)
+            with threads_for(math.prod(shape) * max(1, math.prod(fn.event_shape))):
+                log_prob = site_log_prob(site)
         else:  # only the shape: a stride-0 view, no density computed
-            fn, value = site["fn"], site["value"]
-            batch = tuple(value.shape[: value.dim() - len(fn.event_shape)])
-            log_prob = torch.zeros(()).expand(torch.broadcast_shapes(batch, tuple(fn.batch_shape)))
+            log_prob = torch.zeros(()).expand(shape)
         factors.append(Factor(name, log_prob, latent_dims(site, log_prob, first_available_dim, id_to_latent), site["_ppgen_plates"]))
     return Enumeration(trace, first_available_dim, latents, factors, plates)
 
@@ -504,6 +526,12 @@ def viterbi(chain: Chain) -> tuple[torch.Tensor, torch.Tensor]:
 def _single_latent_posterior(enumeration: Enumeration, marginals: bool, weights: bool, map_estimate: bool) -> Posterior:
     """One latent (per plate element): a mixture. Everything stays in the factors' own layout,
     so the sum is one logsumexp over the latent's dim and the posterior one softmax."""
+    work = max(f.log_prob.numel() for f in enumeration.factors)
+    with threads_for(work):
+        return _single_latent_sums(enumeration, marginals, weights, map_estimate)
+
+
+def _single_latent_sums(enumeration: Enumeration, marginals: bool, weights: bool, map_estimate: bool) -> Posterior:
     latent = next(iter(enumeration.latents.values()))
     plates = enumeration.plates
     own_plates = set(latent.plates)
@@ -545,7 +573,8 @@ def _single_latent_posterior(enumeration: Enumeration, marginals: bool, weights:
 def _chain_posterior(enumeration: Enumeration, placement, marginals: bool, weights: bool, map_estimate: bool) -> Posterior:
     if len(enumeration.latents) == 1:
         return _single_latent_posterior(enumeration, marginals, weights, map_estimate)
-    chain = build_chain(enumeration, placement)
+    with threads_for(max(f.log_prob.numel() for f in enumeration.factors)):
+        chain = build_chain(enumeration, placement)
     need_gamma = marginals or weights
     T, n, K = chain.unary.shape
     with threads_for(n * K * K):
@@ -665,4 +694,5 @@ def exact_posterior(
     placement = find_chain(enumeration)
     if placement is not None:
         return _chain_posterior(enumeration, placement, marginals, weights, map_estimate)
-    return _tensor_elimination(enumeration, marginals, weights, map_estimate)
+    with threads_for(max(f.log_prob.numel() for f in enumeration.factors)):
+        return _tensor_elimination(enumeration, marginals, weights, map_estimate)

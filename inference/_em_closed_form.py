@@ -42,7 +42,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions.utils import lazy_property
 
-from ppgen.inference._discrete import Enumeration, Factor, _padded
+from ppgen.inference._discrete import Enumeration, Factor, _padded, threads_for
 
 EPS = 10 * torch.finfo(torch.float64).eps  # as scikit-learn: keeps empty components finite
 
@@ -272,9 +272,10 @@ def weighted_row_sums(weight: torch.Tensor, stat: torch.Tensor, index: torch.Ten
         "".join(letters[d] for d in w_dims) + "," + "".join(letters[d] for d in t_dims) + last
         + "->" + "".join(letters[d] for d in present) + last
     )
-    reduced = torch.einsum(
-        equation, w.reshape([w.shape[d] for d in w_dims]), t.reshape([t.shape[d] for d in t_dims] + [size])
-    )
+    with threads_for(max(w.numel(), t.numel())):
+        reduced = torch.einsum(
+            equation, w.reshape([w.shape[d] for d in w_dims]), t.reshape([t.shape[d] for d in t_dims] + [size])
+        )
     reduced = reduced.reshape([i.shape[d] if d in present else 1 for d in keep] + [size])
     reduced = reduced.expand([i.shape[d] for d in keep] + [size]).reshape(-1, size)
     flat_index = i.reshape([i.shape[d] for d in keep]).reshape(-1)

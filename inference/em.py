@@ -54,6 +54,7 @@ from ppgen.inference._discrete import (
     exact_posterior,
     quiet_validation,
     site_log_prob,
+    small_ops,
     threads_for,
     total,
 )
@@ -340,7 +341,8 @@ class EM(Engine):
             if only is not None and not (problem.depends.get(name, set()) & only or name in only):
                 continue
             if name in problem.site_models:
-                log_prob = problem.site_models[name].log_prob(values)
+                with threads_for(factor.log_prob.numel()):
+                    log_prob = problem.site_models[name].log_prob(values)
             elif name in problem.latents:
                 log_prob = problem.prior_fns[name].log_prob(values[name])
             else:
@@ -449,15 +451,12 @@ class EM(Engine):
     # ---------------------------------------------------------------------------------------
 
     def _fit(self, problem: _Problem, values: dict[str, torch.Tensor]) -> Progress[EMState]:
-        work = max((f.log_prob.numel() for f in problem.layout.factors), default=0)
-        with threads_for(work):
-            state = self._e_step(problem, values)
+        state = self._e_step(problem, values)
         objective = "log_joint" if problem.latents else "log_likelihood"
 
         def step(current: EMState) -> tuple[EMState, float]:
-            with threads_for(work):
-                new_values = self._m_step(problem, current.values, current.posterior.weights)
-                new_state = self._e_step(problem, new_values, current.history)
+            new_values = self._m_step(problem, current.values, current.posterior.weights)
+            new_state = self._e_step(problem, new_values, current.history)
             return new_state, new_state.log_joint
 
         return iterate(step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name, objective=objective, warn=False)
@@ -471,7 +470,7 @@ class EM(Engine):
 
             raise EngineNotApplicable(f"engine 'em' does not apply to {structure.name}: {reason}")
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
-        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation():
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation(), small_ops():
             torch.manual_seed(self.seed)
             problem, program_values = self._setup(model, args, kwargs, structure)
             best: Optional[Progress[EMState]] = None

@@ -20,7 +20,7 @@ from pyro import poutine
 
 from ppgen.backend import to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
-from ppgen.inference._discrete import enumerate_program, exact_posterior, in_precision, quiet_validation, threads_for
+from ppgen.inference._discrete import enumerate_program, exact_posterior, in_precision, quiet_validation, small_ops
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, site_plates_size
 
@@ -137,8 +137,7 @@ class Enumerate(Engine):
                 }
                 return enumeration, posterior, params, observed
 
-        data_size = sum(int(np.prod(np.shape(v))) for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor))
-        with threads_for(data_size):
+        with small_ops():
             enumeration, posterior, params, observed = in_precision(run_exact)
         return Result(
             engine=self.name,
