@@ -16,7 +16,6 @@ import math
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import ppgen

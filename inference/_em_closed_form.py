@@ -3,12 +3,12 @@ which site's distribution, and the closed-form M-step that follows.
 
 *Recognition.* The program is run twice under enumeration with every global (``param`` site or
 continuous latent) set to a random value in its support. A distribution argument that equals
-``G[index]`` cell for cell in both runs, for a global G and an integer ``index`` over the
-site's cells (enumerated configurations × plate positions), is a **gather** of G: the
+``G[index]`` cell for cell (to rounding) in both runs, for a global G and an integer ``index``
+over the site's cells (enumerated configurations × plate positions), is a **gather** of G: the
 component means ``locs[z]``, the transition rows ``transition[z_prev]``, the shared ``scale``.
 An argument equal in both runs is **fixed**. Anything else (``2 * locs[z] + covariate``) is
-opaque to the closed forms and left to gradient steps. With random probe values, an exact match
-in two independent runs cannot happen by coincidence.
+opaque to the closed forms and left to gradient steps. With random probe values, a match in two
+independent runs does not happen by coincidence.
 
 *Closed forms.* With posterior weights w over a site's cells (from the E-step) and its values x,
 the expected complete-data log-likelihood of a gathered global separates by rows, and for
@@ -225,8 +225,13 @@ def recognise(
                     break
             else:
                 break
-        if len(arguments) != len(args_a):
+        if not args_a or len(arguments) != len(args_a):
             opaque[name] = "an argument is not a fixed value or a gather of a global"
+            continue
+        try:  # the distribution must be rebuilt from exactly these arguments
+            type(base_a)(**{k: v.value if isinstance(v, Fixed) else value for (k, v), value in zip(arguments.items(), args_a.values())}, validate_args=False)
+        except (TypeError, ValueError, RuntimeError):
+            opaque[name] = f"{type(base_a).__name__} cannot be rebuilt from {sorted(args_a)}"
             continue
         models[name] = SiteModel(
             name, type(base_a).__name__, type(base_a), arguments, reinterpreted, site_a["value"], tuple(factor.log_prob.shape)
