@@ -222,7 +222,7 @@ class Importance(Engine):
         values = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in self.params.items()}
         return poutine.substitute(model, data=values)
 
-    def _vectorised(self, model: Callable, args: tuple, kwargs: dict, reference: Any, nesting: int, num: int):
+    def _vectorised(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict, reference: Any, nesting: int, num: int):
         """One pass over ``num`` particles in an outer plate; None if the program is not
         vectorisable (its site shapes differ from the ordinary run)."""
         particle_dim = -nesting - 1
@@ -233,7 +233,7 @@ class Importance(Engine):
                     return fn(*a, **k)
             return wrapped
 
-        guide_trace = poutine.trace(in_particles(self.guide)).get_trace(*args, **kwargs) if self.guide else None
+        guide_trace = poutine.trace(in_particles(guide)).get_trace(*args, **kwargs) if guide else None
         replayed = poutine.replay(in_particles(model), trace=guide_trace) if guide_trace is not None else in_particles(model)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
         if _deepest_plate_dim(model_trace, *( [guide_trace] if guide_trace else [])) <= particle_dim:
@@ -258,11 +258,11 @@ class Importance(Engine):
         log_w = log_weights_of(model_trace, guide_trace, lambda lp: _per_particle(lp, particle_dim, num))
         return log_w, values
 
-    def _sequential(self, model: Callable, args: tuple, kwargs: dict, num: int):
+    def _sequential(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict, num: int):
         """One particle at a time (programs whose control flow depends on sampled values)."""
         log_w, draws = [], []
         for _ in tqdm(range(num), desc=self.name, disable=not self.progress, leave=False):
-            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs) if self.guide else None
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide else None
             replayed = poutine.replay(model, trace=guide_trace) if guide_trace is not None else model
             model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
             log_w.append(log_weights_of(model_trace, guide_trace, lambda lp: lp.sum()))
@@ -270,8 +270,8 @@ class Importance(Engine):
         values = {name: torch.stack([d[name] for d in draws]) for name in draws[0]} if draws else {}
         return torch.stack([torch.as_tensor(w) for w in log_w]), values
 
-    def _particles(self, model: Callable, args: tuple, kwargs: dict):
-        guide_reference = poutine.trace(self.guide).get_trace(*args, **kwargs) if self.guide else None
+    def _particles(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict):
+        guide_reference = poutine.trace(guide).get_trace(*args, **kwargs) if guide else None
         replayed = poutine.replay(model, trace=guide_reference) if guide_reference is not None else model
         reference = poutine.trace(replayed).get_trace(*args, **kwargs)
         nesting = -_deepest_plate_dim(reference, *([guide_reference] if guide_reference else []))
@@ -282,12 +282,12 @@ class Importance(Engine):
             num = min(batch, remaining)
             outcome = None
             try:
-                outcome = self._vectorised(model, args, kwargs, reference, nesting, num)
+                outcome = self._vectorised(model, guide, args, kwargs, reference, nesting, num)
             except (RuntimeError, ValueError, IndexError, TypeError):
                 outcome = None
             if outcome is None:
                 vectorized = False
-                outcome = self._sequential(model, args, kwargs, remaining)
+                outcome = self._sequential(model, guide, args, kwargs, remaining)
                 num = remaining
             chunks.append(outcome)
             remaining -= num
@@ -304,14 +304,17 @@ class Importance(Engine):
         start = time.perf_counter()
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         program = self._program(model)
+        guide = self.guide
+        if guide is not None and hasattr(guide, "bind"):  # an amortised guide (ppgen.amortize): give it the model's signature
+            guide = guide.bind(model).program
         # Without a guide the run is self-contained; with one, its trained parameters live in
         # the parameter store and must be read from there, not re-initialised.
-        store_scope = pyro.get_param_store().scope if self.guide is None else nullcontext
+        store_scope = pyro.get_param_store().scope if guide is None else nullcontext
 
         def sample_particles():
             with use_backend("pyro"), torch.random.fork_rng(), store_scope(), torch.no_grad(), quiet_validation():
                 torch.manual_seed(self.seed)
-                outcome = self._particles(program, args, kwargs)
+                outcome = self._particles(program, guide, args, kwargs)
                 log_w = outcome[0].detach()
                 normalised = torch.softmax(log_w, 0) if torch.isfinite(log_w).any() else torch.full_like(log_w, 1.0 / log_w.numel())
                 index = torch.multinomial(normalised, self.num_samples, replacement=True)
