@@ -313,11 +313,6 @@ def latent_dims(site: dict, log_prob: torch.Tensor, first_available_dim: int, id
     return out
 
 
-def layout_dims(enumeration: Enumeration) -> dict[str, dict[str, int]]:
-    """For reuse with recomputed tensors: site -> {latent: dim}, from the enumerated trace."""
-    return {f.site: dict(f.latent_dims) for f in enumeration.factors}
-
-
 # --------------------------------------------------------------------------------------------
 # Shape helpers
 

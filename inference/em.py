@@ -301,9 +301,12 @@ class EM(Engine):
             for key, gather in site.gathers().items():
                 uses[gather.name].append((site, key))
         blocked = {g for site in opaque for g in problem.depends.get(site, ())}
+        in_priors = {g for n in problem.latents for g in problem.depends.get(n, ())}  # hierarchical priors
         for name in problem.names:
             if name in blocked:
                 problem.rules[name], problem.reasons[name] = "gradient", "gradient steps: feeds a site whose arguments are not gathers"
+            elif name in in_priors:
+                problem.rules[name], problem.reasons[name] = "gradient", "gradient steps: feeds the prior of another global"
             else:
                 rule, why = choose_rule(name, uses[name], problem.priors.get(name), name in problem.latents)
                 problem.rules[name] = rule
