@@ -158,7 +158,8 @@ class Amortized:
             raise ValueError(
                 f"amortize: the encoder must return (loc, scale) or a distribution, got {type(output).__name__}"
             )
-        loc, scale = (t.to(torch.get_default_dtype()) for t in output)
+        target = x.dtype if x.is_floating_point() else torch.get_default_dtype()  # the model's precision
+        loc, scale = (t.to(target) for t in output)
         return dist.Normal(loc, scale).to_event(event_dims)
 
 
