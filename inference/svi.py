@@ -227,7 +227,9 @@ class SVI(Engine):
                 svi = PyroSVI(program, guide, optimizer, loss=loss)
             else:
                 svi = PyroSVI(_scaled(program, plate, factor), _scaled(guide, plate, factor), optimizer, loss=loss)
+            training_start = time.perf_counter()
             progress = run_svi(svi, step_args, self.num_steps, self.tol, self.progress, self.name)
+            training_seconds = time.perf_counter() - training_start
             estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
             shapes = site_shapes(model, args, kwargs)
             latent = [name for name in structure.latent if name in guided]
@@ -250,6 +252,7 @@ class SVI(Engine):
                 "subsample_plate": plate,
                 "modules": modules,
                 "elbo_stderr": estimate.stderr,
+                "training_seconds": training_seconds,
             },
             seconds=time.perf_counter() - start,
         )
