@@ -127,15 +127,15 @@ class _Updater:
             )
         return {**eta, name: new}
 
-    def update_categorical(self, name: str, eta: dict, probs: dict) -> dict:
+    def update_categorical(self, name: str, eta: dict, probs: dict, damped: bool = False) -> dict:
         logits = self.message(name, eta, probs)
         target = torch.log_softmax(logits, -1)
-        if name not in self.coupled:
+        if not damped:
             return {**probs, name: target.exp()}
         # elements interact: damped natural-gradient step, backtracking until no decrease
         current = torch.log(probs[name].clamp_min(1e-300))
         before = self.local_objective(name, eta, probs)
-        step = 1.0
+        step = 0.5
         for _ in range(30):
             candidate = {**probs, name: torch.softmax((1 - step) * current + step * target, -1)}
             if self.local_objective(name, eta, candidate) >= before - 1e-12 * max(1.0, abs(before)):
@@ -144,12 +144,22 @@ class _Updater:
         return probs
 
     def sweep(self, state: CAVIState) -> CAVIState:
+        """Update every continuous node, then every categorical node. Nodes whose elements
+        interact get the full parallel update first; if the sweep then lowered the ELBO, their
+        update is redone as a damped step that cannot (see ``update_categorical``)."""
         eta, probs = state.eta, state.probs
         for name in self.continuous:
             eta = self.update_continuous(name, eta, probs)
+        after_continuous = probs
         for name in self.categorical:
             probs = self.update_categorical(name, eta, probs)
-        return CAVIState(eta, probs, self.elbo(eta, probs))
+        elbo = self.elbo(eta, probs)
+        if self.coupled and elbo < state.elbo:
+            probs = after_continuous
+            for name in self.categorical:
+                probs = self.update_categorical(name, eta, probs, damped=name in self.coupled)
+            elbo = self.elbo(eta, probs)
+        return CAVIState(eta, probs, elbo)
 
     # ---- initialisation -----------------------------------------------------------------------
     def initial_state(self, init: dict[str, Any]) -> CAVIState:
@@ -236,7 +246,7 @@ class CAVI(Engine):
     def __init__(
         self,
         num_steps: int = 500,
-        tol: float = 1e-8,
+        tol: float = 1e-6,
         num_samples: int = 1000,
         init: Optional[dict[str, Any]] = None,
         blocks: bool = True,
