@@ -572,6 +572,143 @@ class Compiler:
             settings.update(extra or {})
             return settings
 
+        # The common value is drawn at random so that no datum sits exactly at a stationary
+        # point of its log density (x = μ would hide the dependence of x on μ).
+        equal = {}
+        for n in continuous:
+            common = nodes[n].family.random(1, self.generator)
+            equal[n] = tuple(v.expand((nodes[n].num_elements,) + v.shape[1:]) for v in common)
+
+        parents: list[Parent] = []
+        gathered_roles: list[torch.Tensor] = []
+        identified = None
+        if gathered and not roles:
+            identified = self._identity_probe(name, nodes, continuous, nodes[gathered[0]], equal, defaults)
+        if identified is not None:
+            parents, gathered_roles = identified
+        else:
+            maps = self._probed_maps(name, nodes, continuous, gathered, roles, aligned_configs, equal, with_config, num_elements)
+            if gathered:
+                for node_name in continuous:
+                    parents.append(
+                        self._decode_gathered(name, nodes, node_name, maps[node_name], nodes[gathered[0]], gathered_roles, len(roles))
+                    )
+            else:
+                for node_name in continuous:
+                    parents.append(Parent(node_name, maps[node_name][0].clamp_min(0)))
+        if gathered:
+            if not gathered_roles:
+                raise NotConjugate(
+                    f"site {name!r} depends on {gathered[0]!r} outside its plates in a way cavi cannot "
+                    "read (it must index a continuous latent)"
+                )
+            for i in range(len(gathered_roles)):
+                for j in range(i + 1, len(gathered_roles)):
+                    if bool((gathered_roles[i] == gathered_roles[j]).any()):
+                        raise NotConjugate(f"site {name!r} uses the same element of {gathered[0]!r} twice in one term")
+            for index in gathered_roles:
+                roles.append(Role(gathered[0], index, False))
+
+        # coefficients: every element of each continuous parent at each probe point
+        matrices = [design_matrix(nodes[n].family) for n in continuous]
+        probe_lists = [nodes[n].family.probes() for n in continuous]
+        table = torch.empty((num_elements, len(aligned_configs)) + tuple(len(p) for p in probe_lists))
+        for a, config in enumerate(aligned_configs):
+            for combination in itertools.product(*[range(len(p)) for p in probe_lists]):
+                extra = {n: self._constant(nodes[n], p) for n, p in zip(continuous, combination)}
+                values = self._assignment(nodes, with_config(config, extra))
+                table[(slice(None), a) + combination] = self.program.log_probs(values, [name])[name]
+        coef = table
+        for axis, matrix in enumerate(matrices):
+            inverse = torch.linalg.inv(matrix)  # table[..p..] = Σ_b coef[..b..] M[p, b]
+            coef = torch.movedim(torch.tensordot(torch.movedim(coef, 2 + axis, -1), inverse.T, dims=1), -1, 2 + axis)
+        factor = Factor(name, num_elements, roles, parents, coef, aligned_roles)
+        factor.pair_groups = self._pair_groups(factor, nodes)
+        return factor
+
+    def _identity_probe(
+        self, name: str, nodes: dict, continuous: list[str], categorical: Node, equal: dict, defaults: dict
+    ) -> Optional[tuple[list[Parent], list[torch.Tensor]]]:
+        """Gather maps and roles of a factor over elements of a categorical node, in three runs.
+
+        Each element n of the categorical node takes the value n itself (not a category), and
+        every dimension of size K of a continuous parent is widened to size n, so the element
+        gathered for factor element e names the categorical elements it used directly
+        (B[z[i], z[j]] reads B[i, j]). A second run with the values permuted tells dimensions
+        indexed by the categorical from dimensions indexed otherwise. Returns None (the caller
+        falls back to digit probes) when the program does not run that way or the widened
+        parent would be too large.
+        """
+        size, count = categorical.cardinality, categorical.num_elements
+        support = categorical.support
+        if not torch.equal(support.to(torch.float64), torch.arange(size, dtype=torch.float64)):
+            return None
+        permutation = torch.randperm(count, generator=self.generator)
+        as_values = lambda order: order.to(support.dtype).reshape(categorical.value_shapes[0])  # noqa: E731
+        parents, roles = [], []
+        for node_name in continuous:
+            node = nodes[node_name]
+            shape = node.element_shape
+            wide_dims = [d for d, extent in enumerate(shape) if extent == size]
+            if not wide_dims:
+                return None
+            wide = tuple(count if d in wide_dims else extent for d, extent in enumerate(shape))
+            if math.prod(wide) > 1 << 23:
+                return None
+            codes = torch.arange(1, math.prod(wide) + 1, dtype=torch.get_default_dtype())
+            common = tuple(v[0] for v in equal[node_name])
+
+            def widened(direction: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+                values = self._assignment(nodes, {**defaults, **equal})
+                values[categorical.sites[0]] = as_values(order)
+                with forward_ad.dual_level():
+                    for site, value in zip(node.sites, common):
+                        primal = value.expand(wide + value.shape).contiguous()
+                        tangent = direction.reshape(wide + (1,) * value.dim()).expand_as(primal).contiguous()
+                        values[site] = forward_ad.make_dual(primal, tangent)
+                    log_prob = self.program.log_probs(values, [name])[name]
+                    tangent = forward_ad.unpack_dual(log_prob).tangent
+                    return torch.zeros_like(log_prob) if tangent is None else tangent.detach().clone()
+
+            identity = torch.arange(count)
+            try:
+                ones = widened(torch.ones_like(codes), identity)
+                first = self._read_map(widened(codes, identity), ones, name, node)
+                second = self._read_map(widened(codes, permutation), ones, name, node)
+            except (RuntimeError, IndexError, ValueError, NotConjugate):
+                return None
+            if bool((first < 0).any()) or bool((second < 0).any()):
+                return None
+            base = torch.zeros_like(first)
+            strides = []
+            rest_first, rest_second = first, second
+            for d in reversed(range(len(shape))):
+                index_first, index_second = rest_first % wide[d], rest_second % wide[d]
+                rest_first, rest_second = rest_first // wide[d], rest_second // wide[d]
+                stride = math.prod(shape[d + 1:])
+                if torch.equal(index_first, index_second):
+                    if bool((index_first >= shape[d]).any()):
+                        return None
+                    base += index_first * stride
+                elif d in wide_dims and torch.equal(permutation[index_first], index_second):
+                    for role_index, existing in enumerate(roles):
+                        if torch.equal(existing, index_first):
+                            break
+                    else:
+                        roles.append(index_first)
+                        role_index = len(roles) - 1
+                    strides.append((role_index, stride))
+                else:
+                    return None
+            parents.append(Parent(node_name, base[:, None], tuple(sorted(strides))))
+        return parents, roles
+
+    def _probed_maps(
+        self, name: str, nodes: dict, continuous: list[str], gathered: list[str], roles: list[Role],
+        aligned_configs: list[tuple], equal: dict, with_config: Callable, num_elements: int,
+    ) -> dict[str, torch.Tensor]:
+        """Gather maps of every continuous parent, per aligned configuration and, for a gathered
+        categorical node, per digit probe: node -> (num_probes, E, num_aligned_configs)."""
         digit_probes: list[Optional[torch.Tensor]] = [None]
         if gathered:
             node = nodes[gathered[0]]
@@ -584,13 +721,7 @@ class Compiler:
         # Gather maps. Every continuous parent holds one value in all its elements, so the
         # tangent along 1 does not depend on which element a categorical value selects (for
         # gathered roles): one "ones" pass per aligned configuration serves every digit probe.
-        # The common value is drawn at random so that no datum sits exactly at a stationary
-        # point of its log density (x = μ would hide the dependence of x on μ).
         maps: dict[str, torch.Tensor] = {}  # node -> (num_probes, E, num_aligned_configs)
-        equal = {}
-        for n in continuous:
-            common = nodes[n].family.random(1, self.generator)
-            equal[n] = tuple(v.expand((nodes[n].num_elements,) + v.shape[1:]) for v in common)
         for node_name in continuous:
             node = nodes[node_name]
             if name in node.sites and node.num_elements == num_elements:
@@ -611,45 +742,7 @@ class Compiler:
                     per_probe.append(self._read_map(coded, ones, name, node))
                 columns.append(torch.stack(per_probe))
             maps[node_name] = torch.stack(columns, -1)
-
-        parents: list[Parent] = []
-        if gathered:
-            gathered_roles: list[torch.Tensor] = []
-            for node_name in continuous:
-                parents.append(
-                    self._decode_gathered(name, nodes, node_name, maps[node_name], nodes[gathered[0]], gathered_roles, len(roles))
-                )
-            if not gathered_roles:
-                raise NotConjugate(
-                    f"site {name!r} depends on {gathered[0]!r} outside its plates in a way cavi cannot "
-                    "read (it must index a continuous latent)"
-                )
-            for i in range(len(gathered_roles)):
-                for j in range(i + 1, len(gathered_roles)):
-                    if bool((gathered_roles[i] == gathered_roles[j]).any()):
-                        raise NotConjugate(f"site {name!r} uses the same element of {gathered[0]!r} twice in one term")
-            for index in gathered_roles:
-                roles.append(Role(gathered[0], index, False))
-        else:
-            for node_name in continuous:
-                parents.append(Parent(node_name, maps[node_name][0].clamp_min(0)))
-
-        # coefficients: every element of each continuous parent at each probe point
-        matrices = [design_matrix(nodes[n].family) for n in continuous]
-        probe_lists = [nodes[n].family.probes() for n in continuous]
-        table = torch.empty((num_elements, len(aligned_configs)) + tuple(len(p) for p in probe_lists))
-        for a, config in enumerate(aligned_configs):
-            for combination in itertools.product(*[range(len(p)) for p in probe_lists]):
-                extra = {n: self._constant(nodes[n], p) for n, p in zip(continuous, combination)}
-                values = self._assignment(nodes, with_config(config, extra))
-                table[(slice(None), a) + combination] = self.program.log_probs(values, [name])[name]
-        coef = table
-        for axis, matrix in enumerate(matrices):
-            inverse = torch.linalg.inv(matrix)  # table[..p..] = Σ_b coef[..b..] M[p, b]
-            coef = torch.movedim(torch.tensordot(torch.movedim(coef, 2 + axis, -1), inverse.T, dims=1), -1, 2 + axis)
-        factor = Factor(name, num_elements, roles, parents, coef, aligned_roles)
-        factor.pair_groups = self._pair_groups(factor, nodes)
-        return factor
+        return maps
 
     def _decode_gathered(
         self, name: str, nodes: dict, node_name: str, maps: torch.Tensor, categorical: Node, roles: list[torch.Tensor], offset: int
