@@ -813,19 +813,18 @@ class Compiler:
         if not factor.parents or not all(p.constant_base for p in factor.parents):
             return None
         flat = factor.coef[:, 0].reshape(factor.num_elements, -1)
-        key = flat @ torch.rand(flat.shape[1], generator=self.generator, dtype=flat.dtype)
-        unique, inverse = torch.unique(key, return_inverse=True)
-        if len(unique) > 16:
-            return None
         size = nodes[roles[0].node].num_elements
         first, second = roles[0].index, roles[1].index
+        # group elements by coefficient row (few distinct rows: edge / no edge), O(E) per group
         rows_of_group = []
-        for group in range(len(unique)):
-            members = inverse == group
-            rows = flat[members]
-            if not bool((rows == rows[:1]).all()):
+        unassigned = torch.ones(factor.num_elements, dtype=torch.bool)
+        while bool(unassigned.any()):
+            if len(rows_of_group) == 16:
                 return None
-            rows_of_group.append((rows[0].reshape(factor.coef.shape[2:]), members))
+            row = flat[int(torch.nonzero(unassigned)[0])]
+            members = (flat == row).all(-1) & unassigned
+            unassigned &= ~members
+            rows_of_group.append((row.reshape(factor.coef.shape[2:]), members))
         # Every pair i < j (or i > j) exactly once, as in a graph's n(n−1)/2 dyads: the
         # largest group is "all pairs minus the others", and the all-pairs product is a cumsum.
         complete = None
@@ -834,7 +833,7 @@ class Compiler:
                 complete = "upper"
             elif bool((first > second).all()):
                 complete = "lower"
-            if complete is not None and torch.unique(first * size + second).numel() != factor.num_elements:
+            if complete is not None and int(torch.bincount(first * size + second, minlength=size * size).max()) > 1:
                 complete = None
         largest = max(range(len(rows_of_group)), key=lambda g: int(rows_of_group[g][1].sum()))
         groups = []
