@@ -73,6 +73,7 @@ def main() -> None:
             start = time.perf_counter()
             values[name], fits[name] = fit()
             times[name].append(time.perf_counter() - start)
+            print(f"  ({name}: {times[name][-1]:.2f} s)", flush=True)
     reference = statistics.median(times["scikit-learn"])
     print(f"GMM EM, N={num_data}, D={dim}, K={k}, full covariances, {steps} iterations, float64, "
           f"torch threads {torch.get_num_threads()}; median of {options.repeats}")

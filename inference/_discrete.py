@@ -46,6 +46,7 @@ from pyro.infer import config_enumerate, infer_discrete
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
+from torch.distributions.utils import lazy_property
 
 from ppgen.backend import torch_precision
 
@@ -126,6 +127,49 @@ class Posterior:
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     map_values: dict[str, torch.Tensor] = field(default_factory=dict)
     method: str = "chain"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading distributions
+
+
+def unwrap(fn: Any) -> tuple[Any, int]:
+    """The base distribution and the number of dims ``to_event`` reinterpreted."""
+    reinterpreted = 0
+    while True:
+        name = type(fn).__name__
+        if name == "Independent":
+            reinterpreted += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        elif name == "ExpandedDistribution":
+            fn = fn.base_dist
+        else:
+            return fn, reinterpreted
+
+
+def given_arguments(base: Any) -> dict[str, torch.Tensor]:
+    """The arguments a distribution was constructed with (lazily derived ones left out: the
+    ``logits`` of a Categorical built from ``probs``)."""
+    out = {}
+    for key in getattr(base, "arg_constraints", {}):
+        descriptor = next((klass.__dict__[key] for klass in type(base).__mro__ if key in klass.__dict__), None)
+        if isinstance(descriptor, lazy_property) and key not in base.__dict__:
+            continue
+        try:
+            value = getattr(base, key)
+        except (AttributeError, NotImplementedError):
+            continue
+        if isinstance(value, torch.Tensor):
+            out[key] = value
+    return out
+
+
+def compact(x: torch.Tensor) -> torch.Tensor:
+    """Undo ``expand``: slice every stride-0 dim down to size 1 (no copy)."""
+    for dim in range(x.dim()):
+        if x.shape[dim] > 1 and x.stride(dim) == 0:
+            x = x.narrow(dim, 0, 1)
+    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,9 +336,30 @@ def _collect(trace: Any, first_available_dim: int, log_probs: bool) -> Enumerati
 
 
 def site_log_prob(site: dict) -> torch.Tensor:
-    """A trace site's log-density tensor, masked and scaled as Pyro does."""
-    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+    """A trace site's log-density tensor, masked and scaled as Pyro does.
+
+    A plate expands a distribution's parameters to the plate's size (stride-0 views); the
+    density is computed from the compact parameters instead, so a transition shared by every
+    sequence gives a (K, K, 1) factor rather than (K, K, n)."""
+    fn, value = site["fn"], site["value"]
+    log_prob = None
+    base, reinterpreted = unwrap(fn)
+    arguments = given_arguments(base) if type(base).__name__ in _REBUILDABLE else {}
+    if arguments and any(compact(v).numel() < v.numel() for v in arguments.values()):
+        try:
+            log_prob = type(base)(**{k: compact(v) for k, v in arguments.items()}, validate_args=False).log_prob(value)
+            if reinterpreted:
+                log_prob = log_prob.sum(tuple(range(-reinterpreted, 0)))
+        except (TypeError, ValueError, RuntimeError):
+            log_prob = None
+    if log_prob is None:
+        log_prob = fn.log_prob(value)
+    log_prob = scale_and_mask(log_prob, site["scale"], site["mask"])
     return log_prob if isinstance(log_prob, torch.Tensor) else torch.as_tensor(log_prob)
+
+
+# Families rebuilt from their compact arguments (others are evaluated as traced)
+_REBUILDABLE = frozenset({"Categorical", "Bernoulli", "Normal", "MultivariateNormal", "Poisson", "Binomial", "Beta", "Gamma", "Dirichlet", "LogNormal", "Exponential", "StudentT", "Laplace", "Cauchy"})
 
 
 def latent_dims(site: dict, log_prob: torch.Tensor, first_available_dim: int, id_to_latent: dict[int, str]) -> dict[str, int]:

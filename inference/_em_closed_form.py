@@ -40,54 +40,10 @@ from typing import Any, Optional, Union
 
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
-from torch.distributions.utils import lazy_property
 
-from ppgen.inference._discrete import Enumeration, Factor, _padded, threads_for
+from ppgen.inference._discrete import Enumeration, Factor, _padded, compact, given_arguments, threads_for, unwrap
 
 EPS = 10 * torch.finfo(torch.float64).eps  # as scikit-learn: keeps empty components finite
-
-
-# --------------------------------------------------------------------------------------------
-# Reading distributions
-
-
-def unwrap(fn: Any) -> tuple[Any, int]:
-    """The base distribution and the number of dims ``to_event`` reinterpreted."""
-    reinterpreted = 0
-    while True:
-        name = type(fn).__name__
-        if name == "Independent":
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif name == "ExpandedDistribution":
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted
-
-
-def given_arguments(base: Any) -> dict[str, torch.Tensor]:
-    """The arguments a distribution was constructed with (lazily derived ones left out: the
-    ``logits`` of a Categorical built from ``probs``)."""
-    out = {}
-    for key in getattr(base, "arg_constraints", {}):
-        descriptor = next((klass.__dict__[key] for klass in type(base).__mro__ if key in klass.__dict__), None)
-        if isinstance(descriptor, lazy_property) and key not in base.__dict__:
-            continue
-        try:
-            value = getattr(base, key)
-        except (AttributeError, NotImplementedError):
-            continue
-        if isinstance(value, torch.Tensor):
-            out[key] = value
-    return out
-
-
-def compact(x: torch.Tensor) -> torch.Tensor:
-    """Undo ``expand``: slice every stride-0 dim down to size 1 (no copy)."""
-    for dim in range(x.dim()):
-        if x.shape[dim] > 1 and x.stride(dim) == 0:
-            x = x.narrow(dim, 0, 1)
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,10 +233,16 @@ def weighted_row_sums(weight: torch.Tensor, stat: torch.Tensor, index: torch.Ten
         "".join(letters[d] for d in w_dims) + "," + "".join(letters[d] for d in t_dims) + last
         + "->" + "".join(letters[d] for d in present) + last
     )
+    w_squeezed = w.reshape([w.shape[d] for d in w_dims])
+    t_squeezed = t.reshape([t.shape[d] for d in t_dims] + [size])
+    contracted = [d for d in w_dims if d not in present]
     with threads_for(max(w.numel(), t.numel())):
-        reduced = torch.einsum(
-            equation, w.reshape([w.shape[d] for d in w_dims]), t.reshape([t.shape[d] for d in t_dims] + [size])
-        )
+        if w_dims == present + contracted and t_dims == contracted and contracted:
+            # the mixture case, (configurations × data) @ (data × S): a plain matrix product
+            # (einsum would first copy the data-sized operand)
+            reduced = w_squeezed.reshape(-1, math.prod(w.shape[d] for d in contracted)) @ t_squeezed.reshape(-1, size)
+        else:
+            reduced = torch.einsum(equation, w_squeezed, t_squeezed)
     reduced = reduced.reshape([i.shape[d] if d in present else 1 for d in keep] + [size])
     reduced = reduced.expand([i.shape[d] for d in keep] + [size]).reshape(-1, size)
     flat_index = i.reshape([i.shape[d] for d in keep]).reshape(-1)
