@@ -13,7 +13,6 @@ Run: ``.venv/bin/python benchmarks/bench_vae.py [--epochs 10] [--repeats 3] [--h
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 

@@ -110,12 +110,16 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
         stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
         estimate = Estimate(float(values.mean()), stderr, "lower-bound")
 
-        draws = Predictive(guide, params=params, num_samples=engine.num_samples)(draw_key, *args, **kwargs)
-        latent_draws = {k: v for k, v in draws.items() if k in structure.latent}
+        continuous = [name for name, site in structure.latent.items() if not site.is_discrete]
+        latent_draws = {}
+        if continuous:
+            draws = Predictive(guide, params=params, num_samples=engine.num_samples)(draw_key, *args, **kwargs)
+            latent_draws = {k: v for k, v in draws.items() if k in structure.latent}
         extra_sites = deterministic + discrete
         if extra_sites:
             completed = Predictive(
-                program, posterior_samples=latent_draws, return_sites=extra_sites, infer_discrete=bool(discrete),
+                program, posterior_samples=latent_draws or None, params=params, num_samples=None if latent_draws else engine.num_samples,
+                return_sites=extra_sites, infer_discrete=bool(discrete),
             )(discrete_key, *args, **kwargs)
             latent_draws.update({k: v for k, v in completed.items() if k in extra_sites})
     return Result(

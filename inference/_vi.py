@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from numbers import Number
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import pyro
@@ -102,6 +102,16 @@ def site_shapes(model: Callable, args: tuple, kwargs: dict) -> dict[str, tuple]:
     return {name: tuple(site["value"].shape) for name, site in trace.nodes.items() if site["type"] == "sample"}
 
 
-def param_values(store: Any, skip: Optional[Callable[[str], bool]] = None) -> dict[str, np.ndarray]:
-    """The parameter store's (constrained) values as NumPy arrays."""
-    return {name: to_numpy(store[name]) for name in store.keys() if skip is None or not skip(name)}
+def param_values(store: Any) -> dict[str, np.ndarray]:
+    """The parameter store's (constrained) values as NumPy arrays, with Pyro's AutoNormal
+    parameters renamed ``"<site>.loc"`` / ``"<site>.scale"`` (unconstrained space)."""
+    params = {}
+    for name in store.keys():
+        value = to_numpy(store[name])
+        if name.startswith("AutoNormal.locs."):
+            params[name[len("AutoNormal.locs."):] + ".loc"] = value
+        elif name.startswith("AutoNormal.scales."):
+            params[name[len("AutoNormal.scales."):] + ".scale"] = value
+        else:
+            params[name] = value
+    return params

@@ -42,9 +42,6 @@ from ._vi import (
     site_shapes,
 )
 
-_GUIDE_PREFIX = "AutoNormal."
-
-
 def advi_reason(structure: ModelStructure) -> Optional[str]:
     """Why ADVI does not apply (or None)."""
     reason = missing_data(structure)
@@ -174,7 +171,7 @@ class ADVI(Engine):
             samples = draw_from_guide(model, guide, args, kwargs, self.num_samples, continuous, shapes) if continuous else {}
             if discrete:
                 samples.update(self._discrete_draws(program, guide, args, kwargs, discrete, nesting, shapes))
-            params = self._readable_params(guide, store)
+            params = param_values(store)
         return Result(
             engine=self.name,
             samples=samples,
@@ -197,16 +194,3 @@ class ADVI(Engine):
         with torch.no_grad():
             draws = Predictive(sampler, guide=guide, num_samples=self.num_samples, return_sites=discrete)(*args, **kwargs)
         return {k: to_numpy(v).reshape((self.num_samples,) + shapes[k]) for k, v in draws.items()}
-
-    @staticmethod
-    def _readable_params(guide: AutoNormal, store: Any) -> dict[str, np.ndarray]:
-        params = {}
-        for name in store.keys():
-            value = to_numpy(store[name])
-            if name.startswith(_GUIDE_PREFIX + "locs."):
-                params[name[len(_GUIDE_PREFIX + "locs."):] + ".loc"] = value
-            elif name.startswith(_GUIDE_PREFIX + "scales."):
-                params[name[len(_GUIDE_PREFIX + "scales."):] + ".scale"] = value
-            else:
-                params[name] = value
-        return params

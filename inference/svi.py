@@ -13,7 +13,7 @@ Minibatches: ``subsample_size=B`` slices the data plate's arguments to B random 
 (without replacement within an epoch) and multiplies the log densities of every site in that
 plate, in the model and in the guide, by N / B, so each step's ELBO is an unbiased estimate of
 the full-data ELBO. Finite discrete latents the guide does not sample are summed out
-(``TraceEnum_ELBO``). Without enumeration the KL terms are analytic where they exist
+(``TraceEnum_ELBO``). With an amortised Gaussian guide the KL terms are analytic
 (``TraceMeanField_ELBO``).
 """
 
@@ -33,12 +33,21 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.messenger import Messenger
 
-from ppgen.backend import torch_precision, to_numpy, use_backend
+from ppgen.backend import torch_precision, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
-from ._vi import check_common_options, draw_from_guide, estimate_elbo, make_optimizer, pyro_arguments, run_svi, site_shapes
+from ._vi import (
+    check_common_options,
+    draw_from_guide,
+    estimate_elbo,
+    make_optimizer,
+    param_values,
+    pyro_arguments,
+    run_svi,
+    site_shapes,
+)
 
 ELBOS = ("auto", "trace", "meanfield")
 
@@ -90,8 +99,9 @@ class SVI(Engine):
     subsample_size : minibatch size B over the data plate (None: full batches).
     subsample_plate : the plate to subsample (default: the largest plate holding observed data).
     num_particles : draws of the guide per gradient estimate.
-    elbo : ``"auto"`` (analytic KL where available, enumeration when needed), ``"trace"`` or
-        ``"meanfield"``.
+    elbo : ``"auto"`` (enumeration when needed, analytic KL for amortised guides, else Monte
+        Carlo), ``"trace"`` or ``"meanfield"`` (analytic KL; for guides whose sites are plain
+        distributions with a registered KL to the prior).
     num_samples : draws from the guide returned in ``Result.samples``.
     num_elbo_evaluations : full-data ELBO estimates averaged for ``log_evidence``.
     copy_modules : train copies of the torch modules passed as arguments and of the encoder
@@ -220,7 +230,7 @@ class SVI(Engine):
             if missing:
                 raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
             program = config_enumerate(model, default="parallel") if enumerated else model
-            loss = self._loss(structure, enumerated)
+            loss = self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
             optimizer = make_optimizer(self.optimizer, self.learning_rate, self.clip_norm)
             step_args, plate, factor = self._minibatches(structure, args, kwargs)
             if plate is None:
@@ -234,7 +244,7 @@ class SVI(Engine):
             shapes = site_shapes(model, args, kwargs)
             latent = [name for name in structure.latent if name in guided]
             samples = draw_from_guide(model, guide, args, kwargs, self.num_samples, latent, shapes) if latent else {}
-            params = {name: to_numpy(store[name]) for name in store.keys()}
+            params = param_values(store)
             modules = self._named_modules(guide, copies, args, kwargs, store)
         return Result(
             engine=self.name,
@@ -257,14 +267,18 @@ class SVI(Engine):
             seconds=time.perf_counter() - start,
         )
 
-    def _loss(self, structure: ModelStructure, enumerated: list[str]) -> Any:
+    def _loss(self, structure: ModelStructure, enumerated: list[str], amortized: bool) -> Any:
+        """TraceEnum_ELBO when discrete latents are summed out; analytic KL terms
+        (TraceMeanField_ELBO) for amortised Gaussian guides or when asked; Trace_ELBO otherwise
+        (AutoNormal's guide sites are Delta distributions carrying a Jacobian, which the
+        analytic-KL path would drop)."""
         if enumerated:
             if self.elbo == "meanfield":
                 raise ValueError("SVI: elbo='meanfield' cannot sum out discrete latents; use 'auto' or 'trace'")
             return TraceEnum_ELBO(max_plate_nesting=structure.max_plate_nesting, num_particles=self.num_particles)
-        if self.elbo == "trace":
-            return Trace_ELBO(num_particles=self.num_particles)
-        return TraceMeanField_ELBO(num_particles=self.num_particles)
+        if self.elbo == "meanfield" or (self.elbo == "auto" and amortized):
+            return TraceMeanField_ELBO(num_particles=self.num_particles)
+        return Trace_ELBO(num_particles=self.num_particles)
 
     def _minibatches(self, structure: ModelStructure, args: tuple, kwargs: dict) -> tuple[Callable, Optional[str], float]:
         """Per-step argument function, the subsampled plate and the scale N / B."""

@@ -14,7 +14,7 @@ from pyro.infer import Trace_ELBO
 
 import ppgen
 from ppgen.backend import torch_precision, use_backend
-from ppgen.models.vae import EXAMPLES, Decoder, Encoder, report, simulate_digits, vae
+from ppgen.models.vae import EXAMPLES, Encoder, report, simulate_digits, vae
 
 BATCH = 20
 
