@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from ppgen import dist, ops, param, plate, sample
+from ppgen.amortize import amortize
 from ppgen.catalogue import Example, Simulated
 
 
@@ -78,7 +80,27 @@ def simulate_ppca(num_data: int = 300, D: int = 5, K: int = 2, seed: int = 0) ->
     return Simulated({"x": x, "K": K}, {"W": loadings, "mu": mean, "sigma": 0.3, "z": z})
 
 
+class LinearEncoder(torch.nn.Module):
+    """x (D) -> (loc, scale) of q(z | x) (K each), loc linear in x: PPCA's exact posterior
+    family, for ``ppgen.amortize(LinearEncoder(D, K))`` with ``engine="svi"``."""
+
+    def __init__(self, D: int = 5, K: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.loc = torch.nn.Linear(D, K, dtype=torch.float64)
+        with torch.no_grad():
+            self.loc.weight.normal_(0.0, 0.1, generator=generator)
+            self.loc.bias.zero_()
+        self.raw_scale = torch.nn.Parameter(torch.zeros(K, dtype=torch.float64))
+
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        return self.loc(x), torch.nn.functional.softplus(self.raw_scale).expand(x.shape[0], -1)
+
+
 EXAMPLES = [
-    Example("ppca", ppca, simulate_ppca, "probabilistic PCA with per-datum latent codes"),
+    Example(
+        "ppca", ppca, simulate_ppca, "probabilistic PCA with per-datum latent codes",
+        options={"svi": {"guide": amortize(LinearEncoder(5, 2)), "subsample_size": 100, "num_steps": 1500, "learning_rate": 0.03}},
+    ),
     Example("ppca_marginal", ppca_marginal, simulate_ppca, "probabilistic PCA with the codes integrated out"),
 ]

@@ -217,5 +217,7 @@ EXAMPLES = [
         simulate_sbm,
         "stochastic block model: Dirichlet block proportions, Beta edge probabilities, memberships per node",
         options={"cavi": {"init": {"z": spectral_init}}, "meanfield": {"init": {"z": spectral_init}}},
+        # memberships index each other's blocks (B[z_i, z_j]): parallel enumeration cannot sum them out
+        skip=("advi", "svi"),
     ),
 ]
