@@ -83,7 +83,7 @@ def _engine_options(example: Example, engine: str, quick: bool) -> dict[str, Any
     return options
 
 
-def run_example(example: Example, quick: bool, engines: Optional[list[str]] = None) -> ModelReport:
+def run_example(example: Example, quick: bool, engines: Optional[list[str]] = None, bar: Any = None) -> ModelReport:
     """Simulate the example's data and run every applicable engine on it."""
     simulated = example.simulate()
     structure = inspect(example.model, **simulated.data)
@@ -99,6 +99,8 @@ def run_example(example: Example, quick: bool, engines: Optional[list[str]] = No
         if check.name in example.skip:
             report.runs.append(EngineRun(check.name, skipped="skipped in the tour for this model (too slow or not meaningful)"))
             continue
+        if bar is not None:
+            bar.set_postfix(model=example.name, engine=check.name)
         report.runs.append(_run_engine(example, simulated, check.name, quick))
     return report
 
@@ -376,6 +378,5 @@ def tour(
     reports = []
     bar = tqdm(examples, desc="tour", disable=not progress)
     for example in bar:
-        bar.set_postfix(model=example.name)
-        reports.append(run_example(example, quick, engines))
+        reports.append(run_example(example, quick, engines, bar))
     return write_report(reports, Path(directory), time.perf_counter() - start)
