@@ -345,9 +345,17 @@ def site_log_prob(site: dict) -> torch.Tensor:
     log_prob = None
     base, reinterpreted = unwrap(fn)
     arguments = given_arguments(base) if type(base).__name__ in _REBUILDABLE else {}
-    if arguments and any(compact(v).numel() < v.numel() for v in arguments.values()):
+    compacted = {k: compact(v) for k, v in arguments.items()}
+    value_batch = tuple(value.shape[: value.dim() - len(base.event_shape)])
+    try:
+        smaller = bool(compacted) and math.prod(
+            torch.broadcast_shapes(value_batch, *(tuple(v.shape[: v.dim() - base.arg_constraints[k].event_dim]) for k, v in compacted.items()))
+        ) * 4 <= math.prod(torch.broadcast_shapes(value_batch, tuple(base.batch_shape)))
+    except (RuntimeError, KeyError):
+        smaller = False
+    if smaller:  # worth rebuilding: the density would otherwise be computed plate-size times over
         try:
-            log_prob = type(base)(**{k: compact(v) for k, v in arguments.items()}, validate_args=False).log_prob(value)
+            log_prob = type(base)(**compacted, validate_args=False).log_prob(value)
             if reinterpreted:
                 log_prob = log_prob.sum(tuple(range(-reinterpreted, 0)))
         except (TypeError, ValueError, RuntimeError):
