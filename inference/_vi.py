@@ -4,6 +4,7 @@ the stochastic-gradient loop over the shared driver, the final ELBO estimate, dr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from numbers import Number
 from typing import Any, Callable
 
@@ -18,6 +19,26 @@ from ppgen.driver import Progress, iterate
 from ppgen.results import Estimate
 
 OPTIMIZERS = ("adam", "clipped_adam")
+
+
+class Info(Mapping):
+    """A read-only mapping for non-numeric entries of ``Result.diagnostics`` (node families,
+    trained modules, the meanfield choice): reads like a dict, prints as ``key: value, ...``."""
+
+    def __init__(self, entries: dict[str, Any]) -> None:
+        self._entries = dict(entries)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return ", ".join(f"{key}: {value}" for key, value in self._entries.items())
 
 
 def _as_array(value: Any) -> Any:

@@ -43,7 +43,7 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 
 from ._conjugate import ConjugateGraph, Factor, NotConjugate, compile_program, structural_reason
-from ._vi import pyro_arguments
+from ._vi import Info, pyro_arguments
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ class CAVI(Engine):
             final = progress.state
             result = self._result(graph, final, progress, structure)
         diagnostics = {
-            "nodes": {name: (node.family.name if node.family else f"Categorical({node.cardinality})") for name, node in graph.nodes.items()},
+            "nodes": Info({name: (node.family.name if node.family else f"Categorical({node.cardinality})") for name, node in graph.nodes.items()}),
             "num_factors": len(graph.factors),
             "program_runs": graph.program_runs,
             "compile_seconds": compiled - start,

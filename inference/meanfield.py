@@ -17,6 +17,7 @@ from ppgen.errors import EngineNotApplicable
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
+from ._vi import Info
 from .advi import ADVI, advi_reason
 from .cavi import CAVI
 
@@ -81,7 +82,7 @@ class MeanField(Engine):
                 reason = str(error).split(": ", 1)[-1]
             else:
                 why = "every latent's complete conditional is conjugate-exponential"
-                return replace(result, diagnostics={**result.diagnostics, "meanfield": {"chose": "cavi", "reason": why}})
+                return replace(result, diagnostics={**result.diagnostics, "meanfield": Info({"chose": "cavi", "reason": why})})
         result = self.advi.run(model, *args, **kwargs)
-        choice = {"chose": "advi", "reason": f"coordinate ascent does not apply: {reason}"}
+        choice = Info({"chose": "advi", "reason": f"coordinate ascent does not apply: {reason}"})
         return replace(result, diagnostics={**result.diagnostics, "meanfield": choice})

@@ -39,6 +39,7 @@ from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
 from ._vi import (
+    Info,
     check_common_options,
     draw_from_guide,
     estimate_elbo,
@@ -260,7 +261,7 @@ class SVI(Engine):
                 "enumerated": enumerated,
                 "subsample_size": self.subsample_size,
                 "subsample_plate": plate,
-                "modules": modules,
+                "modules": Info(modules),
                 "elbo_stderr": estimate.stderr,
                 "training_seconds": training_seconds,
             },

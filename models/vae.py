@@ -168,7 +168,7 @@ EXAMPLES = [
         vae,
         simulate_digits,
         "variational autoencoder on scikit-learn's 8×8 digits, MLP encoder/decoder, 2-D latent space",
-        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 128, "num_steps": 1500, "learning_rate": 3e-3, "num_samples": 10}},
+        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 128, "num_steps": 500, "learning_rate": 3e-3, "num_samples": 10}},
         skip=("advi", "map", "mle", "importance", "nuts", "hmc", "gibbs", "mh", "meanfield", "cavi", "enumerate", "em"),
         report=report,
     ),

@@ -21,7 +21,7 @@ def test_conjugate_program_runs_cavi():
     x = np.array([1.0, 0.0, 1.0, 1.0, 1.0])
     result = ppgen.infer(coin, x, engine="meanfield", num_samples=10)
     assert result.engine == "cavi"
-    assert result.diagnostics["meanfield"] == {"chose": "cavi", "reason": "every latent's complete conditional is conjugate-exponential"}
+    assert dict(result.diagnostics["meanfield"]) == {"chose": "cavi", "reason": "every latent's complete conditional is conjugate-exponential"}
     assert result.log_evidence.value == pytest.approx(coin_log_evidence(x), abs=1e-8)
 
 
