@@ -32,7 +32,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyroapi.dispatch import GenericModule
 
-from ppgen.backend import to_backend, torch_precision, use_backend
+from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
 from ppgen.errors import DataError
 from ppgen.primitives import DATA_SITE
 
@@ -521,7 +521,7 @@ def _classify_arguments(sites: dict[str, Site], plates: dict[str, Plate], bound:
         else:
             plate_sizes = {plates[p].size for site in fed for p in sites[site].plates}
             role = "covariate" if shape and any(d in plate_sizes for d in shape) else "hyperparameter"
-        scalar = float(value) if isinstance(value, float) or int(np.prod(shape)) == 1 else None
+        scalar = float(np.asarray(to_numpy(value)).reshape(-1)[0]) if int(np.prod(shape)) == 1 else None
         out[name] = Argument(name, role, fed, shape, scalar)
     return out
 

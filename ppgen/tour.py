@@ -225,20 +225,22 @@ def _arviz_figure(result: Result, names: list[str]) -> Optional[Any]:
     return np.asarray(axes).reshape(-1)[0].figure if axes is not None else plt.gcf()
 
 
+def _diagnostic_value(value: Any) -> str:
+    """A diagnostic for the report: numbers formatted, small mappings listed, the rest as text."""
+    if isinstance(value, (str, bool)) or value is None:
+        return html.escape(str(value))
+    if hasattr(value, "items"):
+        shown = [f"{html.escape(str(k))}: {_diagnostic_value(v)}" for k, v in list(value.items())[:12]]
+        return ", ".join(shown)
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return html.escape(str(value)[:200])
+    return _format_value(array) if array.size <= 64 else f"array{tuple(array.shape)}"
+
+
 def _diagnostics_html(result: Result) -> str:
-    rows = []
-    for key, value in result.diagnostics.items():
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if np.size(v) <= 12}
-            shown = ", ".join(f"{html.escape(str(k))}: {_format_value(v)}" for k, v in list(value.items())[:12])
-        elif isinstance(value, (int, float, np.floating, np.integer, np.ndarray, list, tuple)) and np.size(value) <= 64:
-            try:
-                shown = _format_value(value)
-            except (TypeError, ValueError):
-                shown = html.escape(str(value))
-        else:
-            shown = html.escape(str(value)[:200])
-        rows.append([html.escape(str(key)), shown])
+    rows = [[html.escape(str(key)), _diagnostic_value(value)] for key, value in result.diagnostics.items()]
     return _table(["diagnostic", "value"], rows) if rows else ""
 
 
