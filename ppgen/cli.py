@@ -5,8 +5,29 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from ppgen.diagram import _STEP
 from pathlib import Path
 from typing import Optional, Sequence
+
+
+def _compress_steps(names: list[str]) -> str:
+    """``x_0, x_1, ..., x_99`` -> ``x_0…x_99``: the steps of a sequence as one entry."""
+    out: list[str] = []
+    steps: dict[str, list[int]] = {}
+    for name in names:
+        match = _STEP.match(name)
+        if match:
+            if match.group(1) not in steps:
+                out.append(match.group(1))
+            steps.setdefault(match.group(1), []).append(int(match.group(2)))
+        else:
+            out.append(name)
+    return ", ".join(
+        f"{name}_{min(steps[name])}…{name}_{max(steps[name])}" if len(steps.get(name, [])) > 2
+        else ", ".join(f"{name}_{i}" for i in steps[name]) if name in steps else name
+        for name in out
+    )
 
 
 def models_table(markdown: bool = False) -> str:
@@ -18,8 +39,11 @@ def models_table(markdown: bool = False) -> str:
     rows = []
     for example in catalogue():
         structure = inspect(example.model, **example.simulate().data)
-        engines = [c.name for c in check_all(structure) if c.applies and c.name != "prior"]
-        rows.append((example.family, example.name, ", ".join(structure.latent) or "—", ", ".join(structure.observed), ", ".join(engines)))
+        engines = sorted(c.name for c in check_all(structure) if c.applies and c.name != "prior")
+        rows.append(
+            (example.family, example.name, _compress_steps(list(structure.latent)) or "—",
+             _compress_steps(list(structure.observed)), ", ".join(engines))
+        )
     header = ("family", "model", "latent", "observed", "engines that apply")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
