@@ -325,7 +325,7 @@ def _collect(trace: Any, first_available_dim: int, log_probs: bool) -> Enumerati
     for name, site in _sample_sites(trace):
         fn, value = site["fn"], site["value"]
         batch = tuple(value.shape[: value.dim() - len(fn.event_shape)])
-        shape = torch.broadcast_shapes(batch, tuple(fn.batch_shape))
+        shape = broadcast_shapes(batch, tuple(fn.batch_shape))
         if log_probs:
             with threads_for(math.prod(shape) * max(1, math.prod(fn.event_shape))):
                 log_prob = site_log_prob(site)
@@ -349,8 +349,8 @@ def site_log_prob(site: dict) -> torch.Tensor:
     value_batch = tuple(value.shape[: value.dim() - len(base.event_shape)])
     try:
         smaller = bool(compacted) and math.prod(
-            torch.broadcast_shapes(value_batch, *(tuple(v.shape[: v.dim() - base.arg_constraints[k].event_dim]) for k, v in compacted.items()))
-        ) * 4 <= math.prod(torch.broadcast_shapes(value_batch, tuple(base.batch_shape)))
+            broadcast_shapes(value_batch, *(tuple(v.shape[: v.dim() - base.arg_constraints[k].event_dim]) for k, v in compacted.items()))
+        ) * 4 <= math.prod(broadcast_shapes(value_batch, tuple(base.batch_shape)))
     except (RuntimeError, KeyError):
         smaller = False
     if smaller:  # worth rebuilding: the density would otherwise be computed plate-size times over
@@ -388,6 +388,20 @@ def latent_dims(site: dict, log_prob: torch.Tensor, first_available_dim: int, id
 
 # --------------------------------------------------------------------------------------------
 # Shape helpers
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes (plain Python: ``torch.broadcast_shapes`` goes through
+    symbolic-shape checks that cost ~50 µs a call, per site of a long chain)."""
+    rank = max((len(shape) for shape in shapes), default=0)
+    out = [1] * rank
+    for shape in shapes:
+        for i, size in enumerate(shape, rank - len(shape)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise RuntimeError(f"shapes {shapes} do not broadcast")
+                out[i] = size
+    return tuple(out)
 
 
 def _padded(x: torch.Tensor, rank: int) -> torch.Tensor:
@@ -482,7 +496,7 @@ def _from_chain_layout(w: torch.Tensor, factor: Factor, scope: list[str], batch_
         shape[dims[i]] = w.shape[i]
     w = w.permute(order).reshape(shape)
     target = (1,) * (rank - x.dim()) + tuple(x.shape)
-    w = w.expand(torch.broadcast_shapes(tuple(w.shape), target))
+    w = w.expand(broadcast_shapes(tuple(w.shape), target))
     return w.sum_to_size(target).reshape(x.shape)
 
 
@@ -630,7 +644,7 @@ def _single_latent_sums(enumeration: Enumeration, marginals: bool, weights: bool
                     posterior.weights[factor.site] = torch.ones_like(factor.log_prob)
                     continue
                 target = (1,) * (rank - factor.log_prob.dim()) + tuple(factor.log_prob.shape)
-                w = gamma.expand(torch.broadcast_shapes(tuple(gamma.shape), target))
+                w = gamma.expand(broadcast_shapes(tuple(gamma.shape), target))
                 posterior.weights[factor.site] = w.sum_to_size(target).reshape(factor.log_prob.shape)
     if map_estimate:
         best = joint.expand(full).argmax(latent.dim)
