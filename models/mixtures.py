@@ -159,6 +159,7 @@ EXAMPLES = [
         simulate_gaussian_mixture_1d,
         "1-D Gaussian mixture with Dirichlet, Normal and HalfNormal priors",
         options={"importance": {"num_samples": 300}},  # sequential particles: locs[z] is not batch-safe
+        skip=("hmc",),  # fixed-length HMC trajectories over the enumerated mixture take minutes; nuts covers it
     ),
     Example(
         "conjugate_gaussian_mixture",
@@ -166,10 +167,13 @@ EXAMPLES = [
         simulate_gaussian_mixture_1d,
         "1-D Gaussian mixture with conjugate Dirichlet and Normal–Gamma priors (coordinate-ascent VI applies)",
         options={"importance": {"num_samples": 300}},  # sequential particles: locs[z] is not batch-safe
+        skip=("hmc",),  # fixed-length HMC trajectories over the enumerated mixture take minutes; nuts covers it
     ),
     Example(
         "bernoulli_mixture", bernoulli_mixture, simulate_bernoulli_mixture, "mixture of Bernoullis with Beta/Dirichlet priors",
         options={"importance": {"num_samples": 300}},  # sequential particles: locs[z] is not batch-safe
-        skip=("advi",),  # cavi/meanfield fit it exactly in well under a second; advi's enumeration compiles for ~1 min
+        # cavi/meanfield fit it exactly in well under a second; advi's enumeration compiles for ~1 min;
+        # fixed-length HMC trajectories over the enumerated mixture take minutes (nuts covers it)
+        skip=("advi", "hmc"),
     ),
 ]
