@@ -9,7 +9,7 @@ from ppgen.amortize import amortize
 from ppgen.backend import current_backend, to_numpy, use_backend
 from ppgen.diagram import render
 from ppgen.engine import Engine, EngineCheck, engines_for, register, registered_engines
-from ppgen.errors import ConvergenceWarning, DataError, EngineNotApplicable, ReliabilityWarning
+from ppgen.errors import ConvergenceWarning, DataError, EngineNotApplicable, ParameterError, ReliabilityWarning
 from ppgen.primitives import deterministic, dist, factor, markov, module, ops, param, plate, sample
 from ppgen.results import Estimate, Result
 from ppgen.structure import Argument, ModelStructure, Plate, Site, Support, inspect
@@ -25,6 +25,7 @@ __all__ = [
     "EngineNotApplicable",
     "Estimate",
     "ModelStructure",
+    "ParameterError",
     "Plate",
     "ReliabilityWarning",
     "Result",

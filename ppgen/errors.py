@@ -8,6 +8,12 @@ class DataError(ValueError):
     shape that disagrees with a plate. The message names the site."""
 
 
+class ParameterError(ValueError):
+    """A distribution built with an argument outside its constraint (a negative scale, probabilities
+    that do not sum to one). The message names the site, the parameter and the model arguments it
+    was computed from."""
+
+
 class EngineNotApplicable(ValueError):
     """The chosen engine does not apply to this program. The message names the blocking site
     and lists the engines that do apply."""

@@ -3,17 +3,19 @@
 How it works, in three steps (the whole tracing core is this file):
 
 1. Bind the model's arguments. Every float or array argument is wrapped in a
-   :class:`pyro.ops.provenance.ProvenanceTensor` whose provenance is ``{"@name"}``.
+   :class:`ppgen.provenance.TrackedTensor` whose provenance is ``{"@name"}``.
 2. Run the program once on Pyro under :class:`_StructureTracer`. At every site the tracer reads
    the provenance of the distribution's parameters (which sites and arguments they were
-   computed from), then replaces the site's value by a ProvenanceTensor carrying only the
+   computed from), then replaces the site's value by a tracked tensor carrying only the
    site's own name, so downstream sites see *direct* parents only.
 3. Classify: sites into latent / observed / param / deterministic / factor; arguments into
    observed data, covariates (per-datum inputs) and hyperparameters (the rest that flow into
    a distribution); plates from each site's ``cond_indep_stack``.
 
 Data checks (NaN, values outside a distribution's support, data shapes that disagree with a
-plate) happen here too, because every verb traces the program first.
+plate) and parameter checks (a distribution's arguments inside their constraints) happen here
+too, naming the site, because every verb traces the program first. Pyro's own validation is
+off during the trace: it would run every check on tracked tensors, at several times the cost.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ from typing import Any, Callable, Iterator, Literal, Optional
 import numpy as np
 import pyro
 import torch
-from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
+from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyroapi.dispatch import GenericModule
+from torch.distributions import constraints
+from torch.distributions.utils import lazy_property
 
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
-from ppgen.errors import DataError
+from ppgen.errors import DataError, ParameterError
 from ppgen.primitives import DATA_SITE
+from ppgen.provenance import track
 
 SiteKind = Literal["latent", "observed", "param", "deterministic", "factor"]
 _ARG = "@"  # provenance prefix marking a model argument
@@ -210,7 +215,7 @@ def _is_tracked(value: Any) -> bool:
 
 def _track(name: str, value: Any) -> Any:
     tensor = torch.tensor(value) if isinstance(value, float) else to_backend(value, "pyro")
-    return ProvenanceTensor(tensor, frozenset({_ARG + name}))
+    return track(tensor, frozenset({_ARG + name}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,9 +242,8 @@ def _distribution_args(fn: Any) -> dict[str, Any]:
         return dict(recorded)
     out = {}
     for key in getattr(base, "arg_constraints", {}):
-        descriptor = type(base).__dict__.get(key)
-        if descriptor is not None and not isinstance(descriptor, property) and key not in base.__dict__:
-            continue  # a lazy_property not given by the program (logits when probs was given)
+        if _derived_lazily(base, key):
+            continue  # logits when the program gave probs
         try:
             out[key] = getattr(base, key)
         except (AttributeError, NotImplementedError):
@@ -247,6 +251,40 @@ def _distribution_args(fn: Any) -> dict[str, Any]:
     if type(base).__name__ == "Unit":
         out["log_factor"] = base.log_factor
     return out
+
+
+def _derived_lazily(base: Any, key: str) -> bool:
+    """Whether parameter ``key`` of ``base`` is a lazy_property the program did not give."""
+    return key not in base.__dict__ and isinstance(getattr(type(base), key, None), lazy_property)
+
+
+def _check_parameters(name: str, fn: Any) -> None:
+    """Each parameter of the site's distribution inside its constraint (torch's argument
+    validation, run on plain tensors and naming the site and the arguments it came from)."""
+    base = _unwrap(fn)
+    for key, constraint in getattr(base, "arg_constraints", {}).items():
+        if constraints.is_dependent(constraint) or _derived_lazily(base, key):
+            continue
+        try:
+            value = getattr(base, key)
+        except (AttributeError, NotImplementedError):
+            continue
+        if not isinstance(value, torch.Tensor):
+            continue
+        plain = detach_provenance(value)
+        valid = constraint.check(plain)
+        if bool(torch.all(valid)):
+            continue
+        given = _distribution_args(fn).get(key, value)  # before broadcasting with the other arguments
+        sources = sorted(p[1:] for p in _provenance(given) if p.startswith(_ARG))
+        origin = f" (computed from argument{'s' if len(sources) > 1 else ''} {', '.join(map(repr, sources))})" if sources else ""
+        index = tuple(int(i) for i in torch.nonzero(~valid)[0]) if valid.dim() else ()
+        offending = plain[index] if index else plain
+        where = f" at index {index}" if index else ""
+        raise ParameterError(
+            f"site {name!r}: parameter {key!r} of {type(base).__name__}{origin} must satisfy {constraint!r}, "
+            f"but is {offending.flatten()[:5].tolist() if offending.dim() else float(offending)}{where}"
+        )
 
 
 def _describe_constant(value: Any) -> str:
@@ -297,7 +335,7 @@ class _StructureTracer(Messenger):
 
         def tag(value):
             if isinstance(value, torch.Tensor):
-                return ProvenanceTensor(detach_provenance(value), get_provenance(value) | {name})
+                return track(value, get_provenance(value) | {name})
             return value
 
         def hook(_module, _inputs, output):
@@ -322,8 +360,10 @@ class _StructureTracer(Messenger):
         return tuple(f.name for f in frames)
 
     def _pyro_sample(self, msg: dict) -> None:
-        # A flat prior (ImproperUniform) cannot be sampled: trace it at a point of its support.
         fn = msg["fn"]
+        if not site_is_subsample(msg):
+            _check_parameters(msg["name"], fn)
+        # A flat prior (ImproperUniform) cannot be sampled: trace it at a point of its support.
         if msg["value"] is None and not msg["is_observed"] and type(_unwrap(fn)).__name__ == "ImproperUniform":
             transform = torch.distributions.biject_to(fn.support)
             shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
@@ -364,17 +404,17 @@ class _StructureTracer(Messenger):
             "data_argument": data_argument if kind == "observed" else None,
         }
         if isinstance(plain_value, torch.Tensor):
-            msg["value"] = ProvenanceTensor(plain_value, frozenset({name}))
+            msg["value"] = track(plain_value, frozenset({name}))
 
     def _pyro_post_param(self, msg: dict) -> None:
         name = msg["name"]
         if "$$$" in name:  # a torch module's parameter: grouped under the module's name
             module_name = name.split("$$$")[0]
-            msg["value"] = ProvenanceTensor(detach_provenance(msg["value"]), frozenset({module_name}))
+            msg["value"] = track(msg["value"], frozenset({module_name}))
             return
         value = detach_provenance(msg["value"])
         self.records[name] = {"name": name, "kind": "param", "value": value, "plates": (), "arg_sources": {}}
-        msg["value"] = ProvenanceTensor(value, frozenset({name}))
+        msg["value"] = track(value, frozenset({name}))
 
 
 @contextmanager
@@ -392,7 +432,7 @@ def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None
     bound = bind_arguments(model, args, kwargs or {})
     for precision in (torch.float64, torch.get_default_dtype()):
         tracer = _StructureTracer()
-        with use_backend("pyro"), _recording_distributions(), torch_precision(precision), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+        with use_backend("pyro"), _recording_distributions(), torch_precision(precision), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
             torch.manual_seed(seed)
             try:

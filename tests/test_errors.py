@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ppgen
-from ppgen import DataError, EngineNotApplicable, dist, plate, sample
+from ppgen import DataError, EngineNotApplicable, ParameterError, dist, plate, sample
 from ppgen.models import basics, mixtures
 
 
@@ -28,6 +28,24 @@ def test_data_length_disagreeing_with_plate():
 
     with pytest.raises(DataError, match=r"site 'x': data of shape \(6,\) does not match the site's shape \(5,\); plate 'N' has size 5 but the data has 6"):
         ppgen.inspect(model, np.zeros(6))
+
+
+def test_hyperparameter_outside_constraint_names_site_and_argument():
+    with pytest.raises(
+        ParameterError,
+        match=r"site 'rho': parameter 'concentration1' of Beta \(computed from argument 'a'\) must satisfy "
+        r"GreaterThan\(lower_bound=0.0\), but is -1.0",
+    ):
+        ppgen.infer(basics.coin, np.ones(3), a=-1.0, engine="map")
+
+
+def test_invalid_parameter_inside_a_plate_gives_its_index():
+    def model(scales):
+        with plate("N", 3):
+            sample("x", dist.Normal(0.0, scales), obs=np.zeros(3))
+
+    with pytest.raises(ParameterError, match=r"site 'x': parameter 'scale' of Normal \(computed from argument 'scales'\) .* but is -2.0 at index \(1,\)"):
+        ppgen.inspect(model, np.array([1.0, -2.0, 3.0]))
 
 
 def test_unknown_engine_lists_engines():

@@ -116,3 +116,15 @@ def test_engines_for_names_blocking_site():
     checks = {c.name: c for c in ppgen.engines_for(mixtures.bernoulli_mixture, **mixtures.simulate_bernoulli_mixture(20).data)}
     assert not checks["map"].applies and "'z'" in checks["map"].reason
     assert checks["prior"].applies
+
+
+def test_labels_leave_out_parameters_derived_lazily():
+    """A distribution built outside ``ppgen.dist`` (no recorded arguments): MultivariateNormal given
+    scale_tril has no covariance or precision argument (lazy properties inherited from torch)."""
+    import pyro.distributions
+
+    def model(x):
+        sample("x", pyro.distributions.MultivariateNormal(torch.zeros(2), scale_tril=torch.eye(2)), obs=x)
+
+    structure = ppgen.inspect(model, np.zeros(2))
+    assert [key for key, _ in structure.sites["x"].distribution_args] == ["loc", "scale_tril"]
