@@ -100,7 +100,11 @@ class LinearEncoder(torch.nn.Module):
 EXAMPLES = [
     Example(
         "ppca", ppca, simulate_ppca, "probabilistic PCA with per-datum latent codes",
-        options={"svi": {"guide": amortize(LinearEncoder(5, 2)), "subsample_size": 100, "num_steps": 1500, "learning_rate": 0.03}},
+        options={
+            "svi": {"guide": amortize(LinearEncoder(5, 2)), "subsample_size": 100, "num_steps": 1500, "learning_rate": 0.03},
+            "map": {"num_steps": 20},  # W and the codes jointly: a slow ridge, ~1 s per L-BFGS step
+        },
+        skip=("mle",),  # the joint MLE over per-datum codes is degenerate; ppca_marginal shows the MLE
     ),
     Example("ppca_marginal", ppca_marginal, simulate_ppca, "probabilistic PCA with the codes integrated out"),
 ]

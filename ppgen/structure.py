@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect as pyinspect
 import math
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Optional
 
@@ -566,6 +567,32 @@ def _classify_arguments(sites: dict[str, Site], plates: dict[str, Plate], bound:
     return out
 
 
+_known_structure: ContextVar[Optional[tuple[Callable, tuple, dict, ModelStructure]]] = ContextVar("known_structure", default=None)
+
+
+@contextmanager
+def known_structure(structure: ModelStructure, model: Callable, args: tuple, kwargs: dict) -> Iterator[None]:
+    """Within this block, :func:`inspect` of ``model`` on these very argument objects returns
+    ``structure`` instead of tracing again. A verb traces the program to check the engine
+    applies; the engine then asks for the structure of the same call."""
+    token = _known_structure.set((model, args, kwargs, structure))
+    try:
+        yield
+    finally:
+        _known_structure.reset(token)
+
+
+def _same_call(known: tuple[Callable, tuple, dict, ModelStructure], model: Callable, args: tuple, kwargs: dict) -> bool:
+    known_model, known_args, known_kwargs, _ = known
+    return (
+        model is known_model
+        and len(args) == len(known_args)
+        and all(a is b for a, b in zip(args, known_args))
+        and kwargs.keys() == known_kwargs.keys()
+        and all(kwargs[key] is known_kwargs[key] for key in kwargs)
+    )
+
+
 def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     """Trace ``model(*args, **kwargs)`` once and return its :class:`ModelStructure`.
 
@@ -580,6 +607,9 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     >>> structure.sites["rho"].support.constraint
     'Interval(lower_bound=0.0, upper_bound=1.0)'
     """
+    known = _known_structure.get()
+    if known is not None and _same_call(known, model, args, kwargs):
+        return known[3]
     tracer, bound = trace_model(model, args, kwargs)
     plates = tracer.plates
     sites: dict[str, Site] = {}

@@ -16,12 +16,14 @@ import numpy as np
 from ppgen.engine import Engine, registered_engines, resolve
 from ppgen.errors import EngineNotApplicable
 from ppgen.results import Estimate, Result
+from ppgen.structure import known_structure
 
 
 def _run(task: str, model: Callable, args: tuple, engine: Union[str, Engine], options: dict) -> Result:
-    instance, model_kwargs, _ = resolve(engine, model, args, options, task)
+    instance, model_kwargs, structure = resolve(engine, model, args, options, task)
     start = time.perf_counter()
-    result = instance.run(model, *args, **model_kwargs)
+    with known_structure(structure, model, args, model_kwargs):
+        result = instance.run(model, *args, **model_kwargs)
     return replace(
         result,
         seconds=result.seconds or time.perf_counter() - start,

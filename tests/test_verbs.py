@@ -38,3 +38,19 @@ def test_estimate_kinds():
     assert str(ppgen.Estimate(-1.5, 0.1, "estimate")) == "-1.5000 ± 0.1000 (estimate)"
     with pytest.raises(ValueError, match="Estimate.kind"):
         ppgen.Estimate(0.0, kind="guess")
+
+
+def test_a_verb_traces_the_program_once(monkeypatch):
+    """The verb's structure is handed to the engine (which asks for it again) for the same call,
+    and only for the same call."""
+    import ppgen.structure
+
+    calls = []
+    original = ppgen.structure.trace_model
+    monkeypatch.setattr(ppgen.structure, "trace_model", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = np.array([1.0, 0.0, 1.0, 1.0])
+    result = ppgen.infer(basics.coin, x, engine="map")
+    assert len(calls) == 1 and result.params["rho"] == pytest.approx(4 / 6, abs=1e-6)  # (h + a - 1) / (n + a + b - 2)
+    with ppgen.structure.known_structure(ppgen.inspect(basics.coin, x), basics.coin, (x,), {}):
+        ppgen.inspect(basics.coin, x.copy())  # other data: traced again
+    assert len(calls) == 3
