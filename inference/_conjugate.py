@@ -379,6 +379,42 @@ class ConjugateGraph:
         return (sufficient * h.unsqueeze(0)).flatten(1).sum(-1)
 
 
+def _solve_coefficients(table: torch.Tensor, families: list[Family]) -> torch.Tensor:
+    """Coefficients ``coef`` (E, A, d₁ + 1, ..., d_m + 1) of Π_j T̃_j(u_j) from ``table``, the log
+    densities with parent j at its family's probe points p_j: table[.., p, ..] = Σ_b coef[.., b, ..] M_j[p, b]
+    with M_j the family's design matrix."""
+    coef = table
+    for axis, family in enumerate(families):
+        inverse = torch.linalg.inv(design_matrix(family))
+        coef = torch.movedim(torch.tensordot(torch.movedim(coef, 2 + axis, -1), inverse.T, dims=1), -1, 2 + axis)
+    return coef
+
+
+def _stats_derivative(family: Family, point: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """d/dt T(p + t 1) at t = 0 for a single-element point ``p`` (every entry of every site moved
+    together, as a tangent along the element's code moves them): shape (d,)."""
+    with forward_ad.dual_level():
+        duals = tuple(forward_ad.make_dual(value, torch.ones_like(value)) for value in point)
+        return forward_ad.unpack_dual(family.stats(duals)).tangent[0]
+
+
+def _derivative_along_parent(
+    coef: torch.Tensor, families: list[Family], probe_lists: list[list], combination: tuple, parent: int
+) -> torch.Tensor:
+    """∂_t log p_e when parent ``parent`` moves along 1 from its probe point in ``combination``
+    and the other parents stay at theirs: <coef_e, ⊗_j v_j> with v_j = T̃_j(p_j), and
+    v_parent = (dT/dt, 0). Shape (E,); the coefficients' first aligned configuration."""
+    out = coef[:, 0]
+    for axis in reversed(range(len(families))):
+        point = probe_lists[axis][combination[axis]]
+        if axis == parent:
+            vector = torch.cat([_stats_derivative(families[axis], point), torch.zeros(1)])
+        else:
+            vector = torch.cat([families[axis].stats(point)[0], torch.ones(1)])
+        out = out @ vector
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the compiler
 
@@ -583,9 +619,10 @@ class Compiler:
         gathered_roles: list[torch.Tensor] = []
         identified = None
         if gathered and not roles:
-            identified = self._identity_probe(name, nodes, continuous, nodes[gathered[0]], equal, defaults)
+            identified = self._identity_probe(name, nodes, continuous, nodes[gathered[0]], defaults)
+        table = None
         if identified is not None:
-            parents, gathered_roles = identified
+            parents, gathered_roles, table = identified
         else:
             maps = self._probed_maps(name, nodes, continuous, gathered, roles, aligned_configs, equal, with_config, num_elements)
             if gathered:
@@ -609,73 +646,93 @@ class Compiler:
             for index in gathered_roles:
                 roles.append(Role(gathered[0], index, False))
 
-        # coefficients: every element of each continuous parent at each probe point
-        matrices = [design_matrix(nodes[n].family) for n in continuous]
-        probe_lists = [nodes[n].family.probes() for n in continuous]
-        table = torch.empty((num_elements, len(aligned_configs)) + tuple(len(p) for p in probe_lists))
-        for a, config in enumerate(aligned_configs):
-            for combination in itertools.product(*[range(len(p)) for p in probe_lists]):
-                extra = {n: self._constant(nodes[n], p) for n, p in zip(continuous, combination)}
-                values = self._assignment(nodes, with_config(config, extra))
-                table[(slice(None), a) + combination] = self.program.log_probs(values, [name])[name]
-        coef = table
-        for axis, matrix in enumerate(matrices):
-            inverse = torch.linalg.inv(matrix)  # table[..p..] = Σ_b coef[..b..] M[p, b]
-            coef = torch.movedim(torch.tensordot(torch.movedim(coef, 2 + axis, -1), inverse.T, dims=1), -1, 2 + axis)
+        if table is None:
+            # log p_e with every element of each continuous parent at each probe point
+            probe_lists = [nodes[n].family.probes() for n in continuous]
+            table = torch.empty((num_elements, len(aligned_configs)) + tuple(len(p) for p in probe_lists))
+            for a, config in enumerate(aligned_configs):
+                for combination in itertools.product(*[range(len(p)) for p in probe_lists]):
+                    extra = {n: self._constant(nodes[n], p) for n, p in zip(continuous, combination)}
+                    values = self._assignment(nodes, with_config(config, extra))
+                    table[(slice(None), a) + combination] = self.program.log_probs(values, [name])[name]
+        coef = _solve_coefficients(table, [nodes[n].family for n in continuous])
         factor = Factor(name, num_elements, roles, parents, coef, aligned_roles)
         factor.pair_groups = self._pair_groups(factor, nodes)
         return factor
 
     def _identity_probe(
-        self, name: str, nodes: dict, continuous: list[str], categorical: Node, equal: dict, defaults: dict
-    ) -> Optional[tuple[list[Parent], list[torch.Tensor]]]:
-        """Gather maps and roles of a factor over elements of a categorical node, in three runs.
+        self, name: str, nodes: dict, continuous: list[str], categorical: Node, defaults: dict
+    ) -> Optional[tuple[list[Parent], list[torch.Tensor], torch.Tensor]]:
+        """Gather maps, roles and the table of probed log densities of a factor over elements of
+        a categorical node, in Π_j (d_j + 1) runs (three for one Beta parent).
 
         Each element n of the categorical node takes the value n itself (not a category), and
         every dimension of size K of a continuous parent is widened to size n, so the element
         gathered for factor element e names the categorical elements it used directly
-        (B[z[i], z[j]] reads B[i, j]). A second run with the values permuted tells dimensions
-        indexed by the categorical from dimensions indexed otherwise. Returns None (the caller
-        falls back to digit probes) when the program does not run that way or the widened
-        parent would be too large.
+        (B[z[i], z[j]] reads B[i, j]). The runs set every element of the parents to each
+        combination of their probe points, which gives the coefficient table. Two runs per
+        parent also carry a forward-mode tangent c_b = b + 1 on its elements b, the second with
+        the categorical values permuted: as log p_e = <coef_e, T̃(u_m(e))>, the tangent of
+        log p_e is c_m(e) ∂_t <coef_e, T̃(p + t)>, and the coefficients give the second factor,
+        so the ratio names m(e). The permuted run tells dimensions indexed by the categorical
+        from dimensions indexed otherwise. Returns None (the caller falls back to digit probes)
+        when the program does not run that way or the widened parent would be too large.
         """
         size, count = categorical.cardinality, categorical.num_elements
         support = categorical.support
         if not torch.equal(support.to(torch.float64), torch.arange(size, dtype=torch.float64)):
             return None
+        identity = torch.arange(count)
         permutation = torch.randperm(count, generator=self.generator)
         as_values = lambda order: order.to(support.dtype).reshape(categorical.value_shapes[0])  # noqa: E731
-        parents, roles = [], []
+        widths = []
         for node_name in continuous:
-            node = nodes[node_name]
-            shape = node.element_shape
+            shape = nodes[node_name].element_shape
             wide_dims = [d for d, extent in enumerate(shape) if extent == size]
-            if not wide_dims:
-                return None
             wide = tuple(count if d in wide_dims else extent for d, extent in enumerate(shape))
-            if math.prod(wide) > 1 << 23:
+            if not wide_dims or math.prod(wide) > 1 << 23:
                 return None
-            codes = torch.arange(1, math.prod(wide) + 1, dtype=torch.get_default_dtype())
-            common = tuple(v[0] for v in equal[node_name])
+            widths.append((wide_dims, wide))
+        families = [nodes[n].family for n in continuous]
+        probe_lists = [family.probes() for family in families]
+        combinations = list(itertools.product(*[range(len(p)) for p in probe_lists]))
+        # run 2j carries parent j's tangent with the identity order, run 2j + 1 with the permuted one
+        tangent_runs = {2 * j + k: (j, order) for j in range(len(continuous)) for k, order in enumerate((identity, permutation))}
 
-            def widened(direction: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-                values = self._assignment(nodes, {**defaults, **equal})
+        columns, tangents = [], {}
+        try:
+            for run, combination in enumerate(combinations):
+                coded, order = tangent_runs.get(run, (None, identity))
+                values = self._assignment(nodes, defaults)
                 values[categorical.sites[0]] = as_values(order)
                 with forward_ad.dual_level():
-                    for site, value in zip(node.sites, common):
-                        primal = value.expand(wide + value.shape).contiguous()
-                        tangent = direction.reshape(wide + (1,) * value.dim()).expand_as(primal).contiguous()
-                        values[site] = forward_ad.make_dual(primal, tangent)
-                    log_prob = self.program.log_probs(values, [name])[name]
-                    tangent = forward_ad.unpack_dual(log_prob).tangent
-                    return torch.zeros_like(log_prob) if tangent is None else tangent.detach().clone()
+                    for j, (node_name, (_, wide)) in enumerate(zip(continuous, widths)):
+                        for site, point in zip(nodes[node_name].sites, probe_lists[j][combination[j]]):
+                            primal = point[0].expand(wide + point.shape[1:])
+                            if j == coded:
+                                codes = torch.arange(1, math.prod(wide) + 1, dtype=torch.get_default_dtype())
+                                tangent = codes.reshape(wide + (1,) * (point.dim() - 1)).expand_as(primal)
+                                primal = forward_ad.make_dual(primal.contiguous(), tangent.contiguous())
+                            values[site] = primal
+                    dual = forward_ad.unpack_dual(self.program.log_probs(values, [name])[name])
+                    columns.append(dual.primal.clone())
+                    if coded is not None:
+                        tangents[run] = torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent.clone()
+        except (RuntimeError, IndexError, ValueError, NotConjugate):
+            return None
+        table = torch.stack(columns, -1).reshape((-1, 1) + tuple(len(p) for p in probe_lists))
+        coef = _solve_coefficients(table, families)
 
-            identity = torch.arange(count)
+        parents, roles = [], []
+        for j, (node_name, (wide_dims, wide)) in enumerate(zip(continuous, widths)):
+            node = nodes[node_name]
+            shape = node.element_shape
             try:
-                ones = widened(torch.ones_like(codes), identity)
-                first = self._read_map(widened(codes, identity), ones, name, node)
-                second = self._read_map(widened(codes, permutation), ones, name, node)
-            except (RuntimeError, IndexError, ValueError, NotConjugate):
+                first, second = (
+                    self._read_map(tangents[run], _derivative_along_parent(coef, families, probe_lists, combinations[run], j), name, node)
+                    for run in (2 * j, 2 * j + 1)
+                )
+            except NotConjugate:
                 return None
             if bool((first < 0).any()) or bool((second < 0).any()):
                 return None
@@ -701,7 +758,7 @@ class Compiler:
                 else:
                     return None
             parents.append(Parent(node_name, base[:, None], tuple(sorted(strides))))
-        return parents, roles
+        return parents, roles, table
 
     def _probed_maps(
         self, name: str, nodes: dict, continuous: list[str], gathered: list[str], roles: list[Role],
