@@ -46,9 +46,10 @@ from pyro.infer import config_enumerate, infer_discrete
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
-from torch.distributions.utils import lazy_property
 
 from ppgen.backend import torch_precision
+from ppgen.inference._batched import REBUILDABLE, SiteGroup, compact, given_arguments, group_sites, unwrap
+from ppgen.inference._interpreter import DeeperPlates, EnumerationInterpreter, Unsupported
 
 _DEFAULT_PLATE_NESTING = 2  # first guess; corrected after one run if the program nests deeper
 
@@ -88,8 +89,22 @@ class Factor:
 
 
 @dataclass
+class FactorGroup:
+    """Factors evaluated together (:mod:`ppgen.inference._batched`): ``log_prob`` is their
+    tensors stacked, (G, *factor shape); the sites share latent dims and plates."""
+
+    sites: list[str]
+    log_prob: torch.Tensor
+
+
+@dataclass
 class Enumeration:
-    """A program run under parallel enumeration: its latents (program order) and factors."""
+    """A program run under parallel enumeration: its latents (program order) and factors.
+
+    ``trace`` is Pyro's trace of the run, or the interpreter's recorded sites (the same node
+    keys) when the program ran on :class:`EnumerationInterpreter`; ``groups`` partitions the
+    factors into stacked groups in that case (None otherwise).
+    """
 
     trace: Any
     first_available_dim: int
@@ -99,10 +114,16 @@ class Enumeration:
     program: Optional[Callable] = None
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    groups: Optional[list[FactorGroup]] = None
 
     @property
     def max_plate_nesting(self) -> int:
         return -self.first_available_dim - 1
+
+    @property
+    def interpreted(self) -> bool:
+        """Whether the program ran on the enumeration interpreter (rather than under Pyro)."""
+        return isinstance(self.trace, RecordedTrace)
 
     def with_factors(self, factors: list[Factor]) -> "Enumeration":
         """The same layout with other factor tensors (EM recomputes them each iteration)."""
@@ -110,6 +131,15 @@ class Enumeration:
             self.trace, self.first_available_dim, self.latents, factors, self.plates,
             self.program, self.args, self.kwargs,
         )
+
+
+@dataclass
+class RecordedTrace:
+    """The sites an :class:`EnumerationInterpreter` run recorded, as ``nodes`` (name -> dict
+    with the keys of a Pyro trace node the engines read: "type", "name", "fn", "value",
+    "is_observed", "infer", "scale", "mask"), params first."""
+
+    nodes: dict[str, dict]
 
 
 @dataclass
@@ -127,49 +157,6 @@ class Posterior:
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     map_values: dict[str, torch.Tensor] = field(default_factory=dict)
     method: str = "chain"
-
-
-# --------------------------------------------------------------------------------------------
-# Reading distributions
-
-
-def unwrap(fn: Any) -> tuple[Any, int]:
-    """The base distribution and the number of dims ``to_event`` reinterpreted."""
-    reinterpreted = 0
-    while True:
-        name = type(fn).__name__
-        if name == "Independent":
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif name == "ExpandedDistribution":
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted
-
-
-def given_arguments(base: Any) -> dict[str, torch.Tensor]:
-    """The arguments a distribution was constructed with (lazily derived ones left out: the
-    ``logits`` of a Categorical built from ``probs``)."""
-    out = {}
-    for key in getattr(base, "arg_constraints", {}):
-        descriptor = next((klass.__dict__[key] for klass in type(base).__mro__ if key in klass.__dict__), None)
-        if isinstance(descriptor, lazy_property) and key not in base.__dict__:
-            continue
-        try:
-            value = getattr(base, key)
-        except (AttributeError, NotImplementedError):
-            continue
-        if isinstance(value, torch.Tensor):
-            out[key] = value
-    return out
-
-
-def compact(x: torch.Tensor) -> torch.Tensor:
-    """Undo ``expand``: slice every stride-0 dim down to size 1 (no copy)."""
-    for dim in range(x.dim()):
-        if x.shape[dim] > 1 and x.stride(dim) == 0:
-            x = x.narrow(dim, 0, 1)
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,14 +246,32 @@ def enumerate_program(
     kwargs: Optional[dict] = None,
     max_plate_nesting: Optional[int] = None,
     log_probs: bool = True,
+    params: Optional[dict[str, torch.Tensor]] = None,
 ) -> Enumeration:
     """Run ``program`` once under parallel enumeration and collect its latents and factors.
 
     Every latent with finite support is enumerated; other latents are sampled (callers that
-    need them fixed condition the program first). ``max_plate_nesting`` is found by running the
-    program when not given (a plate deeper than the first guess triggers one more run).
+    need them fixed condition the program first). ``params`` overrides param sites' values.
+    ``max_plate_nesting`` is found by running the program when not given (a plate deeper than
+    the first guess triggers one more run).
+
+    The program runs on the :class:`EnumerationInterpreter` (no Pyro handlers; densities
+    evaluated a stacked group at a time) when it uses nothing the interpreter does not model,
+    under Pyro's ``enum`` and ``trace`` handlers otherwise; both give the same factors.
     """
     kwargs = kwargs or {}
+    if params:
+        substituted = poutine.substitute(program, data=params)
+    else:
+        substituted = program
+    enumeration = _interpreted(program, args, kwargs, max_plate_nesting, log_probs, params)
+    if enumeration is None:
+        enumeration = _traced(substituted, args, kwargs, max_plate_nesting, log_probs)
+    enumeration.program, enumeration.args, enumeration.kwargs = substituted, args, kwargs
+    return enumeration
+
+
+def _traced(program: Callable, args: tuple, kwargs: dict, max_plate_nesting: Optional[int], log_probs: bool) -> Enumeration:
     nesting = _DEFAULT_PLATE_NESTING if max_plate_nesting is None else max_plate_nesting
     for _attempt in range(3):
         first_available_dim = -nesting - 1
@@ -286,9 +291,27 @@ def enumerate_program(
         if max_plate_nesting is not None:
             raise ValueError(f"a plate uses dim {deepest}, deeper than max_plate_nesting={max_plate_nesting}")
         nesting = -deepest
-    enumeration = _collect(trace, first_available_dim, log_probs)
-    enumeration.program, enumeration.args, enumeration.kwargs = program, args, kwargs
-    return enumeration
+    return _collect(trace, first_available_dim, log_probs)
+
+
+def _interpreted(
+    program: Callable, args: tuple, kwargs: dict, max_plate_nesting: Optional[int], log_probs: bool, params: Optional[dict]
+) -> Optional[Enumeration]:
+    """The enumeration from a run on the interpreter, or None if the program needs Pyro (the
+    random number generator is then as it was before the attempt)."""
+    nesting = _DEFAULT_PLATE_NESTING if max_plate_nesting is None else max_plate_nesting
+    rng_state = torch.random.get_rng_state()
+    for _attempt in range(3):
+        interpreter = EnumerationInterpreter(-nesting - 1, params, fixed_nesting=max_plate_nesting is not None)
+        try:
+            interpreter.run(program, args, kwargs)
+            return _collect_interpreted(interpreter, log_probs)
+        except DeeperPlates as deeper:
+            nesting = deeper.nesting
+        except (Unsupported, RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError):
+            break
+    torch.random.set_rng_state(rng_state)
+    return None
 
 
 def _plate_shape(plates: dict[str, tuple[int, int]], names: tuple[str, ...]) -> tuple[int, ...]:
@@ -335,6 +358,38 @@ def _collect(trace: Any, first_available_dim: int, log_probs: bool) -> Enumerati
     return Enumeration(trace, first_available_dim, latents, factors, plates)
 
 
+def _collect_interpreted(interpreter: EnumerationInterpreter, log_probs: bool) -> Enumeration:
+    first_available_dim = interpreter.first_available_dim
+    plates = interpreter.plates
+    sites = list(interpreter.sites.values())
+    latents = {
+        name: Latent(name, site["enumerate_dim"], site["value"].reshape(-1), site["plates"], _plate_shape(plates, site["plates"]))
+        for name, site in interpreter.sites.items()
+        if site["enumerate_dim"] is not None
+    }
+    by_site: dict[str, Factor] = {}
+    groups = []
+    for group in group_sites(sites):
+        if log_probs:
+            with threads_for(group.work):
+                stacked = group.log_prob()
+        else:  # only the shape: a stride-0 view, no density computed
+            stacked = torch.zeros(()).expand(group.shape())
+        shape = tuple(stacked.shape[1:])
+        enumerated = [d for d in range(-len(shape), first_available_dim + 1) if shape[d] > 1]
+        for name, log_prob in zip(group.sites, stacked.unbind(0)):
+            site = interpreter.sites[name]
+            visible = site["visible_dims"]
+            if any(d not in visible for d in enumerated):
+                raise Unsupported(f"site {name!r} varies along a dim that is neither a plate nor an enumerated latent")
+            by_site[name] = Factor(name, log_prob, {visible[d]: d for d in enumerated}, site["plates"])
+        groups.append(FactorGroup(group.sites, stacked))
+    nodes = {name: {"type": "param", "name": name, "value": value} for name, value in interpreter.params.items()}
+    nodes.update(interpreter.sites)
+    factors = [by_site[name] for name in interpreter.sites]
+    return Enumeration(RecordedTrace(nodes), first_available_dim, latents, factors, dict(plates), groups=groups)
+
+
 def site_log_prob(site: dict) -> torch.Tensor:
     """A trace site's log-density tensor, masked and scaled as Pyro does.
 
@@ -344,7 +399,7 @@ def site_log_prob(site: dict) -> torch.Tensor:
     fn, value = site["fn"], site["value"]
     log_prob = None
     base, reinterpreted = unwrap(fn)
-    arguments = given_arguments(base) if type(base).__name__ in _REBUILDABLE else {}
+    arguments = given_arguments(base) if type(base).__name__ in REBUILDABLE else {}
     compacted = {k: compact(v) for k, v in arguments.items()}
     value_batch = tuple(value.shape[: value.dim() - len(base.event_shape)])
     try:
@@ -364,10 +419,6 @@ def site_log_prob(site: dict) -> torch.Tensor:
         log_prob = fn.log_prob(value)
     log_prob = scale_and_mask(log_prob, site["scale"], site["mask"])
     return log_prob if isinstance(log_prob, torch.Tensor) else torch.as_tensor(log_prob)
-
-
-# Families rebuilt from their compact arguments (others are evaluated as traced)
-_REBUILDABLE = frozenset({"Categorical", "Bernoulli", "Normal", "MultivariateNormal", "Poisson", "Binomial", "Beta", "Gamma", "Dirichlet", "LogNormal", "Exponential", "StudentT", "Laplace", "Cauchy"})
 
 
 def latent_dims(site: dict, log_prob: torch.Tensor, first_available_dim: int, id_to_latent: dict[int, str]) -> dict[str, int]:
@@ -410,13 +461,19 @@ def _padded(x: torch.Tensor, rank: int) -> torch.Tensor:
 
 def total(factor: Factor, plates: dict[str, tuple[int, int]]) -> torch.Tensor:
     """Σ of a factor over all its cells, counting broadcast plate dims at their full size."""
+    return factor.log_prob.sum() * _broadcast_count(factor, plates)
+
+
+def _broadcast_count(factor: Factor, plates: dict[str, tuple[int, int]]) -> int:
+    """How many times each cell of the factor counts: the product of the sizes of the plates
+    it is broadcast along (size 1 or absent)."""
     x = factor.log_prob
-    value = x.sum()
+    count = 1
     for name in factor.plates:
         dim, size = plates[name]
         if x.dim() < -dim or x.shape[dim] == 1:
-            value = value * size
-    return value
+            count *= size
+    return count
 
 
 def _reduce_foreign_plates(x: torch.Tensor, factor: Factor, keep: set[str], plates: dict[str, tuple[int, int]]) -> torch.Tensor:
@@ -472,16 +529,19 @@ def find_chain(enumeration: Enumeration) -> Optional[dict[str, tuple[int, list[s
     return placement
 
 
-def _to_chain_layout(factor: Factor, scope: list[str], batch_dims: list[int], chain_plates: set[str], plates: dict) -> torch.Tensor:
-    """The factor as (*batch, K) (one latent) or (*batch, K_prev, K) (two): foreign plates
-    multiplied out, other dims dropped. Batch dims may stay broadcast (size 1)."""
+def _to_chain_layout(stacked: torch.Tensor, factor: Factor, scope: list[str], batch_dims: list[int], chain_plates: set[str], plates: dict) -> torch.Tensor:
+    """A group of factors laid out like ``factor``, stacked (G, *factor shape), as
+    (G, *batch, K) (one latent) or (G, *batch, K_prev, K) (two): foreign plates multiplied out,
+    other dims dropped. Batch dims may stay broadcast (size 1)."""
     dims = [factor.latent_dims[n] for n in scope]
-    rank = max(factor.log_prob.dim(), -min(batch_dims + dims + [-1]))
-    x = _reduce_foreign_plates(_padded(factor.log_prob, rank), factor, chain_plates, plates)
-    keep = [rank + d for d in batch_dims + dims]
-    rest = [i for i in range(rank) if i not in keep]
-    x = x.permute(rest + keep)
-    return x.reshape(tuple(x.shape[len(rest):]))
+    member_rank = stacked.dim() - 1
+    rank = max(member_rank, -min(batch_dims + dims + [-1]))
+    x = stacked.reshape((stacked.shape[0],) + (1,) * (rank - member_rank) + tuple(stacked.shape[1:]))
+    x = _reduce_foreign_plates(x, factor, chain_plates, plates)
+    keep = [1 + rank + d for d in batch_dims + dims]
+    rest = [i for i in range(1, rank + 1) if i not in keep]
+    x = x.permute([0] + rest + keep)
+    return x.reshape((x.shape[0],) + tuple(x.shape[1 + len(rest):]))
 
 
 def _from_chain_layout(w: torch.Tensor, factor: Factor, scope: list[str], batch_dims: list[int]) -> torch.Tensor:
@@ -500,8 +560,25 @@ def _from_chain_layout(w: torch.Tensor, factor: Factor, scope: list[str], batch_
     return w.sum_to_size(target).reshape(x.shape)
 
 
+def _stacked_groups(enumeration: Enumeration, placement: dict[str, tuple[int, list[str]]]) -> Iterator[tuple[list[Factor], torch.Tensor]]:
+    """The factors in stacked groups whose members sit alike in the chain (same dims in
+    chain order): the interpreter's groups, split where members differ; one per factor else."""
+    by_site = {f.site: f for f in enumeration.factors}
+    for group in enumeration.groups or []:
+        members = [by_site[site] for site in group.sites]
+        first = members[0]
+        dims = [first.latent_dims[n] for n in placement[first.site][1]]
+        if all([m.latent_dims[n] for n in placement[m.site][1]] == dims for m in members[1:]):
+            yield members, group.log_prob
+        else:
+            yield from (([m], m.log_prob.unsqueeze(0)) for m in members)
+    if enumeration.groups is None:
+        yield from (([f], f.log_prob.unsqueeze(0)) for f in enumeration.factors)
+
+
 def build_chain(enumeration: Enumeration, placement: dict[str, tuple[int, list[str]]]) -> Chain:
-    """Arrange the factors of a chain (see :func:`find_chain`) for the forward pass."""
+    """Arrange the factors of a chain (see :func:`find_chain`) for the forward pass: each
+    stacked group is permuted into chain layout once and added at its steps."""
     latents = list(enumeration.latents.values())
     first = latents[0]
     plates = enumeration.plates
@@ -511,30 +588,29 @@ def build_chain(enumeration: Enumeration, placement: dict[str, tuple[int, list[s
     n = math.prod(batch_shape)
     T, K = len(latents), first.cardinality
     dtype = next((f.log_prob.dtype for f in enumeration.factors if f.log_prob.is_floating_point()), torch.get_default_dtype())
-    unary: list[Any] = [0.0] * T
-    pairwise: list[Any] = [None] * T
+    unary = torch.zeros((T,) + batch_shape + (K,), dtype=dtype)
+    pairwise: list[tuple[torch.Tensor, torch.Tensor]] = []  # (steps t - 1, (G, *batch or 1s, K, K))
     constant = torch.zeros((), dtype=dtype)
-    for factor in enumeration.factors:
-        t, scope = placement[factor.site]
+    for members, stacked in _stacked_groups(enumeration, placement):
+        scope = placement[members[0].site][1]
         if not scope:
-            constant = constant + total(factor, plates)
+            constant = constant + stacked.sum() * _broadcast_count(members[0], plates)
             continue
-        x = _to_chain_layout(factor, scope, batch_dims, chain_plates, plates)
+        x = _to_chain_layout(stacked, members[0], scope, batch_dims, chain_plates, plates).to(dtype)
+        steps = torch.tensor([placement[m.site][0] for m in members])
         if len(scope) == 1:
-            unary[t] = unary[t] + x
+            unary.index_add_(0, steps, x.expand((len(members),) + batch_shape + (K,)))
         else:
-            pairwise[t] = x if pairwise[t] is None else pairwise[t] + x
-    full = batch_shape + (K,)
-    unary_tensor = torch.stack([torch.as_tensor(u, dtype=dtype).expand(full) for u in unary]).reshape(T, n, K)
+            pairwise.append((steps - 1, x))
     pairwise_tensor = None
-    if T > 1 and any(p is not None for p in pairwise[1:]):
-        shared = all(p is None or math.prod(p.shape[:-2]) == 1 for p in pairwise[1:])
+    if pairwise:
+        shared = all(math.prod(x.shape[1:-2]) == 1 for _, x in pairwise)
         width = 1 if shared else n
-        zeros = torch.zeros((width, K, K), dtype=dtype)
-        pairwise_tensor = torch.stack(
-            [zeros if p is None else p.expand((batch_shape if not shared else p.shape[:-2]) + (K, K)).reshape(width, K, K) for p in pairwise[1:]]
-        )
-    return Chain([l.name for l in latents], batch_dims, batch_shape, unary_tensor, pairwise_tensor, constant, placement)
+        pairwise_tensor = torch.zeros((T - 1, width, K, K), dtype=dtype)
+        for steps, x in pairwise:
+            x = x.reshape((x.shape[0], 1, K, K)) if shared else x.expand((x.shape[0],) + batch_shape + (K, K)).reshape(x.shape[0], n, K, K)
+            pairwise_tensor.index_add_(0, steps, x)
+    return Chain([l.name for l in latents], batch_dims, batch_shape, unary.reshape(T, n, K), pairwise_tensor, constant, placement)
 
 
 def _transition(a: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ Pyro and ``numpyro.distributions.Normal`` on NumPyro; ``ops`` is ``torch`` or ``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import pyro
 from pyroapi import distributions as dist
@@ -23,6 +24,23 @@ _NOT_GIVEN = object()
 #: Key set in a site's ``infer`` dict when the program passed ``obs=`` (possibly ``None``): the
 #: site is data by declaration, even in a run where no data was supplied.
 DATA_SITE = "ppgen_data"
+
+#: An interpreter the primitives dispatch to instead of Pyro (see :func:`interpreted_by`).
+_INTERPRETER: Any = None
+
+
+@contextmanager
+def interpreted_by(interpreter: Any) -> Iterator[None]:
+    """Run the primitives on ``interpreter`` (an object with methods ``sample(name, fn, obs,
+    infer)``, ``plate``, ``param``, ``deterministic``, ``factor``, ``module`` and ``markov`` taking
+    the primitives' arguments) rather than on Pyro's handler stack: an engine that knows the
+    whole program's semantics (exact enumeration) runs it without Pyro's per-site messaging."""
+    global _INTERPRETER
+    previous, _INTERPRETER = _INTERPRETER, interpreter
+    try:
+        yield
+    finally:
+        _INTERPRETER = previous
 
 
 def _numpyro():
@@ -42,6 +60,8 @@ def sample(name: str, fn: Any, obs: Any = _NOT_GIVEN, infer: Optional[dict] = No
         infer[DATA_SITE] = True
     else:
         obs = None
+    if _INTERPRETER is not None:
+        return _INTERPRETER.sample(name, fn, obs, infer)
     if current_backend() == "numpyro":
         return _numpyro().sample(name, fn, obs=obs, infer=infer)
     return pyro.sample(name, fn, obs=obs, infer=infer)
@@ -49,6 +69,8 @@ def sample(name: str, fn: Any, obs: Any = _NOT_GIVEN, infer: Optional[dict] = No
 
 def plate(name: str, size: int, subsample_size: Optional[int] = None, dim: Optional[int] = None):
     """A conditionally independent batch of size ``size`` (Pyro/NumPyro ``plate``)."""
+    if _INTERPRETER is not None:
+        return _INTERPRETER.plate(name, size, subsample_size, dim)
     if current_backend() == "numpyro":
         return _numpyro().plate(name, size, subsample_size=subsample_size, dim=dim)
     return pyro.plate(name, size, subsample_size=subsample_size, dim=dim)
@@ -56,6 +78,8 @@ def plate(name: str, size: int, subsample_size: Optional[int] = None, dim: Optio
 
 def param(name: str, init_value: Any = None, constraint: Any = None, event_dim: Optional[int] = None) -> Any:
     """A learnable parameter with initial value ``init_value`` in ``constraint``'s support."""
+    if _INTERPRETER is not None:
+        return _INTERPRETER.param(name, init_value, constraint, event_dim)
     kwargs: dict[str, Any] = {}
     if constraint is not None:
         kwargs["constraint"] = constraint
@@ -72,6 +96,8 @@ def param(name: str, init_value: Any = None, constraint: Any = None, event_dim: 
 
 def deterministic(name: str, value: Any) -> Any:
     """Record ``value``, a function of other sites, as the named site ``name``."""
+    if _INTERPRETER is not None:
+        return _INTERPRETER.deterministic(name, value)
     if current_backend() == "numpyro":
         return _numpyro().deterministic(name, value)
     return pyro.deterministic(name, value)
@@ -79,6 +105,8 @@ def deterministic(name: str, value: Any) -> Any:
 
 def factor(name: str, log_factor: Any) -> None:
     """Add ``log_factor`` to the model's log density (an unnormalised potential)."""
+    if _INTERPRETER is not None:
+        return _INTERPRETER.factor(name, log_factor)
     if current_backend() == "numpyro":
         return _numpyro().factor(name, log_factor)
     return pyro.factor(name, log_factor)
@@ -86,6 +114,8 @@ def factor(name: str, log_factor: Any) -> None:
 
 def module(name: str, nn_module: Any) -> Any:
     """Register a ``torch.nn.Module``'s parameters as learnable ``param`` sites named ``name``."""
+    if _INTERPRETER is not None:
+        return _INTERPRETER.module(name, nn_module)
     if current_backend() == "numpyro":
         raise NotImplementedError(
             f"ppgen.module({name!r}, ...): programs with torch modules run on the Pyro backend; "
@@ -103,6 +133,8 @@ def markov(fn: Optional[Callable] = None, history: int = 1, keep: bool = False):
     """Mark sequential latents as Markov with the given ``history``, so enumeration over a
     chain of length T costs O(T K^2) rather than O(K^T). Use as ``for t in markov(range(T))``
     or as a context manager."""
+    if _INTERPRETER is not None:
+        return _INTERPRETER.markov(fn, history, keep)
     if current_backend() == "numpyro":
         from numpyro.contrib.funsor import markov as numpyro_markov
 
