@@ -188,6 +188,24 @@ def elementwise_log_prob(site: dict, flat: bool = True) -> torch.Tensor:
     return log_prob.reshape(-1) if flat else log_prob
 
 
+def _element_shape(site: dict) -> tuple[int, ...]:
+    """The shape of ``elementwise_log_prob(site, flat=False)``, without evaluating the density:
+    the value's batch shape broadcast with the distribution's and with its masks and scale."""
+    fn, value = site["fn"], site["value"]
+    masks = []
+    while type(fn).__name__ in _WRAPPERS:
+        if type(fn).__name__ == "MaskedDistribution" and isinstance(fn._mask, torch.Tensor):
+            masks.append(tuple(fn._mask.shape) + (1,) * len(fn.event_shape))
+        fn = fn.base_dist
+    value_batch = tuple(value.shape[: value.dim() - len(fn.event_shape)])
+    shape = torch.broadcast_shapes(value_batch, fn.batch_shape, *masks)
+    extra = len(torch.broadcast_shapes(value_batch, fn.batch_shape)) - len(site["fn"].batch_shape)
+    for outer in (site.get("mask"), site.get("scale")):
+        if isinstance(outer, torch.Tensor):
+            shape = torch.broadcast_shapes(shape, tuple(outer.shape) + (1,) * extra)
+    return tuple(shape)
+
+
 class _Stop(Exception):
     pass
 
@@ -549,14 +567,15 @@ class Compiler:
     def _read_map(coded: torch.Tensor, ones: torch.Tensor, factor: str, node: Node) -> torch.Tensor:
         """Element index from the tangents along (b + 1) and along 1 (−1: no dependence)."""
         depends = ones.abs() > 1e-9 * (1.0 + coded.abs() / node.num_elements)
-        ratio = torch.where(depends, coded / torch.where(depends, ones, torch.ones(())), torch.zeros(()))
-        index = torch.round(ratio)
-        if bool((depends & ((ratio - index).abs() > 1e-5 * index.abs().clamp_min(1))).any()):
+        ratio = coded / ones  # not finite where ``ones`` is 0: those elements do not depend
+        index = ratio.round()
+        off = (ratio - index).abs_() > index.abs().clamp_min_(1).mul_(1e-5)
+        if bool((depends & off).any()):
             raise NotConjugate(
                 f"site {factor!r}: each element must depend on a single element of {node.sites[0]!r} "
                 "(through indexing/broadcasting), not on a combination of its elements"
             )
-        return torch.where(depends, index.long() - 1, torch.full_like(index, -1, dtype=torch.long))
+        return torch.where(depends, index.long() - 1, -1)
 
     @staticmethod
     def _constant(node: Node, probe: int = 0) -> tuple:
@@ -565,9 +584,8 @@ class Compiler:
     # ---- steps 2-4: one factor ---------------------------------------------------------
     def build_factor(self, name: str, nodes: dict[str, Node], node_of_site: dict[str, str], defaults: dict) -> Factor:
         site = self.base_trace.nodes[name]
-        log_prob = elementwise_log_prob(site, flat=False)
-        num_elements = log_prob.numel()
-        element_shape = tuple(log_prob.shape)
+        element_shape = _element_shape(site)
+        num_elements = math.prod(element_shape)
         variables = _resolve_latent_ancestors(self.structure, name, set(self.latent_sites))
         if name in node_of_site:
             variables.add(name)
