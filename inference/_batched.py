@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch.distributions.utils import lazy_property
 
+from ppgen.inference._deferred import Deferred
+
 #: Families whose constructor arguments are all tensors named in ``arg_constraints``: rebuilt
 #: from stacked arguments (others are evaluated site by site).
 REBUILDABLE = frozenset({"Categorical", "Bernoulli", "Normal", "MultivariateNormal", "Poisson", "Binomial", "Beta", "Gamma", "Dirichlet", "LogNormal", "Exponential", "StudentT", "Laplace", "Cauchy"})
@@ -72,7 +74,7 @@ def given_arguments(base: Any) -> dict[str, torch.Tensor]:
 
 def compact(x: torch.Tensor) -> torch.Tensor:
     """Undo ``expand``: slice every stride-0 dim down to size 1 (no copy)."""
-    if 0 not in x.stride():
+    if x.is_contiguous():
         return x
     for dim in range(x.dim()):
         if x.shape[dim] > 1 and x.stride(dim) == 0:
@@ -97,7 +99,7 @@ class SiteGroup:
         """Elements of the stacked log-density, about (for choosing a thread count)."""
         shapes = [self.values[0].shape] + [a.shape for a in (self.arguments[0].values() if self.arguments else ())]
         try:
-            size = math.prod(torch.broadcast_shapes(*shapes))
+            size = math.prod(_broadcast(*shapes))
         except RuntimeError:
             size = max(math.prod(s) for s in shapes)
         return len(self.sites) * size
@@ -170,13 +172,18 @@ def group_sites(sites: list[dict]) -> list[SiteGroup]:
     out = []
     for site in sites:
         fn, value = site["fn"], site["value"]
-        base, reinterpreted = unwrap(fn)
-        family = type(base)
-        if family.__name__ in REBUILDABLE:
-            arguments = {k: compact(v) for k, v in given_arguments(base).items()}
+        if isinstance(fn, Deferred):
+            family, reinterpreted, arguments = fn.family, fn.reinterpreted, fn.arguments
+        else:
+            base, reinterpreted = unwrap(fn)
+            family = type(base)
+            arguments = given_arguments(base) if family.__name__ in REBUILDABLE else None
+        if arguments is not None:
+            arguments = {k: compact(v) for k, v in arguments.items()}
+            tensors = list(arguments.values())
             key = (
-                family, reinterpreted, tuple(value.shape), value.dtype, site["plates"],
-                tuple((k, tuple(v.shape), v.dtype) for k, v in arguments.items()),
+                family, reinterpreted, value.shape, value.dtype, site["plates"], tuple(arguments),
+                tuple([v.shape for v in tensors]), tuple([v.dtype for v in tensors]),
             )
             group = groups.get(key)
             if group is None:

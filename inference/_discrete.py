@@ -380,9 +380,11 @@ def _collect_interpreted(interpreter: EnumerationInterpreter, log_probs: bool) -
         for name, log_prob in zip(group.sites, stacked.unbind(0)):
             site = interpreter.sites[name]
             visible = site["visible_dims"]
-            if any(d not in visible for d in enumerated):
-                raise Unsupported(f"site {name!r} varies along a dim that is neither a plate nor an enumerated latent")
-            by_site[name] = Factor(name, log_prob, {visible[d]: d for d in enumerated}, site["plates"])
+            try:
+                scope = {visible[d]: d for d in enumerated}
+            except KeyError:
+                raise Unsupported(f"site {name!r} varies along a dim that is neither a plate nor an enumerated latent") from None
+            by_site[name] = Factor(name, log_prob, scope, site["plates"])
         groups.append(FactorGroup(group.sites, stacked))
     nodes = {name: {"type": "param", "name": name, "value": value} for name, value in interpreter.params.items()}
     nodes.update(interpreter.sites)
@@ -576,6 +578,16 @@ def _stacked_groups(enumeration: Enumeration, placement: dict[str, tuple[int, li
         yield from (([f], f.log_prob.unsqueeze(0)) for f in enumeration.factors)
 
 
+def _add_at(target: torch.Tensor, steps: list[int], x: torch.Tensor) -> None:
+    """target[steps[g]] += x[g] (x broadcast), by a strided slice when the steps are evenly
+    spaced (a group's sites usually are: every other step), else by ``index_add_``."""
+    stride = steps[1] - steps[0] if len(steps) > 1 else 1
+    if stride > 0 and steps == list(range(steps[0], steps[0] + stride * len(steps), stride)):
+        target[steps[0] : steps[-1] + 1 : stride] += x
+    else:
+        target.index_add_(0, torch.tensor(steps), x.expand((len(steps),) + tuple(target.shape[1:])))
+
+
 def build_chain(enumeration: Enumeration, placement: dict[str, tuple[int, list[str]]]) -> Chain:
     """Arrange the factors of a chain (see :func:`find_chain`) for the forward pass: each
     stacked group is permuted into chain layout once and added at its steps."""
@@ -597,11 +609,11 @@ def build_chain(enumeration: Enumeration, placement: dict[str, tuple[int, list[s
             constant = constant + stacked.sum() * _broadcast_count(members[0], plates)
             continue
         x = _to_chain_layout(stacked, members[0], scope, batch_dims, chain_plates, plates).to(dtype)
-        steps = torch.tensor([placement[m.site][0] for m in members])
+        steps = [placement[m.site][0] for m in members]
         if len(scope) == 1:
-            unary.index_add_(0, steps, x.expand((len(members),) + batch_shape + (K,)))
+            _add_at(unary, steps, x)
         else:
-            pairwise.append((steps - 1, x))
+            pairwise.append(([t - 1 for t in steps], x))
     pairwise_tensor = None
     if pairwise:
         shared = all(math.prod(x.shape[1:-2]) == 1 for _, x in pairwise)
@@ -609,7 +621,7 @@ def build_chain(enumeration: Enumeration, placement: dict[str, tuple[int, list[s
         pairwise_tensor = torch.zeros((T - 1, width, K, K), dtype=dtype)
         for steps, x in pairwise:
             x = x.reshape((x.shape[0], 1, K, K)) if shared else x.expand((x.shape[0],) + batch_shape + (K, K)).reshape(x.shape[0], n, K, K)
-            pairwise_tensor.index_add_(0, steps, x)
+            _add_at(pairwise_tensor, steps, x)
     return Chain([l.name for l in latents], batch_dims, batch_shape, unary.reshape(T, n, K), pairwise_tensor, constant, placement)
 
 

@@ -12,6 +12,8 @@ broadcast) that process a message per site, which costs more than the sums on a 
   the rightmost free dim not used by a latent still visible (one within ``history`` steps);
 * ``plate`` dims are allocated as Pyro's plates allocate them, and each site's batch shape is
   checked against its plates as Pyro's broadcasting checks it;
+* ``ppgen.dist`` builds no distribution: the common families return a
+  :class:`~ppgen.inference._deferred.Deferred` record of their arguments;
 * ``param`` returns the given value, or the initial value mapped through its constraint's
   bijection and back, as ``pyro.param`` does in a fresh parameter store.
 
@@ -40,9 +42,13 @@ from pyro.distributions.torch import Categorical
 from pyro.distributions.unit import Unit
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
+from pyroapi.dispatch import GenericModule
 from torch.distributions import constraints, transform_to
 
+from ppgen.inference._deferred import Deferred
 from ppgen.primitives import DATA_SITE, interpreted_by
+
+_DEFERRED_DISTRIBUTIONS = "ppgen.inference._deferred"  # ppgen.dist while the interpreter runs
 
 
 class Unsupported(Exception):
@@ -150,9 +156,14 @@ class EnumerationInterpreter:
         self._stack_depth = 0
 
     def run(self, program: Callable, args: tuple, kwargs: dict) -> None:
-        with _PyroGuard(), interpreted_by(self):
-            self._stack_depth = len(_PYRO_STACK)
-            program(*args, **kwargs)
+        saved = GenericModule.current_backend["distributions"]
+        GenericModule.current_backend["distributions"] = _DEFERRED_DISTRIBUTIONS
+        try:
+            with _PyroGuard(), interpreted_by(self):
+                self._stack_depth = len(_PYRO_STACK)
+                program(*args, **kwargs)
+        finally:
+            GenericModule.current_backend["distributions"] = saved
 
     # ----------------------------------------------------------------------------------------
     # primitives
@@ -165,7 +176,7 @@ class EnumerationInterpreter:
         self._check_stack(name)
         if name in self.sites:
             raise Unsupported(f"site {name!r} is sampled twice")
-        if not isinstance(fn, TorchDistributionMixin):
+        if not isinstance(fn, (TorchDistributionMixin, Deferred)):
             raise Unsupported(f"site {name!r}: {type(fn).__name__} is not a Pyro distribution")
         if any(key != DATA_SITE and not (key == "enumerate" and value == "parallel") for key, value in infer.items()):
             raise Unsupported(f"site {name!r} has infer options {sorted(infer)}")
@@ -174,17 +185,11 @@ class EnumerationInterpreter:
     def _record(self, name: str, fn: Any, obs: Any, infer: dict) -> Any:
         plates = self._plates_of(name, fn)
         visible = dict(self._global_dims)
-        scope: Optional[Counter] = None
-        if self.markovs:
-            scope = Counter()
-            for markov in self.markovs:
-                for step in markov.visible():
-                    scope.update(step)
+        in_markov = bool(self.markovs)
+        if in_markov:
+            self._add_visible(visible)
             for markov in self.markovs:
                 markov.steps[markov.position].add(name)
-            for other, count in scope.items():
-                if self._markov_depths[other] == count:
-                    visible.update(self._value_dims[other])
             self._markov_depths[name] = len(self.markovs)
         site = {"name": name, "type": "sample", "fn": fn, "infer": infer, "scale": 1.0, "mask": None,
                 "plates": plates, "visible_dims": visible}
@@ -196,10 +201,28 @@ class EnumerationInterpreter:
             shape = value.shape[: value.dim() - event_dim]
             self._value_dims[name] = {d: n for d, n in visible.items() if len(shape) >= -d and shape[d] > 1}
         else:
-            value, enumerate_dim = self._enumerate(name, fn, scope is None, visible)
+            value, enumerate_dim = self._enumerate(name, fn, not in_markov, visible)
         site.update(value=value, is_observed=obs is not None, enumerate_dim=enumerate_dim)
         self.sites[name] = site
         return value
+
+    def _add_visible(self, visible: dict[int, str]) -> None:
+        """Add the enumeration dims of the latents visible from the current markov steps: a
+        site is visible if every markov context it was sampled in still shows its step."""
+        if len(self.markovs) == 1:
+            depths, value_dims = self._markov_depths, self._value_dims
+            for step in self.markovs[0].visible():
+                for other in step:
+                    if depths[other] == 1:
+                        visible.update(value_dims[other])
+            return
+        scope: Counter = Counter()
+        for markov in self.markovs:
+            for step in markov.visible():
+                scope.update(step)
+        for other, count in scope.items():
+            if self._markov_depths[other] == count:
+                visible.update(self._value_dims[other])
 
     def _enumerate(self, name: str, fn: Any, is_global: bool, visible: dict[int, str]) -> tuple[torch.Tensor, int]:
         if not fn.has_enumerate_support or fn.event_shape:
@@ -211,8 +234,8 @@ class EnumerationInterpreter:
         else:
             while dim in visible:
                 dim -= 1
-        if type(fn) is Categorical:
-            K = int(fn._num_events)
+        K = fn.num_categories if isinstance(fn, Deferred) else int(fn._num_events) if type(fn) is Categorical else None
+        if K is not None:
             value = self._supports.get((K, dim))
             if value is None:
                 value = torch.arange(K).reshape((K,) + (1,) * (-1 - dim))

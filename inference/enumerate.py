@@ -2,7 +2,8 @@
 
 Every latent must be discrete with finite support; continuous quantities may be ``param``
 sites (evaluated at their initial values, or at ``params=``) or fixed arguments. The program
-runs once under Pyro's parallel enumeration, so a mixture over 1e5 points is one tensor
+runs once under parallel enumeration (on ppgen's enumeration interpreter, or under Pyro's
+handlers when it uses Pyro directly), so a mixture over 1e5 points is one tensor
 contraction; a hidden Markov model written with ``ppgen.markov`` is recognised as a chain and
 summed by a vectorised forward–backward pass in O(T K²) (Viterbi for its MAP). See
 :mod:`ppgen.inference._discrete` for the algorithms.
@@ -16,7 +17,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 
 from ppgen.backend import to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
@@ -120,9 +120,7 @@ class Enumerate(Engine):
         def run_exact():
             with use_backend("pyro"), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation():
                 torch.manual_seed(self.seed)
-                values = _as_tensors(self.params)
-                program = poutine.substitute(model, data=values) if values else model
-                enumeration = enumerate_program(program, args, kwargs)
+                enumeration = enumerate_program(model, args, kwargs, params=_as_tensors(self.params))
                 posterior = exact_posterior(enumeration, marginals=self.marginals, map_estimate=self.map_estimate)
                 params = {
                     name: to_numpy(site["value"])
