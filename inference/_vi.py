@@ -12,13 +12,13 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Predictive
+from pyro.poutine.util import site_is_subsample
 
 from ppgen.backend import to_backend, to_numpy
 from ppgen.driver import Progress, iterate
 from ppgen.results import Estimate
 
-OPTIMIZERS = ("adam", "clipped_adam")
+from ._gradient_steps import OPTIMIZERS, GradientSteps
 
 
 class Info(Mapping):
@@ -69,23 +69,16 @@ def check_common_options(owner: str, num_steps: int, learning_rate: float, num_p
         raise ValueError(f"{owner}: num_samples must be a positive integer, got {num_samples!r}")
 
 
-def make_optimizer(name: str, learning_rate: float, clip_norm: float = 10.0):
-    """Pyro's Adam or ClippedAdam (gradient norm clipped to ``clip_norm``)."""
-    if name == "clipped_adam":
-        return pyro.optim.ClippedAdam({"lr": learning_rate, "clip_norm": clip_norm})
-    return pyro.optim.Adam({"lr": learning_rate})
-
-
-def run_svi(svi: SVI, step_args: Callable[[int], tuple[tuple, dict]], num_steps: int, tol: float, progress: bool, name: str) -> Progress:
-    """``num_steps`` SVI steps through :func:`ppgen.driver.iterate`; the objective is the ELBO
-    estimate −loss of each step (``step_args(i)`` gives the step's model arguments, so the
-    caller can pass minibatches)."""
+def run_svi(steps: GradientSteps, step_args: Callable[[int], tuple[tuple, dict]], num_steps: int, tol: float, progress: bool, name: str) -> Progress:
+    """``num_steps`` gradient steps through :func:`ppgen.driver.iterate`; the objective is each
+    step's ELBO estimate (``step_args(i)`` gives the step's model arguments, so the caller can
+    pass minibatches)."""
     counter = {"step": 0}
 
     def step(state: None) -> tuple[None, float]:
         args, kwargs = step_args(counter["step"])
         counter["step"] += 1
-        return state, -float(svi.step(*args, **kwargs))
+        return state, steps.step(*args, **kwargs)
 
     return iterate(step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0)
 
@@ -99,21 +92,33 @@ def estimate_elbo(loss: Any, model: Callable, guide: Callable, args: tuple, kwar
     return Estimate(float(values.mean()), stderr, "lower-bound")
 
 
-def draw_from_guide(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int, sites: list[str], shapes: dict[str, tuple]
-) -> dict[str, np.ndarray]:
-    """``num_samples`` joint draws of ``sites`` from the guide (and, for sites the guide does
-    not sample, from the model given the guide's draws), vectorised when the program allows."""
-    with torch.no_grad():
+def guide_sites(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, tuple], int]:
+    """One run of the guide: the value shape of every site it samples, and its batch rank (the
+    most batch dimensions of any of its sites, plates included), left of which draws stack."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    shapes, rank = {}, 0
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+            shapes[name] = tuple(site["value"].shape)
+            plates = [-frame.dim for frame in site["cond_indep_stack"] if frame.vectorized]
+            rank = max([rank, len(site["fn"].batch_shape), *plates])
+    return shapes, rank
+
+
+def draw_from_guide(guide: Callable, args: tuple, kwargs: dict, num_samples: int, shapes: dict[str, tuple], batch_rank: int) -> dict[str, np.ndarray]:
+    """``num_samples`` joint draws from q of the sites in ``shapes`` (site -> value shape), each
+    array of shape (num_samples, *shape): one run of the guide under a plate of ``num_samples``
+    left of its ``batch_rank`` batch dimensions, or one run per draw when the guide does not
+    vectorise. Only the guide runs (the model is not needed to draw its own sites)."""
+    with torch.no_grad(), poutine.block():
         try:
-            predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=sites, parallel=True)
-            draws = predictive(*args, **kwargs)
-            out = {k: to_numpy(v).reshape((num_samples,) + shapes[k]) for k, v in draws.items()}
+            with pyro.plate("_guide_draws", num_samples, dim=-batch_rank - 1):
+                trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            return {name: to_numpy(trace.nodes[name]["value"]).reshape((num_samples,) + shape) for name, shape in shapes.items()}
         except (RuntimeError, ValueError, IndexError):
-            predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=sites, parallel=False)
-            draws = predictive(*args, **kwargs)
-            out = {k: to_numpy(v).reshape((num_samples,) + shapes[k]) for k, v in draws.items()}
-    return out
+            traces = [poutine.trace(guide).get_trace(*args, **kwargs) for _ in range(num_samples)]
+    return {name: np.stack([to_numpy(trace.nodes[name]["value"]).reshape(shape) for trace in traces]) for name, shape in shapes.items()}
 
 
 def site_shapes(model: Callable, args: tuple, kwargs: dict) -> dict[str, tuple]:

@@ -22,7 +22,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO, config_enumerate, infer_discrete
+from pyro.infer import Predictive, Trace_ELBO, TraceEnum_ELBO, config_enumerate, infer_discrete
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median
 
@@ -31,16 +31,9 @@ from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
-from ._vi import (
-    check_common_options,
-    draw_from_guide,
-    estimate_elbo,
-    make_optimizer,
-    param_values,
-    pyro_arguments,
-    run_svi,
-    site_shapes,
-)
+from ._gradient_steps import GradientSteps, optimizer_factory
+from ._vi import check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi, site_shapes
+
 
 def advi_reason(structure: ModelStructure) -> Optional[str]:
     """Why ADVI does not apply (or None)."""
@@ -164,13 +157,15 @@ class ADVI(Engine):
                 loss = TraceEnum_ELBO(max_plate_nesting=nesting, num_particles=self.num_particles)
             else:
                 loss = Trace_ELBO(num_particles=self.num_particles)
-            svi = SVI(program, guide, make_optimizer(self.optimizer, self.learning_rate), loss=loss)
-            progress = run_svi(svi, lambda _: (args, kwargs), self.num_steps, self.tol, self.progress, self.name)
+            steps = GradientSteps(program, guide, loss, optimizer_factory(self.optimizer, self.learning_rate))
+            progress = run_svi(steps, lambda _: (args, kwargs), self.num_steps, self.tol, self.progress, self.name)
             estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
-            shapes = site_shapes(model, args, kwargs)
-            samples = draw_from_guide(model, guide, args, kwargs, self.num_samples, continuous, shapes) if continuous else {}
+            samples = {}
+            if continuous:
+                shapes, batch_rank = guide_sites(guide, args, kwargs)
+                samples = draw_from_guide(guide, args, kwargs, self.num_samples, {name: shapes[name] for name in continuous}, batch_rank)
             if discrete:
-                samples.update(self._discrete_draws(program, guide, args, kwargs, discrete, nesting, shapes))
+                samples.update(self._discrete_draws(program, guide, args, kwargs, discrete, nesting, site_shapes(model, args, kwargs)))
             params = param_values(store)
         return Result(
             engine=self.name,

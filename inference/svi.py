@@ -27,7 +27,6 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI as PyroSVI
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median
@@ -38,17 +37,8 @@ from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
-from ._vi import (
-    Info,
-    check_common_options,
-    draw_from_guide,
-    estimate_elbo,
-    make_optimizer,
-    param_values,
-    pyro_arguments,
-    run_svi,
-    site_shapes,
-)
+from ._gradient_steps import GradientSteps, optimizer_factory
+from ._vi import Info, check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi
 
 ELBOS = ("auto", "trace", "meanfield")
 
@@ -221,30 +211,25 @@ class SVI(Engine):
             store = pyro.get_param_store()
             discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
             guide, guide_name = self._guide_program(model, structure, discrete_latents)
-            with torch.no_grad(), poutine.block():
-                guided = {
-                    name for name, site in poutine.trace(guide).get_trace(*args, **kwargs).nodes.items()
-                    if site["type"] == "sample" and not site["is_observed"]
-                }
+            guided, batch_rank = guide_sites(guide, args, kwargs)
             enumerated = [name for name in discrete_latents if name not in guided]
             missing = [name for name, site in structure.latent.items() if not site.is_discrete and name not in guided]
             if missing:
                 raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
             program = config_enumerate(model, default="parallel") if enumerated else model
             loss = self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
-            optimizer = make_optimizer(self.optimizer, self.learning_rate, self.clip_norm)
+            optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
             step_args, plate, factor = self._minibatches(structure, args, kwargs)
             if plate is None:
-                svi = PyroSVI(program, guide, optimizer, loss=loss)
+                steps = GradientSteps(program, guide, loss, optimizer)
             else:
-                svi = PyroSVI(_scaled(program, plate, factor), _scaled(guide, plate, factor), optimizer, loss=loss)
+                steps = GradientSteps(_scaled(program, plate, factor), _scaled(guide, plate, factor), loss, optimizer)
             training_start = time.perf_counter()
-            progress = run_svi(svi, step_args, self.num_steps, self.tol, self.progress, self.name)
+            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name)
             training_seconds = time.perf_counter() - training_start
             estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
-            shapes = site_shapes(model, args, kwargs)
-            latent = [name for name in structure.latent if name in guided]
-            samples = draw_from_guide(model, guide, args, kwargs, self.num_samples, latent, shapes) if latent else {}
+            latent = {name: guided[name] for name in structure.latent if name in guided}
+            samples = draw_from_guide(guide, args, kwargs, self.num_samples, latent, batch_rank) if latent else {}
             params = param_values(store)
             modules = self._named_modules(guide, copies, args, kwargs, store)
         return Result(
