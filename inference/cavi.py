@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import pyro
 import torch
+from threadpoolctl import threadpool_limits
 
 from ppgen.backend import torch_precision, to_numpy, use_backend
 from ppgen.driver import iterate
@@ -49,15 +50,17 @@ from ._vi import Info, pyro_arguments
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """Run torch with one intra-op thread. CAVI's operations are either small (q(z) is n × K,
-    the sweeps) or single memory-bound passes over a site's elements (the compiler's probe
-    runs): a second thread saves little on them, and when the cores are shared every
-    operation waits for the slower thread (measured: 10-30x slower sweeps, 2x slower
-    compilation under load on two cores)."""
+    """Run with one thread in torch and in the native thread pools (BLAS, OpenMP) that
+    initialisation callables such as ``spectral_init`` use. CAVI's operations are either small
+    (q(z) is n × K: the sweeps, a spectral start) or single memory-bound passes over a site's
+    elements (the compiler's probe runs): a second thread saves little on them, and when the
+    cores are shared every operation waits for the slower thread (measured on two busy cores:
+    sweeps 10-30x, compilation 2x, the spectral start 3x slower with two threads)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1):
+            yield
     finally:
         torch.set_num_threads(previous)
 
@@ -306,6 +309,7 @@ class CAVI(Engine):
             compiled = time.perf_counter()
             updater = _Updater(graph)
             state = updater.initial_state(self._initial_probabilities(graph, model, args, kwargs))
+            initialised = time.perf_counter()
 
             def step(current: CAVIState) -> tuple[CAVIState, float]:
                 new = updater.sweep(current)
@@ -314,13 +318,15 @@ class CAVI(Engine):
             progress = iterate(
                 step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name="cavi", objective="elbo"
             )
-            final = progress.state
-            result = self._result(graph, final, progress, structure)
+            swept = time.perf_counter()
+            result = self._result(graph, progress.state, progress, structure)
         diagnostics = {
             "nodes": Info({name: (node.family.name if node.family else f"Categorical({node.cardinality})") for name, node in graph.nodes.items()}),
             "num_factors": len(graph.factors),
             "program_runs": graph.program_runs,
             "compile_seconds": compiled - start,
+            "init_seconds": initialised - compiled,
+            "sweep_seconds": swept - initialised,
         }
         return Result(**{**result, "diagnostics": diagnostics, "seconds": time.perf_counter() - start})
 

@@ -158,14 +158,14 @@ def spectral_init(adjacency: Any, K: int = 2, confidence: float = 0.9, seed: int
     fixed point of the stochastic block model, where all blocks look alike; this start breaks
     the symmetry along the graph's community structure (as in Daudin, Picard & Robin 2008).
     """
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import csr_matrix, diags
     from scipy.sparse.linalg import eigsh
     from sklearn.cluster import KMeans
 
-    adjacency = np.asarray(adjacency, dtype=np.float64)
-    degree = adjacency.sum(1)
-    scale = 1.0 / np.sqrt(np.where(degree > 0, degree, 1.0))
-    normalised = csr_matrix(adjacency * scale[:, None] * scale[None, :])
+    adjacency = csr_matrix(np.asarray(adjacency, dtype=np.float64))
+    degree = np.asarray(adjacency.sum(1)).ravel()
+    scale = diags(1.0 / np.sqrt(np.where(degree > 0, degree, 1.0)))
+    normalised = scale @ adjacency @ scale
     start = np.random.default_rng(seed).random(adjacency.shape[0])
     _, vectors = eigsh(normalised, k=K, which="LA", v0=start)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
