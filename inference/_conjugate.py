@@ -416,15 +416,13 @@ def _stats_derivative(family: Family, point: tuple[torch.Tensor, ...]) -> torch.
         return forward_ad.unpack_dual(family.stats(duals)).tangent[0]
 
 
-def _derivative_along_parent(
-    coef: torch.Tensor, families: list[Family], probe_lists: list[list], combination: tuple, parent: int
-) -> torch.Tensor:
-    """∂_t log p_e when parent ``parent`` moves along 1 from its probe point in ``combination``
-    and the other parents stay at theirs: <coef_e, ⊗_j v_j> with v_j = T̃_j(p_j), and
+def _derivative_along_parent(coef: torch.Tensor, families: list[Family], points: list[tuple], parent: int) -> torch.Tensor:
+    """∂_t log p_e when parent ``parent`` moves along 1 from ``points[parent]`` and the other
+    parents j stay at ``points[j]``: <coef_e, ⊗_j v_j> with v_j = T̃_j(p_j), and
     v_parent = (dT/dt, 0). Shape (E,); the coefficients' first aligned configuration."""
     out = coef[:, 0]
     for axis in reversed(range(len(families))):
-        point = probe_lists[axis][combination[axis]]
+        point = points[axis]
         if axis == parent:
             vector = torch.cat([_stats_derivative(families[axis], point), torch.zeros(1)])
         else:
@@ -717,25 +715,36 @@ class Compiler:
         # run 2j carries parent j's tangent with the identity order, run 2j + 1 with the permuted one
         tangent_runs = {2 * j + k: (j, order) for j in range(len(continuous)) for k, order in enumerate((identity, permutation))}
 
-        columns, tangents = [], {}
+        def run(points: list[tuple], order: torch.Tensor, coded: Optional[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            """log p_e with parent j at ``points[j]`` in every element, and its tangent along the
+            codes of parent ``coded``."""
+            values = self._assignment(nodes, defaults)
+            values[categorical.sites[0]] = as_values(order)
+            with forward_ad.dual_level():
+                for j, (node_name, (_, wide)) in enumerate(zip(continuous, widths)):
+                    for site, point in zip(nodes[node_name].sites, points[j]):
+                        primal = point[0].expand(wide + point.shape[1:])
+                        if j == coded:
+                            codes = torch.arange(1, math.prod(wide) + 1, dtype=torch.get_default_dtype())
+                            tangent = codes.reshape(wide + (1,) * (point.dim() - 1)).expand_as(primal)
+                            primal = forward_ad.make_dual(primal.contiguous(), tangent.contiguous())
+                        values[site] = primal
+                dual = forward_ad.unpack_dual(self.program.log_probs(values, [name])[name])
+                tangent = None if coded is None else (torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent.clone())
+                return dual.primal.clone(), tangent
+
+        def read(coef: torch.Tensor, j: int, points: list[tuple], tangent: torch.Tensor) -> torch.Tensor:
+            return self._read_map(tangent, _derivative_along_parent(coef, families, points, j), name, nodes[continuous[j]])
+
+        columns, coded_runs = [], {}
         try:
-            for run, combination in enumerate(combinations):
-                coded, order = tangent_runs.get(run, (None, identity))
-                values = self._assignment(nodes, defaults)
-                values[categorical.sites[0]] = as_values(order)
-                with forward_ad.dual_level():
-                    for j, (node_name, (_, wide)) in enumerate(zip(continuous, widths)):
-                        for site, point in zip(nodes[node_name].sites, probe_lists[j][combination[j]]):
-                            primal = point[0].expand(wide + point.shape[1:])
-                            if j == coded:
-                                codes = torch.arange(1, math.prod(wide) + 1, dtype=torch.get_default_dtype())
-                                tangent = codes.reshape(wide + (1,) * (point.dim() - 1)).expand_as(primal)
-                                primal = forward_ad.make_dual(primal.contiguous(), tangent.contiguous())
-                            values[site] = primal
-                    dual = forward_ad.unpack_dual(self.program.log_probs(values, [name])[name])
-                    columns.append(dual.primal.clone())
-                    if coded is not None:
-                        tangents[run] = torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent.clone()
+            for index, combination in enumerate(combinations):
+                points = [probes[k] for probes, k in zip(probe_lists, combination)]
+                coded, order = tangent_runs.get(index, (None, identity))
+                value, tangent = run(points, order, coded)
+                columns.append(value)
+                if coded is not None:
+                    coded_runs[index] = (points, tangent)
         except (RuntimeError, IndexError, ValueError, NotConjugate):
             return None
         table = torch.stack(columns, -1).reshape((-1, 1) + tuple(len(p) for p in probe_lists))
@@ -746,11 +755,13 @@ class Compiler:
             node = nodes[node_name]
             shape = node.element_shape
             try:
-                first, second = (
-                    self._read_map(tangents[run], _derivative_along_parent(coef, families, probe_lists, combinations[run], j), name, node)
-                    for run in (2 * j, 2 * j + 1)
-                )
-            except NotConjugate:
+                first, second = (read(coef, j, *coded_runs[index]) for index in (2 * j, 2 * j + 1))
+                if bool((first < 0).any()) or bool((second < 0).any()):
+                    # a datum at a stationary point of its density (x = μ at a probe point):
+                    # read again with every parent at a random point
+                    points = [family.random(1, self.generator) for family in families]
+                    first, second = (read(coef, j, points, run(points, order, j)[1]) for order in (identity, permutation))
+            except (RuntimeError, IndexError, ValueError, NotConjugate):
                 return None
             if bool((first < 0).any()) or bool((second < 0).any()):
                 return None

@@ -74,11 +74,14 @@ def weighted_block_model(weights, K=2):
         sample("w", dist.Normal(mu[z[rows], z[cols]], 1.0), obs=weights[rows, cols])
 
 
-def test_gaussian_pair_factor_matches_closed_form():
-    """A Normal parent gathered by two memberships: E log N(w | μ, 1) = −½ log 2π − ½ (w² − 2w E μ + E μ²)."""
+@pytest.mark.parametrize("at_probe_points", [False, True], ids=["generic", "weights-at-probe-points"])
+def test_gaussian_pair_factor_matches_closed_form(at_probe_points):
+    """A Normal parent gathered by two memberships: E log N(w | μ, 1) = −½ log 2π − ½ (w² − 2w E μ + E μ²).
+    Weights equal to the Normal family's probe points (−1, 0.5, 2) sit at a stationary point of
+    their density there, so the compiler must read their gather map elsewhere."""
     rng = np.random.default_rng(1)
     n, K = 6, 2
-    weights = rng.normal(size=(n, n))
+    weights = rng.choice([-1.0, 0.5, 2.0], size=(n, n)) if at_probe_points else rng.normal(size=(n, n))
     weights = np.triu(weights, 1) + np.triu(weights, 1).T
     mean, variance = rng.normal(size=(K, K)), 0.2 + rng.random((K, K))
     q = rng.dirichlet(np.ones(K), size=n)
