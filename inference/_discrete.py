@@ -308,7 +308,7 @@ def _interpreted(
             return _collect_interpreted(interpreter, log_probs)
         except DeeperPlates as deeper:
             nesting = deeper.nesting
-        except (Unsupported, RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError):
+        except Exception:  # Unsupported, or an error Pyro will report as the program's own
             break
     torch.random.set_rng_state(rng_state)
     return None
@@ -645,16 +645,24 @@ def forward_backward(chain: Chain, marginals: bool = True, pairwise: bool = Fals
     E = (U - shift).exp()
     A = chain.pairwise.exp() if chain.pairwise is not None else None
     alpha = torch.empty_like(E) if (marginals or pairwise) else None
-    scales = torch.empty((T, n), dtype=U.dtype)
-    a = E[0]
+    emissions = E.unbind(0)  # views, taken once: indexing per step costs as much as the step
+    shared = A is not None and A.shape[1] == 1
+    transitions = (A[:, 0] if shared else A).unbind(0) if A is not None else ()
+    normalisers = []
+    a = E[0].clone()
     for t in range(T):
         if t > 0:
-            a = (_transition(a, A[t - 1]) if A is not None else a.sum(-1, keepdim=True)) * E[t]
-        c = a.sum(-1)
-        scales[t] = c
-        a = a / c.unsqueeze(-1)
+            if A is None:
+                a = a.sum(-1, keepdim=True) * emissions[t]
+            else:
+                a = torch.mm(a, transitions[t - 1]) if shared else torch.bmm(a.unsqueeze(1), transitions[t - 1]).squeeze(1)
+                a *= emissions[t]
+        c = a.sum(-1, keepdim=True)
+        normalisers.append(c)
+        a /= c
         if alpha is not None:
             alpha[t] = a
+    scales = torch.cat(normalisers, -1).T  # (T, n)
     log_z = scales.log().sum(0) + shift.squeeze(-1).sum(0)
     if not (marginals or pairwise):
         return log_z, None, None
