@@ -16,12 +16,15 @@ element), its dependence on the latents in closed form. The program does not sta
 3. **Categorical roles.** A categorical parent in the factor's plates is *aligned* (element
    ``e`` depends on the element at the same plate position): it is probed by setting all its
    elements to each value ``k`` in turn. Otherwise it is *gathered* (``B[z[i], z[j]]`` over a
-   plate of pairs): its elements are set to the base-``K`` digits of their own indices, and
-   the digits read back from the gather maps of the continuous parents tell which element of
-   ``z`` each factor element uses, in which role.
+   plate of pairs): each element ``n`` takes the value ``n`` itself, with the parents widened
+   to match (``B`` becomes n × n), so the gather maps name the elements of ``z`` each factor
+   element uses, in which role. When the program does not run that way, the elements are set
+   to the base-``K`` digits of their own indices and the digits are read back instead.
 4. **Coefficients.** With every element of each continuous parent set to each of its
    family's ``d + 1`` probe points, ``log p_e`` is affine in each ``T(u)``, so its
-   coefficients solve a small linear system per parent (multilinear interpolation).
+   coefficients solve a small linear system per parent (multilinear interpolation). For
+   gathered roles these runs also carry the tangents of step 2, whose "tangent along 1" the
+   coefficients predict: ``d + 1`` runs in all (three for ``Bernoulli(B[z[i], z[j]])``).
 5. **Verification.** The compiled graph predicts every factor's log density at random
    values of all latents; any disagreement with the program (a non-conjugate dependence, a
    gather that is not one) makes the model not applicable, naming the site.
