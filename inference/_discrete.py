@@ -48,7 +48,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
 from ppgen.backend import torch_precision
-from ppgen.inference._batched import REBUILDABLE, SiteGroup, compact, given_arguments, group_sites, unwrap
+from ppgen.inference._batched import REBUILDABLE, compact, given_arguments, group_sites, unwrap
 from ppgen.inference._interpreter import DeeperPlates, EnumerationInterpreter, Unsupported
 
 _DEFAULT_PLATE_NESTING = 2  # first guess; corrected after one run if the program nests deeper

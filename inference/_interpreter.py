@@ -134,8 +134,9 @@ class EnumerationInterpreter:
 
     ``first_available_dim`` is the rightmost dim for enumeration (-1 - max_plate_nesting);
     ``params`` maps param-site names to values that override the program's initial values.
-    After :meth:`run`: ``sites`` (name -> recorded site, program order), ``params``, ``plates``
-    (name -> (dim, size)), ``latent_dims`` (latent -> its enumeration dim).
+    After :meth:`run`: ``sites`` (name -> recorded site, program order; a latent's
+    "enumerate_dim" is its enumeration dim, "visible_dims" maps the enumeration dims visible to
+    a site to their latents), ``params`` and ``plates`` (name -> (dim, size)).
     """
 
     def __init__(self, first_available_dim: int, params: Optional[dict[str, torch.Tensor]] = None, fixed_nesting: bool = False) -> None:
@@ -145,7 +146,6 @@ class EnumerationInterpreter:
         self.sites: dict[str, dict] = {}
         self.params: dict[str, torch.Tensor] = {}
         self.plates: dict[str, tuple[int, int]] = {}
-        self.latent_dims: dict[str, int] = {}
         self.active_plates: list[_Plate] = []
         self.markovs: list[_Markov] = []
         self._next_dim = first_available_dim
@@ -245,7 +245,6 @@ class EnumerationInterpreter:
             if support.numel() != support.shape[0]:
                 raise Unsupported(f"latent {name!r}: its support varies across its batch")
             value = support.reshape((support.shape[0],) + (1,) * (-1 - dim))
-        self.latent_dims[name] = dim
         visible[dim] = name
         self._value_dims[name] = {dim: name} if value.shape[0] > 1 else {}
         return value, dim

@@ -14,7 +14,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 import ppgen
-from ppgen import dist, markov, ops, plate, sample
+from ppgen import dist, factor, markov, ops, plate, sample
 from ppgen.backend import to_backend, torch_precision, use_backend
 from ppgen.catalogue import catalogue
 from ppgen.inference import _discrete
@@ -117,8 +117,19 @@ def _global_switch(x):
         sample("x", dist.Normal(z * 1.5 - 1.0 + 2.0 * s, 0.8), obs=x)
 
 
+def _distributions_in_use(x):
+    """Distributions used beyond ``sample``: ``to_event``, ``expand``, a density in a factor."""
+    locs = ops.tensor([[-1.0, 0.0], [2.0, 1.0]])
+    with plate("N", x.shape[0]):
+        z = sample("z", dist.Categorical(ops.tensor([0.4, 0.6])))
+        u = sample("u", dist.Bernoulli(ops.tensor(0.3)).expand([x.shape[0]]))
+        sample("x", dist.Normal(locs[z], ops.ones(2) + u[..., None]).to_event(1), obs=x)
+        factor("penalty", dist.Normal(locs[z][..., 0], ops.tensor(2.0)).log_prob(ops.tensor(0.5)))
+
+
 def test_interpreter_matches_pyro_beyond_first_order_and_nesting():
     _assert_same(*_both_ways(_global_switch, {"x": np.array([-1.2, 0.4, 2.1, 0.9])}))
+    _assert_same(*_both_ways(_distributions_in_use, {"x": np.random.default_rng(2).normal(size=(5, 2))}))
     y = np.random.default_rng(0).normal(size=(2, 6))
     _assert_same(*_both_ways(_second_order_hmm, {"y": y}))
     x = np.random.default_rng(1).normal(size=(2, 3, 2))
