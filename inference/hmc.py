@@ -70,6 +70,7 @@ def hamiltonian_kernel(
     init_radius: float,
 ) -> _mcmc.Kernel:
     """NumPyro's HMC or NUTS transition (``algo``) as a :class:`~ppgen.inference._mcmc.Kernel`."""
+    import jax.numpy as jnp
     from jax import random
     from numpyro.infer.hmc import hmc
 
@@ -93,6 +94,11 @@ def hamiltonian_kernel(
         )
 
     def step(state: Any, data: dict) -> Any:
+        if algo == "HMC" and num_leapfrog is None:
+            # L / ε leapfrog steps, at most NUTS's budget 2^max_tree_depth: an adapted step size
+            # that collapses would otherwise cost thousands of gradients per draw
+            cap = (2**max_tree_depth) * state.adapt_state.step_size
+            state = state._replace(trajectory_length=jnp.minimum(trajectory_length, cap))
         return sample_kernel(state, model_kwargs=data)
 
     def info(state: Any) -> dict:
@@ -312,7 +318,9 @@ class NUTS(_Hamiltonian):
 class HMC(_Hamiltonian):
     """Hamiltonian Monte Carlo with a fixed trajectory length (``trajectory_length``, or
     ``num_leapfrog`` steps), step size and mass matrix adapted in warmup; otherwise as
-    :class:`NUTS` (same options)."""
+    :class:`NUTS` (same options). A trajectory takes L / ε leapfrog steps, at most
+    2^``max_tree_depth`` (NUTS's budget): where the adapted step size collapses, the trajectory
+    is shortened rather than running thousands of gradients per draw."""
 
     name = "hmc"
     summary = "Hamiltonian Monte Carlo, fixed trajectory length (NumPyro, compiled)"

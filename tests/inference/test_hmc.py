@@ -33,6 +33,17 @@ def test_coin_matches_beta_posterior(coin_nuts):
     assert coin_nuts.diagnostics["max_r_hat"] < 1.01
 
 
+def test_hmc_leapfrog_steps_capped_at_nuts_budget():
+    """The default trajectory 2π over the coin's adapted step size (~1) takes ~7 leapfrog steps;
+    max_tree_depth=1 caps it at 2^1, and the draws stay correct."""
+    result = ppgen.infer(coin, engine="hmc", seed=2, max_tree_depth=1, **FAST, **COIN.data)
+    assert result.sample_stats["n_steps"].max() <= 2
+    uncapped = ppgen.infer(coin, engine="hmc", seed=2, **FAST, **COIN.data)
+    assert uncapped.sample_stats["n_steps"].max() > 2
+    mean, sd = coin_exact()
+    assert_within(result.samples["rho"].mean(), mean, sd / np.sqrt(result.diagnostics["ess_bulk"]["rho"]), what="capped hmc mean")
+
+
 def test_hmc_matches_beta_posterior():
     result = ppgen.infer(coin, engine="hmc", seed=1, **FAST, **COIN.data)
     mean, sd = coin_exact()
