@@ -910,8 +910,10 @@ class Compiler:
         while bool(unassigned.any()):
             if len(rows_of_group) == 16:
                 return None
-            row = flat[int(torch.nonzero(unassigned)[0])]
-            members = (flat == row).all(-1) & unassigned
+            row = flat[int(unassigned.to(torch.uint8).argmax())]  # of the first unassigned element
+            members = unassigned.clone()
+            for column, value in zip(flat.unbind(-1), row.tolist()):
+                members &= column == value
             unassigned &= ~members
             rows_of_group.append((row.reshape(factor.coef.shape[2:]), members))
         # Every pair i < j (or i > j) exactly once, as in a graph's n(n−1)/2 dyads: the
