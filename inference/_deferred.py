@@ -30,7 +30,10 @@ _DEFERRED = {
 
 def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     first = shapes[0]
-    if all(shape == first for shape in shapes):
+    for shape in shapes:
+        if shape != first:
+            break
+    else:
         return tuple(first)
     rank = max(len(s) for s in shapes)
     out = [1] * rank
@@ -100,15 +103,25 @@ def _deferring(family: type) -> Callable[..., Any]:
 
     def construct(*args: Any, **kwargs: Any) -> Any:
         if len(args) <= len(names) and all(k in kwargs_allowed for k in kwargs):
-            given = {k: v for k, v in zip(names, args) if v is not None}
-            if not kwargs or not any(k in given for k in kwargs):
-                given.update((k, v) for k, v in kwargs.items() if v is not None)
-                if given and all(isinstance(v, torch.Tensor) for v in given.values()):
-                    shapes = [v.shape[:-1] if categorical else v.shape for v in given.values()]
-                    try:
-                        return Deferred(family, given, _broadcast(shapes))
-                    except ValueError:
-                        pass
+            given = {}
+            for key, value in zip(names, args):
+                if value is not None:
+                    given[key] = value
+            for key, value in kwargs.items():
+                if key in given:
+                    return family(*args, **kwargs)  # raises as Pyro does
+                if value is not None:
+                    given[key] = value
+            shapes = []
+            for value in given.values():
+                if not isinstance(value, torch.Tensor):
+                    return family(*args, **kwargs)
+                shapes.append(value.shape[:-1] if categorical else value.shape)
+            if shapes:
+                try:
+                    return Deferred(family, given, _broadcast(shapes))
+                except ValueError:
+                    pass
         return family(*args, **kwargs)
 
     construct.__name__ = family.__name__
@@ -118,5 +131,6 @@ def _deferring(family: type) -> Callable[..., Any]:
 def __getattr__(name: str) -> Any:
     attribute = getattr(_pyro_distributions, name)
     if name in _DEFERRED:
-        return _deferring(attribute)
+        attribute = _deferring(attribute)
+    globals()[name] = attribute  # found directly from now on: ``dist.X`` is looked up per site
     return attribute

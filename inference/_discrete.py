@@ -362,11 +362,15 @@ def _collect_interpreted(interpreter: EnumerationInterpreter, log_probs: bool) -
     first_available_dim = interpreter.first_available_dim
     plates = interpreter.plates
     sites = list(interpreter.sites.values())
-    latents = {
-        name: Latent(name, site["enumerate_dim"], site["value"].reshape(-1), site["plates"], _plate_shape(plates, site["plates"]))
-        for name, site in interpreter.sites.items()
-        if site["enumerate_dim"] is not None
-    }
+    latents = {}
+    layouts: dict[Any, tuple[torch.Tensor, tuple[int, ...]]] = {}  # latents sharing a support tensor and plates
+    for name, site in interpreter.sites.items():
+        if site["enumerate_dim"] is not None:
+            key = (id(site["value"]), site["plates"])
+            if key not in layouts:
+                layouts[key] = (site["value"].reshape(-1), _plate_shape(plates, site["plates"]))
+            support, shape = layouts[key]
+            latents[name] = Latent(name, site["enumerate_dim"], support, site["plates"], shape)
     by_site: dict[str, Factor] = {}
     groups = []
     for group in group_sites(sites):

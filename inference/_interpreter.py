@@ -147,6 +147,7 @@ class EnumerationInterpreter:
         self.params: dict[str, torch.Tensor] = {}
         self.plates: dict[str, tuple[int, int]] = {}
         self.active_plates: list[_Plate] = []
+        self._plate_names: tuple[str, ...] = ()  # the active plates' names in dim order
         self.markovs: list[_Markov] = []
         self._next_dim = first_available_dim
         self._global_dims: dict[int, str] = {}  # enumeration dim -> latent, never recycled
@@ -213,8 +214,9 @@ class EnumerationInterpreter:
             depths, value_dims = self._markov_depths, self._value_dims
             for step in self.markovs[0].visible():
                 for other in step:
-                    if depths[other] == 1:
-                        visible.update(value_dims[other])
+                    dims = value_dims[other]
+                    if dims and depths[other] == 1:
+                        visible.update(dims)
             return
         scope: Counter = Counter()
         for markov in self.markovs:
@@ -255,11 +257,9 @@ class EnumerationInterpreter:
         batch = fn.batch_shape
         for plate in self.active_plates:
             dim = plate.dim
-            if len(batch) >= -dim and batch[dim] not in (1, plate.size):
+            if len(batch) >= -dim and batch[dim] != 1 and batch[dim] != plate.size:
                 raise Unsupported(f"site {name!r}: batch shape {tuple(batch)} does not fit plate {plate.name!r}")
-        if len(self.active_plates) < 2:
-            return tuple(p.name for p in self.active_plates)
-        return tuple(p.name for p in sorted(self.active_plates, key=lambda p: p.dim))
+        return self._plate_names
 
     def plate(self, name: str, size: Any, subsample_size: Optional[int], dim: Optional[int]) -> _Plate:
         if not isinstance(size, numbers.Integral) or (subsample_size is not None and subsample_size != size):
@@ -286,9 +286,11 @@ class EnumerationInterpreter:
             raise Unsupported(f"plate {plate.name!r} is used with two dims or sizes")
         plate.dim = dim
         self.active_plates.append(plate)
+        self._plate_names = tuple(p.name for p in sorted(self.active_plates, key=lambda p: p.dim))
 
     def _exit_plate(self, plate: _Plate) -> None:
         self.active_plates.remove(plate)
+        self._plate_names = tuple(p.name for p in sorted(self.active_plates, key=lambda p: p.dim))
 
     def param(self, name: str, init_value: Any, constraint: Any, event_dim: Optional[int]) -> torch.Tensor:
         self._check_stack(name)
