@@ -53,13 +53,17 @@ def forward_scaled(y: torch.Tensor, initial, transition, locs, scales) -> torch.
     return log_likelihood + shift.sum()
 
 
-def median_time(fn, repeats: int) -> tuple[float, float]:
-    times, value = [], None
+def interleaved_medians(rows: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median seconds and the value of each row, the rows timed in turn within each repeat so
+    that a shared machine's changing load falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    values: dict[str, float] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        value = float(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), value
+        for name, fn in rows.items():
+            start = time.perf_counter()
+            values[name] = float(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), values[name]) for name in rows}
 
 
 def main() -> None:
@@ -84,12 +88,11 @@ def main() -> None:
         "ppgen enumerate (engine run)": lambda: engine.run(hmm_gaussian, **data).log_evidence.value,
         "ppgen.score (inspect + run)": lambda: ppgen.score(hmm_gaussian, engine=engine, **data).value,
     }
-    results = {}
-    for name, fn in rows.items():
+    for fn in rows.values():
         fn()  # warm-up
-        results[name] = median_time(fn, options.repeats)
+    results = interleaved_medians(rows, options.repeats)
     reference, reference_value = results["anchor: logsumexp forward"]
-    print(f"HMM K={K}, T={T}, {num_sequences} sequences, float64, torch threads {torch.get_num_threads()}; median of {options.repeats}")
+    print(f"HMM K={K}, T={T}, {num_sequences} sequences, float64, torch threads {torch.get_num_threads()}; median of {options.repeats} (rows interleaved)")
     for name, (seconds, value) in results.items():
         print(f"  {name:<32} {seconds * 1e3:9.1f} ms   ratio {seconds / reference:5.2f}   log p(x) {value:.6f}")
     assert np.isclose(results["ppgen enumerate (engine run)"][1], reference_value, rtol=1e-9)

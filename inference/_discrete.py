@@ -519,19 +519,34 @@ def find_chain(enumeration: Enumeration) -> Optional[dict[str, tuple[int, list[s
     if not latents:
         return None
     first = latents[0]
-    if any(l.cardinality != first.cardinality or set(l.plates) != set(first.plates) for l in latents):
+    K, chain_plates = first.cardinality, set(first.plates)
+    covers: dict[tuple[str, ...], bool] = {}  # plates -> whether they include the chain's
+
+    def covering(names: tuple[str, ...]) -> bool:
+        if names not in covers:
+            covers[names] = chain_plates <= set(names)
+        return covers[names]
+
+    if any(l.cardinality != K or not (covering(l.plates) and len(set(l.plates)) == len(chain_plates)) for l in latents):
         return None
     position = {l.name: t for t, l in enumerate(latents)}
-    chain_plates = set(first.plates)
-    placement = {}
+    placement: dict[str, tuple[int, list[str]]] = {}
     for factor in enumeration.factors:
-        scope = sorted(factor.scope, key=position.__getitem__)
-        steps = [position[n] for n in scope]
-        if len(steps) > 2 or (len(steps) == 2 and steps[1] - steps[0] != 1):
+        scope = list(factor.latent_dims)
+        if not scope:
+            placement[factor.site] = (-1, scope)
+            continue
+        if len(scope) > 2 or not covering(factor.plates):
             return None
-        if steps and not chain_plates <= set(factor.plates):
+        if len(scope) == 1:
+            placement[factor.site] = (position[scope[0]], scope)
+            continue
+        s, t = position[scope[0]], position[scope[1]]
+        if s > t:
+            s, t, scope = t, s, scope[::-1]
+        if t - s != 1:
             return None
-        placement[factor.site] = (steps[-1] if steps else -1, scope)
+        placement[factor.site] = (t, scope)
     return placement
 
 
