@@ -567,16 +567,16 @@ class Compiler:
     @staticmethod
     def _read_map(coded: torch.Tensor, ones: torch.Tensor, factor: str, node: Node) -> torch.Tensor:
         """Element index from the tangents along (b + 1) and along 1 (−1: no dependence)."""
-        depends = ones.abs() > 1e-9 * (1.0 + coded.abs() / node.num_elements)
+        depends = ones.abs() > coded.abs().div_(node.num_elements).add_(1.0).mul_(1e-9)
         ratio = coded / ones  # not finite where ``ones`` is 0: those elements do not depend
         index = ratio.round()
-        off = (ratio - index).abs_() > index.abs().clamp_min_(1).mul_(1e-5)
-        if bool((depends & off).any()):
+        off = ratio.sub_(index).abs_() > index.abs().clamp_min_(1).mul_(1e-5)
+        if bool(off.logical_and_(depends).any()):
             raise NotConjugate(
                 f"site {factor!r}: each element must depend on a single element of {node.sites[0]!r} "
                 "(through indexing/broadcasting), not on a combination of its elements"
             )
-        return torch.where(depends, index.long() - 1, -1)
+        return torch.where(depends, index.sub_(1).long(), -1)
 
     @staticmethod
     def _constant(node: Node, probe: int = 0) -> tuple:
@@ -759,21 +759,25 @@ class Compiler:
             shape = node.element_shape
             try:
                 first, second = (read(coef, j, *coded_runs[index]) for index in (2 * j, 2 * j + 1))
-                if bool((first < 0).any()) or bool((second < 0).any()):
+                if min(int(first.min()), int(second.min())) < 0:
                     # a datum at a stationary point of its density (x = μ at a probe point):
                     # read again with every parent at a random point
                     points = [family.random(1, self.generator) for family in families]
                     first, second = (read(coef, j, points, run(points, order, j)[1]) for order in (identity, permutation))
             except (RuntimeError, IndexError, ValueError, NotConjugate):
                 return None
-            if bool((first < 0).any()) or bool((second < 0).any()):
+            if min(int(first.min()), int(second.min())) < 0 or max(int(first.max()), int(second.max())) >= math.prod(wide):
                 return None
             base = torch.zeros_like(first)
             strides = []
             rest_first, rest_second = first, second
-            for d in reversed(range(len(shape))):
-                index_first, index_second = rest_first % wide[d], rest_second % wide[d]
-                rest_first, rest_second = rest_first // wide[d], rest_second // wide[d]
+            for d in reversed(range(len(shape))):  # unravel the flat indices, last dimension first
+                if d == 0:
+                    index_first, index_second = rest_first, rest_second
+                else:
+                    quotient_first, quotient_second = rest_first // wide[d], rest_second // wide[d]
+                    index_first, index_second = rest_first - quotient_first * wide[d], rest_second - quotient_second * wide[d]
+                    rest_first, rest_second = quotient_first, quotient_second
                 stride = math.prod(shape[d + 1:])
                 if torch.equal(index_first, index_second):
                     if bool((index_first >= shape[d]).any()):
