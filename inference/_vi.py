@@ -80,7 +80,10 @@ def run_svi(steps: GradientSteps, step_args: Callable[[int], tuple[tuple, dict]]
         counter["step"] += 1
         return state, steps.step(*args, **kwargs)
 
-    return iterate(step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0)
+    try:
+        return iterate(step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0)
+    finally:
+        steps.release_gradients()
 
 
 def estimate_elbo(loss: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict, num_evaluations: int) -> Estimate:
