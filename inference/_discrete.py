@@ -1,9 +1,11 @@
 """Exact sums over enumerated discrete latents, shared by ``enumerate``, ``em`` and ``importance``.
 
-A program runs once under Pyro's parallel enumeration: each finite latent's values are laid
-along a tensor dimension of its own, left of the plate dimensions, so that every site's
-log-density becomes a *factor*, a tensor over the latents it depends on and the plates it sits
-in. The factors are then summed (or maximised) exactly:
+A program runs once under parallel enumeration: each finite latent's values are laid along a
+tensor dimension of its own, left of the plate dimensions, so that every site's log-density
+becomes a *factor*, a tensor over the latents it depends on and the plates it sits in. The run
+is interpreted by :mod:`ppgen.inference._interpreter` (densities evaluated a stacked group of
+alike sites at a time, :mod:`ppgen.inference._batched`) or, for programs that use Pyro beyond
+the ppgen primitives, traced under Pyro's ``enum`` handler. The factors are then summed (or maximised) exactly:
 
 * A **chain**: latents z_0, ..., z_{T-1} (program order, same cardinality K, same plates) where
   every factor touches at most one consecutive pair (z_{t-1}, z_t). A hidden Markov model written
@@ -260,10 +262,7 @@ def enumerate_program(
     under Pyro's ``enum`` and ``trace`` handlers otherwise; both give the same factors.
     """
     kwargs = kwargs or {}
-    if params:
-        substituted = poutine.substitute(program, data=params)
-    else:
-        substituted = program
+    substituted = poutine.substitute(program, data=params) if params else program
     enumeration = _interpreted(program, args, kwargs, max_plate_nesting, log_probs, params)
     if enumeration is None:
         enumeration = _traced(substituted, args, kwargs, max_plate_nesting, log_probs)

@@ -157,6 +157,8 @@ class EnumerationInterpreter:
         self._stack_depth = 0
 
     def run(self, program: Callable, args: tuple, kwargs: dict) -> None:
+        if _PYRO_STACK:
+            raise Unsupported("called inside a Pyro handler, which would see every site")
         saved = GenericModule.current_backend["distributions"]
         GenericModule.current_backend["distributions"] = _DEFERRED_DISTRIBUTIONS
         try:

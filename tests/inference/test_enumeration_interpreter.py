@@ -143,6 +143,13 @@ def _scaled_mixture(x):
         sample("x", dist.Normal(ops.tensor([-1.0, 2.0])[z], 1.0), obs=x)
 
 
+def _plain_mixture(x):
+    """The mixture the two programs above alter."""
+    with plate("N", len(x)):
+        z = sample("z", dist.Categorical(ops.tensor([0.3, 0.7])))
+        sample("x", dist.Normal(ops.tensor([-1.0, 2.0])[z], 1.0), obs=x)
+
+
 def _raw_pyro_mixture(x):
     """A ``pyro.sample`` called directly."""
     with plate("N", len(x)):
@@ -159,6 +166,14 @@ def test_falls_back_to_pyro(model, scale):
     result = Enumerate().run(model, x=x)
     log_joint = np.log([0.3, 0.7]) + norm.logpdf(x[:, None], [-1.0, 2.0], 1.0)
     assert result.log_evidence.value == pytest.approx(logsumexp(scale * log_joint, 1).sum(), rel=1e-12)
+
+
+def test_falls_back_inside_a_pyro_handler():
+    kwargs = to_backend({"x": np.array([-1.3, 0.2, 2.5])}, "pyro")
+    with use_backend("pyro"), torch_precision(), torch.no_grad(), quiet_validation():
+        assert enumerate_program(_plain_mixture, (), kwargs).interpreted
+        with poutine.trace():  # a handler around the whole run must see every site
+            assert not enumerate_program(_plain_mixture, (), kwargs).interpreted
 
 
 def test_falls_back_on_subsampled_plate_and_leaves_random_state():
