@@ -759,14 +759,14 @@ class Compiler:
             shape = node.element_shape
             try:
                 first, second = (read(coef, j, *coded_runs[index]) for index in (2 * j, 2 * j + 1))
-                if min(int(first.min()), int(second.min())) < 0:
+                if bool((first < 0).any() | (second < 0).any()):
                     # a datum at a stationary point of its density (x = μ at a probe point):
                     # read again with every parent at a random point
                     points = [family.random(1, self.generator) for family in families]
                     first, second = (read(coef, j, points, run(points, order, j)[1]) for order in (identity, permutation))
             except (RuntimeError, IndexError, ValueError, NotConjugate):
                 return None
-            if min(int(first.min()), int(second.min())) < 0 or max(int(first.max()), int(second.max())) >= math.prod(wide):
+            if bool((first < 0).any() | (second < 0).any() | (first >= math.prod(wide)).any() | (second >= math.prod(wide)).any()):
                 return None
             base = torch.zeros_like(first)
             strides = []
