@@ -77,6 +77,8 @@ def stochastic_block_model(
         (``a_in > b_in``-style values express an assortative prior).
     """
     n = num_nodes if adjacency is None else adjacency.shape[0]
+    if n < 2:
+        raise ValueError(f"stochastic_block_model: the graph needs at least 2 nodes (one pair), got {n}")
     rows, cols = _pairs(n, current_backend())
     eye = ops.eye(K)
     pi = sample("pi", dist.Dirichlet(concentration * ops.ones(K)))

@@ -112,3 +112,8 @@ def test_karate_club_two_factions():
     misassigned = min((blocks != factions).sum(), (blocks == factions).sum())
     assert misassigned <= 2
     assert all(len(labelled.nodes[node]["block_probs"]) == 2 for node in graph.nodes)
+
+
+def test_a_graph_without_pairs_is_refused():
+    with pytest.raises(ValueError, match=r"stochastic_block_model: the graph needs at least 2 nodes \(one pair\), got 1"):
+        ppgen.infer(stochastic_block_model, np.zeros((1, 1)), K=2, engine="cavi")
