@@ -295,11 +295,12 @@ def _traced(program: Callable, args: tuple, kwargs: dict, max_plate_nesting: Opt
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off: an interpreted run allocates tens of thousands of
-    short-lived, acyclic objects (sites, factors, views), and every collection of the older
-    generations this triggers traverses the whole heap (a quarter of the run in a large
-    process). Cycles created meanwhile are collected after."""
+    short-lived, acyclic objects (sites, factors, views), freed by reference counting, and
+    every collection of the older generations their allocation triggers traverses the whole
+    heap (a quarter of the run in a large process). Cycles created meanwhile are collected
+    after."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -319,7 +320,7 @@ def _interpreted(
     for _attempt in range(3):
         interpreter = EnumerationInterpreter(-nesting - 1, params, fixed_nesting=max_plate_nesting is not None)
         try:
-            with _collector_paused():
+            with collector_paused():
                 interpreter.run(program, args, kwargs)
                 return _collect_interpreted(interpreter, log_probs)
         except DeeperPlates as deeper:

@@ -20,7 +20,7 @@ import torch
 
 from ppgen.backend import to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
-from ppgen.inference._discrete import enumerate_program, exact_posterior, in_precision, quiet_validation, small_ops
+from ppgen.inference._discrete import collector_paused, enumerate_program, exact_posterior, in_precision, quiet_validation, small_ops
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, site_plates_size
 
@@ -135,7 +135,7 @@ class Enumerate(Engine):
                 }
                 return enumeration, posterior, params, observed
 
-        with small_ops():
+        with small_ops(), collector_paused():
             enumeration, posterior, params, observed = in_precision(run_exact)
         return Result(
             engine=self.name,
