@@ -1,6 +1,7 @@
 """The gradient-step loop behind ``svi`` and ``advi``: the same updates as Pyro's ``SVI``, bit for
 bit (ELBO trace and parameters), parameters that first appear after the first step are trained,
-untouched ones are left alone, and draws from a guide that does not vectorise."""
+untouched ones are left alone, Pyro's checks run on the first step, and draws from a guide that
+does not vectorise."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pyro.infer import SVI, Trace_ELBO
 import ppgen
 from ppgen import dist, param, plate, sample
 from ppgen.backend import torch_precision, use_backend
+from ppgen.errors import EngineFailure
 from ppgen.inference._gradient_steps import GradientSteps, optimizer_factory
 
 
@@ -47,7 +49,7 @@ def test_svi_takes_the_same_steps_as_pyro_svi(optimizer):
             normal_guide(data)
         svi = SVI(normal_known_variance, normal_guide, pyro_optimizer, loss=Trace_ELBO(num_particles=2))
         reference = [-svi.step(data) for _ in range(60)]
-        loc, scale = float(pyro.param("q_loc")), float(pyro.param("q_scale"))
+        loc, scale = float(pyro.param("q_loc").detach()), float(pyro.param("q_scale").detach())
     np.testing.assert_array_equal(result.traces["elbo"], reference)
     assert float(result.params["q_loc"]) == loc and float(result.params["q_scale"]) == scale
 
@@ -90,3 +92,20 @@ def test_draws_from_a_guide_that_does_not_vectorise():
     result = ppgen.infer(normal_known_variance, x, engine="svi", guide=thresholded_guide, num_steps=200, learning_rate=0.05, num_samples=300)
     assert result.samples["mu"].shape == (300,)
     assert np.std(result.samples["mu"]) == pytest.approx(0.3, rel=0.15)  # independent draws, not one repeated
+
+
+def unconstrained_scale(x):
+    scale = param("scale", torch.tensor(0.05))  # no positivity constraint: Adam's first step makes it -0.05
+    with plate("N", len(x)):
+        sample("x", dist.Normal(0.0, scale), obs=x)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_checks_run_on_the_first_step_and_a_parameter_leaving_its_support_later_fails_cleanly():
+    x = np.zeros(10)
+    with pytest.raises(ValueError, match="scale"):  # invalid from the start: Pyro's check on step 1
+        ppgen.learn(unconstrained_scale, x, engine="svi", guide=lambda x: param("scale", torch.tensor(-1.0)), num_steps=3)
+    with pytest.raises(EngineFailure, match="elbo became nan at iteration 2") as failure:
+        ppgen.learn(unconstrained_scale, x, engine="svi", num_steps=5, learning_rate=0.1)
+    assert len(failure.value.partial.objectives) == 1
+    assert pyro.infer.util.is_validation_enabled() and torch.distributions.Distribution._validate_args  # checks restored
