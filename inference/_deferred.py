@@ -13,12 +13,17 @@ at once.
 
 from __future__ import annotations
 
-import inspect as pyinspect
-from functools import lru_cache
-from typing import Any, Callable, Optional
+from functools import lru_cache as _lru_cache
+from inspect import signature as _signature
+from typing import TYPE_CHECKING
 
 import pyro.distributions as _pyro_distributions
-import torch
+from torch import Tensor as _Tensor
+
+if TYPE_CHECKING:  # this module stands in for ``pyro.distributions``: no other public names
+    from typing import Any, Callable, Optional
+
+    import torch
 
 #: Families deferred, by name: every constructor argument a tensor in ``arg_constraints``.
 #: Categorical-like families ("probs"/"logits" with a trailing category dim) are marked.
@@ -95,10 +100,10 @@ class Deferred:
         return self.build()(*args, **kwargs)
 
 
-@lru_cache(maxsize=None)
+@_lru_cache(maxsize=None)
 def _deferring(family: type) -> Callable[..., Any]:
     categorical = _DEFERRED[family.__name__]
-    names = [n for n in pyinspect.signature(family.__init__).parameters if n not in ("self", "validate_args")]
+    names = [n for n in _signature(family.__init__).parameters if n not in ("self", "validate_args")]
     kwargs_allowed = frozenset(names)
 
     def construct(*args: Any, **kwargs: Any) -> Any:
@@ -114,7 +119,7 @@ def _deferring(family: type) -> Callable[..., Any]:
                     given[key] = value
             shapes = []
             for value in given.values():
-                if not isinstance(value, torch.Tensor):
+                if not isinstance(value, _Tensor):
                     return family(*args, **kwargs)
                 shapes.append(value.shape[:-1] if categorical else value.shape)
             if shapes:

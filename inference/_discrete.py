@@ -376,6 +376,8 @@ def _collect(trace: Any, first_available_dim: int, log_probs: bool) -> Enumerati
 
 
 def _collect_interpreted(interpreter: EnumerationInterpreter, log_probs: bool) -> Enumeration:
+    """The latents and factors of an interpreted run: densities evaluated a stacked group at a
+    time (``log_probs=False``: stride-0 zeros of their shapes), each factor a view of its row."""
     first_available_dim = interpreter.first_available_dim
     plates = interpreter.plates
     sites = list(interpreter.sites.values())

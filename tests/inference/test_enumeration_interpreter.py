@@ -191,6 +191,16 @@ def test_falls_back_on_subsampled_plate_and_leaves_random_state():
     assert torch.rand(()) == expected
 
 
+def test_layout_without_densities_has_the_factor_shapes():
+    data = to_backend(sequences.simulate_casino(num_sequences=2, num_steps=5).data, "pyro")
+    with use_backend("pyro"), torch_precision(), torch.no_grad(), quiet_validation():
+        full = enumerate_program(sequences.hmm_categorical, (), data)
+        layout = enumerate_program(sequences.hmm_categorical, (), data, log_probs=False)
+    assert layout.interpreted
+    assert [(f.site, f.log_prob.shape, f.latent_dims) for f in layout.factors] == [(f.site, f.log_prob.shape, f.latent_dims) for f in full.factors]
+    assert all(float(f.log_prob.abs().sum()) == 0.0 for f in layout.factors)
+
+
 def test_hmm_is_interpreted_and_matches_the_forward_algorithm():
     data = sequences.simulate_hmm_gaussian(num_sequences=5, num_steps=40, K=4, seed=2).data
     result = Enumerate(marginals=False, map_estimate=False).run(sequences.hmm_gaussian, **data)
