@@ -179,9 +179,11 @@ class EnumerationInterpreter:
         self._check_stack(name)
         if name in self.sites:
             raise Unsupported(f"site {name!r} is sampled twice")
-        if not isinstance(fn, (TorchDistributionMixin, Deferred)):
+        if type(fn) is not Deferred and not isinstance(fn, TorchDistributionMixin):
             raise Unsupported(f"site {name!r}: {type(fn).__name__} is not a Pyro distribution")
-        if any(key != DATA_SITE and not (key == "enumerate" and value == "parallel") for key, value in infer.items()):
+        if (len(infer) > 1 or DATA_SITE not in infer) and any(
+            key != DATA_SITE and not (key == "enumerate" and value == "parallel") for key, value in infer.items()
+        ):
             raise Unsupported(f"site {name!r} has infer options {sorted(infer)}")
         return self._record(name, fn, obs, infer)
 
@@ -194,19 +196,18 @@ class EnumerationInterpreter:
             for markov in self.markovs:
                 markov.steps[markov.position].add(name)
             self._markov_depths[name] = len(self.markovs)
-        site = {"name": name, "type": "sample", "fn": fn, "infer": infer, "scale": 1.0, "mask": None,
-                "plates": plates, "visible_dims": visible}
         if obs is not None:
             if not isinstance(obs, torch.Tensor):
                 raise Unsupported(f"site {name!r}: observed value of type {type(obs).__name__}")
             value, enumerate_dim = obs, None
-            event_dim = len(fn.event_shape)
-            shape = value.shape[: value.dim() - event_dim]
-            self._value_dims[name] = {d: n for d, n in visible.items() if len(shape) >= -d and shape[d] > 1}
+            shape = value.shape[: value.dim() - len(fn.event_shape)]
+            self._value_dims[name] = {d: n for d, n in visible.items() if len(shape) >= -d and shape[d] > 1} if visible else {}
         else:
             value, enumerate_dim = self._enumerate(name, fn, not in_markov, visible)
-        site.update(value=value, is_observed=obs is not None, enumerate_dim=enumerate_dim)
-        self.sites[name] = site
+        self.sites[name] = {
+            "name": name, "type": "sample", "fn": fn, "value": value, "is_observed": obs is not None, "infer": infer,
+            "scale": 1.0, "mask": None, "plates": plates, "visible_dims": visible, "enumerate_dim": enumerate_dim,
+        }
         return value
 
     def _add_visible(self, visible: dict[int, str]) -> None:
