@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.distributions.utils import lazy_property
 
-from ppgen.inference._deferred import Deferred
+from ppgen.inference._deferred import Deferred, broadcast_shapes
 
 #: Families whose constructor arguments are all tensors named in ``arg_constraints``: rebuilt
 #: from stacked arguments (others are evaluated site by site).
@@ -99,8 +99,8 @@ class SiteGroup:
         """Elements of the stacked log-density, about (for choosing a thread count)."""
         shapes = [self.values[0].shape] + [a.shape for a in (self.arguments[0].values() if self.arguments else ())]
         try:
-            size = math.prod(_broadcast(*shapes))
-        except RuntimeError:
+            size = math.prod(broadcast_shapes(*shapes))
+        except ValueError:
             size = max(math.prod(s) for s in shapes)
         return len(self.sites) * size
 
@@ -109,12 +109,12 @@ class SiteGroup:
         fn, value = self.fns[0], self.values[0]
         if self.family is None:
             batch = value.shape[: value.dim() - len(fn.event_shape)]
-            return (len(self.sites),) + _broadcast(batch, fn.batch_shape)
+            return (len(self.sites),) + broadcast_shapes(batch, fn.batch_shape)
         event_dims = {key: self.family.arg_constraints[key].event_dim for key in self.arguments[0]}
         value_event_dim = len(fn.event_shape) - self.reinterpreted
         batches = [value.shape[: value.dim() - value_event_dim]]
         batches += [x.shape[: x.dim() - event_dims[key]] for key, x in self.arguments[0].items()]
-        shape = _broadcast(*batches)
+        shape = broadcast_shapes(*batches)
         return (len(self.sites),) + shape[: len(shape) - self.reinterpreted]
 
     def log_prob(self) -> torch.Tensor:
@@ -151,18 +151,6 @@ class SiteGroup:
         if log_prob.shape[0] != G:
             log_prob = log_prob.expand((G,) + tuple(log_prob.shape[1:]))
         return log_prob
-
-
-def _broadcast(*shapes: Any) -> tuple[int, ...]:
-    rank = max(len(s) for s in shapes)
-    out = [1] * rank
-    for shape in shapes:
-        for i, size in enumerate(shape, rank - len(shape)):
-            if size != 1:
-                if out[i] not in (1, size):
-                    raise RuntimeError(f"shapes {shapes} do not broadcast")
-                out[i] = size
-    return tuple(out)
 
 
 def group_sites(sites: list[dict]) -> list[SiteGroup]:

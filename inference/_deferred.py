@@ -33,20 +33,19 @@ _DEFERRED = {
 }
 
 
-def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    first = shapes[0]
-    for shape in shapes:
-        if shape != first:
-            break
-    else:
-        return tuple(first)
-    rank = max(len(s) for s in shapes)
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes, in plain Python (``torch.broadcast_shapes`` goes through
+    symbolic-shape checks that cost ~50 µs a call, per site of a long chain). Raises ValueError
+    when they do not broadcast."""
+    if shapes and all(shape == shapes[0] for shape in shapes):
+        return tuple(shapes[0])
+    rank = max((len(shape) for shape in shapes), default=0)
     out = [1] * rank
     for shape in shapes:
         for i, size in enumerate(shape, rank - len(shape)):
             if size != 1:
                 if out[i] not in (1, size):
-                    raise ValueError(f"argument shapes {shapes} do not broadcast")
+                    raise ValueError(f"shapes {shapes} do not broadcast")
                 out[i] = size
     return tuple(out)
 
@@ -124,7 +123,7 @@ def _deferring(family: type) -> Callable[..., Any]:
                 shapes.append(value.shape[:-1] if categorical else value.shape)
             if shapes:
                 try:
-                    return Deferred(family, given, _broadcast(shapes))
+                    return Deferred(family, given, broadcast_shapes(*shapes))
                 except ValueError:
                     pass
         return family(*args, **kwargs)

@@ -52,6 +52,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppgen.backend import torch_precision
 from ppgen.inference._batched import REBUILDABLE, compact, given_arguments, group_sites, unwrap
+from ppgen.inference._deferred import broadcast_shapes
 from ppgen.inference._interpreter import DeeperPlates, EnumerationInterpreter, Unsupported
 
 _DEFAULT_PLATE_NESTING = 2  # first guess; corrected after one run if the program nests deeper
@@ -431,7 +432,7 @@ def site_log_prob(site: dict) -> torch.Tensor:
         smaller = bool(compacted) and math.prod(
             broadcast_shapes(value_batch, *(tuple(v.shape[: v.dim() - base.arg_constraints[k].event_dim]) for k, v in compacted.items()))
         ) * 4 <= math.prod(broadcast_shapes(value_batch, tuple(base.batch_shape)))
-    except (RuntimeError, KeyError):
+    except (ValueError, KeyError):
         smaller = False
     if smaller:  # worth rebuilding: the density would otherwise be computed plate-size times over
         try:
@@ -464,20 +465,6 @@ def latent_dims(site: dict, log_prob: torch.Tensor, first_available_dim: int, id
 
 # --------------------------------------------------------------------------------------------
 # Shape helpers
-
-
-def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """NumPy broadcasting of shapes (plain Python: ``torch.broadcast_shapes`` goes through
-    symbolic-shape checks that cost ~50 µs a call, per site of a long chain)."""
-    rank = max((len(shape) for shape in shapes), default=0)
-    out = [1] * rank
-    for shape in shapes:
-        for i, size in enumerate(shape, rank - len(shape)):
-            if size != 1:
-                if out[i] not in (1, size):
-                    raise RuntimeError(f"shapes {shapes} do not broadcast")
-                out[i] = size
-    return tuple(out)
 
 
 def _padded(x: torch.Tensor, rank: int) -> torch.Tensor:

@@ -41,7 +41,7 @@ from typing import Any, Optional, Union
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 
-from ppgen.inference._discrete import Enumeration, Factor, _padded, compact, given_arguments, threads_for, unwrap
+from ppgen.inference._discrete import Enumeration, _padded, compact, given_arguments, threads_for, unwrap
 
 EPS = 10 * torch.finfo(torch.float64).eps  # as scikit-learn: keeps empty components finite
 

@@ -55,7 +55,6 @@ def random_walk_kernel(
     functions: _mcmc.ModelFunctions, *, num_warmup: int, target_accept: Optional[float], init_radius: float
 ) -> _mcmc.Kernel:
     """Adaptive random-walk Metropolis on the flattened unconstrained latents."""
-    import jax
     import jax.numpy as jnp
     from jax import random
     from jax.flatten_util import ravel_pytree

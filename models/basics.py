@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ppgen import dist, ops, plate, sample
+from ppgen import dist, plate, sample
 from ppgen.catalogue import Example, Simulated
 
 

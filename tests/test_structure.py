@@ -1,12 +1,11 @@
 """ModelStructure from one trace: kinds, supports, shapes, plates, parents, hyperparameters."""
 
 import numpy as np
-import pytest
 import torch
 
 import ppgen
-from ppgen import dist, ops, plate, sample
-from ppgen.models import basics, factor, mixtures
+from ppgen import dist, plate, sample
+from ppgen.models import basics, mixtures
 
 
 def test_bernoulli_mixture_structure():

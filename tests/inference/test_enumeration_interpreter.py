@@ -20,7 +20,7 @@ from ppgen.catalogue import catalogue
 from ppgen.inference import _discrete
 from ppgen.inference._discrete import enumerate_program, exact_posterior, quiet_validation
 from ppgen.inference.enumerate import Enumerate
-from ppgen.models import mixtures, sequences
+from ppgen.models import sequences
 
 _FAMILIES = ["basics", "mixtures", "factor", "sequences", "graphs"]
 
@@ -63,9 +63,9 @@ def _assert_same(fast, slow):
     assert {n: l.dim for n, l in fast_enumeration.latents.items()} == {n: l.dim for n, l in slow_enumeration.latents.items()}
     slow_factors = {f.site: f for f in slow_enumeration.factors}
     assert [f.site for f in fast_enumeration.factors] == list(slow_factors)
-    for factor in fast_enumeration.factors:
-        assert factor.latent_dims == slow_factors[factor.site].latent_dims
-        assert set(factor.plates) == set(slow_factors[factor.site].plates)
+    for fast_factor in fast_enumeration.factors:
+        assert fast_factor.latent_dims == slow_factors[fast_factor.site].latent_dims
+        assert set(fast_factor.plates) == set(slow_factors[fast_factor.site].plates)
     slow_params = {n: s["value"] for n, s in slow_enumeration.trace.nodes.items() if s["type"] == "param"}
     fast_params = {n: s["value"] for n, s in fast_enumeration.trace.nodes.items() if s["type"] == "param"}
     assert fast_params.keys() == slow_params.keys()

@@ -12,7 +12,7 @@ from ppgen import dist, plate, sample
 from ppgen.errors import EngineNotApplicable, ReliabilityWarning
 from ppgen.models import posteriordb
 from ppgen.models.basics import coin
-from ppgen.models.mixtures import bayesian_gaussian_mixture_1d, gaussian_mixture_1d
+from ppgen.models.mixtures import gaussian_mixture_1d
 
 from ._mcmc_reference import COIN, GMM, assert_within, coin_exact, mcse, nuts_gmm, relabelled_summary
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ppgen
-from ppgen import dist, ops, plate, sample
+from ppgen import dist, ops, sample
 from ppgen.models import basics, mixtures
 
 NUM = 4000
