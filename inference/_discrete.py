@@ -33,7 +33,6 @@ plated factor graphs", ICML.
 
 from __future__ import annotations
 
-import gc
 import math
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -50,7 +49,7 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
-from ppgen.backend import torch_precision
+from ppgen.backend import collector_paused, torch_precision
 from ppgen.inference._batched import REBUILDABLE, compact, given_arguments, group_sites, unwrap
 from ppgen.inference._deferred import broadcast_shapes
 from ppgen.inference._interpreter import DeeperPlates, EnumerationInterpreter, Unsupported
@@ -293,22 +292,6 @@ def _traced(program: Callable, args: tuple, kwargs: dict, max_plate_nesting: Opt
             raise ValueError(f"a plate uses dim {deepest}, deeper than max_plate_nesting={max_plate_nesting}")
         nesting = -deepest
     return _collect(trace, first_available_dim, log_probs)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off: an interpreted run allocates tens of thousands of
-    short-lived, acyclic objects (sites, factors, views), freed by reference counting, and
-    every collection of the older generations their allocation triggers traverses the whole
-    heap (a quarter of the run in a large process). Cycles created meanwhile are collected
-    after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _interpreted(

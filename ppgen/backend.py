@@ -8,6 +8,7 @@ converts arrays by hand.
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
@@ -118,3 +119,19 @@ def torch_precision(dtype: torch.dtype = torch.float64, enabled: bool = True) ->
         yield
     finally:
         torch.set_default_dtype(saved)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off: running a long program (tracing it, or
+    interpreting it for enumeration) allocates tens of thousands of short-lived, acyclic objects
+    (sites, factors, tensor views), freed by reference counting, and every collection of the
+    older generations their allocation triggers traverses the whole heap (a quarter of the run
+    in a large process). Cycles created meanwhile are collected after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

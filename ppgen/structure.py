@@ -37,7 +37,7 @@ from pyroapi.dispatch import GenericModule
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
+from ppgen.backend import collector_paused, to_backend, to_numpy, torch_precision, use_backend
 from ppgen.errors import DataError, ParameterError
 from ppgen.primitives import DATA_SITE
 from ppgen.provenance import track
@@ -610,14 +610,15 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     known = _known_structure.get()
     if known is not None and _same_call(known, model, args, kwargs):
         return known[3]
-    tracer, bound = trace_model(model, args, kwargs)
-    plates = tracer.plates
-    sites: dict[str, Site] = {}
-    for record in tracer.records.values():
-        if record["kind"] == "observed" and record["has_data"]:
-            _check_data(record, plates)
-        sites[record["name"]] = _site_from_record(record, bound)
-    arguments = _classify_arguments(sites, plates, bound)
+    with collector_paused():
+        tracer, bound = trace_model(model, args, kwargs)
+        plates = tracer.plates
+        sites: dict[str, Site] = {}
+        for record in tracer.records.values():
+            if record["kind"] == "observed" and record["has_data"]:
+                _check_data(record, plates)
+            sites[record["name"]] = _site_from_record(record, bound)
+        arguments = _classify_arguments(sites, plates, bound)
     return ModelStructure(_model_name(model), sites, dict(plates), arguments, tracer.precision)
 
 
