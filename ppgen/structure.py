@@ -25,6 +25,7 @@ import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
@@ -141,15 +142,16 @@ class ModelStructure:
     def of_kind(self, kind: SiteKind) -> dict[str, Site]:
         return {name: site for name, site in self.sites.items() if site.kind == kind}
 
-    @property
+    # Cached: engines look these up per site, and a long chain has thousands of sites.
+    @cached_property
     def latent(self) -> dict[str, Site]:
         return self.of_kind("latent")
 
-    @property
+    @cached_property
     def observed(self) -> dict[str, Site]:
         return self.of_kind("observed")
 
-    @property
+    @cached_property
     def params(self) -> dict[str, Site]:
         return self.of_kind("param")
 
