@@ -116,12 +116,23 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
             draws = Predictive(guide, params=params, num_samples=engine.num_samples)(draw_key, *args, **kwargs)
             latent_draws = {k: v for k, v in draws.items() if k in structure.latent}
         extra_sites = deterministic + discrete
+        discrete_note = None
         if extra_sites:
-            completed = Predictive(
-                program, posterior_samples=latent_draws or None, params=params, num_samples=None if latent_draws else engine.num_samples,
-                return_sites=extra_sites, infer_discrete=bool(discrete),
-            )(discrete_key, *args, **kwargs)
-            latent_draws.update({k: v for k, v in completed.items() if k in extra_sites})
+            def complete(sites: list[str], with_discrete: bool) -> None:
+                completed = Predictive(
+                    program, posterior_samples=latent_draws or None, params=params, num_samples=None if latent_draws else engine.num_samples,
+                    return_sites=sites, infer_discrete=with_discrete,
+                )(discrete_key, *args, **kwargs)
+                latent_draws.update({k: v for k, v in completed.items() if k in sites})
+
+            try:
+                complete(extra_sites, bool(discrete))
+            except Exception as error:  # NumPyro's infer_discrete fails on some programs (markov chains)
+                if not discrete:
+                    raise
+                discrete_note = f"discrete latents not drawn: NumPyro's infer_discrete failed ({type(error).__name__}: {error})"
+                if deterministic:
+                    complete(deterministic, False)
     return Result(
         engine=engine.name,
         samples={k: to_numpy(v) for k, v in latent_draws.items()},
@@ -130,6 +141,9 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
         traces={"elbo": np.asarray(progress.objectives)},
         converged=progress.converged if engine.tol > 0 else None,
         num_iterations=progress.num_iterations,
-        diagnostics={"guide": "AutoNormal", "backend": "numpyro", "enumerated": discrete, "elbo_stderr": stderr},
+        diagnostics={
+            "guide": "AutoNormal", "backend": "numpyro", "enumerated": discrete, "elbo_stderr": stderr,
+            **({"discrete_draws": discrete_note} if discrete_note else {}),
+        },
         seconds=time.perf_counter() - start,
     )

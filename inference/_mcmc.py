@@ -36,7 +36,7 @@ from ppgen.backend import to_numpy, use_backend
 from ppgen.driver import iterate
 from ppgen.errors import EngineFailure, ReliabilityWarning
 from ppgen.results import Result
-from ppgen.structure import ModelStructure, _call_with_bound, bind_arguments
+from ppgen.structure import ModelStructure, _call_with_bound, bind_arguments, coupled_discrete_latent
 
 #: Location-scale families that automatic non-centring handles, with the extra parameters
 #: that are copied unchanged to the standardised distribution.
@@ -202,8 +202,10 @@ def continuous_sites(structure: ModelStructure) -> list[str]:
     return [name for name, site in structure.latent.items() if not site.is_discrete]
 
 
-def blocking_site(structure: ModelStructure, engine: str, allow_discrete: bool = True) -> Optional[str]:
-    """Why a gradient-based or random-walk sampler cannot run on ``structure``, or None."""
+def blocking_site(structure: ModelStructure, engine: str, allow_discrete: bool = True, sums_out_discrete: bool = True) -> Optional[str]:
+    """Why a gradient-based or random-walk sampler cannot run on ``structure``, or None.
+    ``sums_out_discrete``: the sampler enumerates discrete latents out of the density (nuts,
+    hmc, mh) rather than drawing them (gibbs)."""
     for site in structure.latent.values():
         if site.is_discrete and not site.is_enumerable:
             return (
@@ -212,6 +214,9 @@ def blocking_site(structure: ModelStructure, engine: str, allow_discrete: bool =
             )
         if site.is_discrete and not allow_discrete:
             return f"latent site {site.name!r} is discrete; {engine} samples continuous latents only"
+    coupled = coupled_discrete_latent(structure) if sums_out_discrete else None
+    if coupled:
+        return coupled
     for site in structure.params.values():
         if site.distribution != "module":
             return (

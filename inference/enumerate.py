@@ -22,7 +22,7 @@ from ppgen.backend import to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference._discrete import collector_paused, enumerate_program, exact_posterior, in_precision, quiet_validation, small_ops
 from ppgen.results import Estimate, Result
-from ppgen.structure import ModelStructure, site_plates_size
+from ppgen.structure import ModelStructure, coupled_discrete_latent, site_plates_size
 
 
 def blocking_latent(structure: ModelStructure) -> Optional[str]:
@@ -41,16 +41,9 @@ def blocking_latent(structure: ModelStructure) -> Optional[str]:
                 f"latent site {site.name!r} has batch shape {site.batch_shape} not covered by its plates "
                 f"{site.plates or '()'}; declare its batch dimensions with ppgen.plate"
             )
-    for site in structure.sites.values():
-        for parent in site.parents:
-            latent = structure.latent.get(parent)
-            if latent is not None and latent.is_discrete and not set(latent.plates) <= set(site.plates):
-                outside = sorted(set(latent.plates) - set(site.plates))
-                return (
-                    f"site {site.name!r} depends on latent {parent!r} across its plate(s) {outside} (e.g. by indexing "
-                    f"{parent!r} by position), which couples every element of the plate: exact sums would cost "
-                    "K^n; use an engine that samples the latents (gibbs) or approximates them"
-                )
+    coupled = coupled_discrete_latent(structure)
+    if coupled:
+        return coupled
     for plate in structure.plates.values():
         if plate.subsample_size:
             return f"plate {plate.name!r} is subsampled ({plate.subsample_size} of {plate.size}); exact sums need every datum"

@@ -33,7 +33,7 @@ from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.inference.hmc import SAMPLE_STATS
 from ppgen.results import Result
-from ppgen.structure import ModelStructure, inspect
+from ppgen.structure import ModelStructure, improper_latent, inspect
 
 _DISCRETE = "_ppgen_discrete"  # keyword carrying the discrete values into the conditioned program
 
@@ -242,13 +242,19 @@ class Gibbs(Engine):
         self.progress = progress
 
     def check(self, structure: ModelStructure) -> Optional[str]:
-        reason = missing_data(structure) or _mcmc.blocking_site(structure, self.name)
+        reason = missing_data(structure) or _mcmc.blocking_site(structure, self.name, sums_out_discrete=False)
         if reason:
             return reason
         for site in structure.params.values():
             return f"site {site.name!r} is a torch module; 'gibbs' runs on NumPyro only"
         if not structure.latent:
             return "the program has no latent site"
+        improper = improper_latent(structure)
+        if improper:
+            return (
+                f"latent site {improper!r} has an improper flat prior (ImproperUniform), which gibbs cannot draw "
+                "from; use nuts or hmc"
+            )
         return None
 
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:

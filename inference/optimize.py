@@ -37,6 +37,16 @@ def _blocking_discrete(structure: ModelStructure) -> Optional[str]:
     return None
 
 
+def _initial_value(site: dict) -> torch.Tensor:
+    """Where the optimiser starts: the prior median, or for a flat improper prior (which has no
+    draws) the image of 0 in its support."""
+    fn = site["fn"]
+    if type(fn).__name__ == "ImproperUniform":
+        transform = biject_to(fn.support)
+        return transform(torch.zeros(transform.inverse_shape(tuple(fn.batch_shape) + tuple(fn.event_shape))))
+    return init_to_median(site)
+
+
 class _PointEstimate(Engine):
     """Shared optimiser for MAP and MLE; subclasses choose which log densities count."""
 
@@ -83,7 +93,7 @@ class _PointEstimate(Engine):
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             with torch.no_grad():
-                init_trace = poutine.trace(InitMessenger(init_to_median)(model)).get_trace(*args, **kwargs)
+                init_trace = poutine.trace(InitMessenger(_initial_value)(model)).get_trace(*args, **kwargs)
             transforms = {name: biject_to(init_trace.nodes[name]["fn"].support) for name in latent_names}
             unconstrained = {
                 name: transforms[name].inv(init_trace.nodes[name]["value"].detach()).clone().requires_grad_(True)
@@ -100,7 +110,10 @@ class _PointEstimate(Engine):
             variables = list(unconstrained.values()) + [
                 param_store._params[name] for name in param_store.keys()
             ]
-            progress = self._optimise(variables, log_objective)
+            # inspect has checked data and parameters; a step to a non-finite point (no mode: a
+            # hierarchical scale collapsing to 0) then ends the run as EngineFailure, keeping the last point
+            with pyro.validation_enabled(False):
+                progress = self._optimise(variables, log_objective)
             with torch.no_grad():
                 point = {name: transforms[name](u) for name, u in unconstrained.items()}
                 params = {name: param_store[name] for name in param_store.keys() if "$$$" not in name}

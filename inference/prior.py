@@ -22,7 +22,7 @@ from pyro.poutine.messenger import Messenger
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, register
 from ppgen.results import Result
-from ppgen.structure import inspect
+from ppgen.structure import ModelStructure, improper_latent, inspect
 
 
 def temper(fn: Any, temperature: float, site: str) -> Any:
@@ -79,6 +79,12 @@ class Prior(Engine):
         self.seed = seed
         self.temperature = temperature
         self.posterior = posterior
+
+    def check(self, structure: ModelStructure) -> Optional[str]:
+        improper = improper_latent(structure) if self.posterior is None else None
+        if improper:
+            return f"latent site {improper!r} has an improper flat prior (ImproperUniform), which has no draws"
+        return None
 
     def _posterior_draws(self) -> dict[str, torch.Tensor]:
         if self.posterior is None or not self.posterior.samples:

@@ -35,7 +35,7 @@ from pyro.poutine.messenger import Messenger
 from ppgen.backend import torch_precision, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
-from ppgen.structure import ModelStructure, inspect
+from ppgen.structure import ModelStructure, improper_latent, inspect
 
 from ._gradient_steps import GradientSteps, optimizer_factory
 from ._vi import Info, check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi
@@ -172,6 +172,12 @@ class SVI(Engine):
             return "the program has no latent and no param site"
         if self.subsample_plate is not None and self.subsample_plate not in structure.plates:
             return f"subsample_plate {self.subsample_plate!r} is not a plate of the program (plates: {', '.join(structure.plates) or 'none'})"
+        improper = improper_latent(structure) if self.guide is None else None
+        if improper:
+            return (
+                f"latent site {improper!r} has an improper flat prior (ImproperUniform), which svi's automatic guide "
+                "cannot draw its starting point from; pass a guide, or use advi or nuts"
+            )
         return None
 
     # ---- pieces -------------------------------------------------------------------------------

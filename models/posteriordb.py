@@ -245,9 +245,6 @@ PROGRAMS = {
 
 _POSTERIORDB = "posteriordb reference posterior"
 _QUICK = {"num_warmup": 500, "num_samples": 500}
-#: Engines that draw from the prior (or initialise by drawing from it on Pyro) cannot run a
-#: program with a flat, improper prior.
-_IMPROPER_SKIP = ("prior", "map", "mle")
 
 EXAMPLES = [
     Example(
@@ -264,12 +261,10 @@ EXAMPLES = [
         # hmc: a fixed 32 leapfrog steps (the default 2π trajectory over the adapted step size runs to
         # thousands of steps per draw on these unscaled covariates)
         options={"nuts": {**_QUICK, "dense_mass": True}, "hmc": {**_QUICK, "dense_mass": True, "num_leapfrog": 32}},
-        skip=_IMPROPER_SKIP,
     ),
     Example(
         "low_dim_gauss_mix", low_dim_gauss_mix, load_low_dim_gauss_mix,
         f"{_POSTERIORDB}: two-component mixture with ordered means", options={"nuts": dict(_QUICK)},
-        skip=_IMPROPER_SKIP,
     ),
     Example("arK", arK, load_arK, f"{_POSTERIORDB}: AR(5) time series", options={"nuts": dict(_QUICK)}),
     Example("gp_regr", gp_regr, load_gp_regr, f"{_POSTERIORDB}: GP regression, function integrated out", options={"nuts": dict(_QUICK)}),

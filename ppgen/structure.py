@@ -624,6 +624,30 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     return ModelStructure(_model_name(model), sites, dict(plates), arguments, tracer.precision)
 
 
+def coupled_discrete_latent(structure: ModelStructure) -> Optional[str]:
+    """Why the discrete latents cannot be summed out one plate element at a time, or None: a
+    site that depends on a discrete latent outside the latent's plates (e.g. ``B[z[i], z[j]]``
+    over pairs, indexing z by position) couples every element of that plate, so an exact sum
+    costs K^n."""
+    for site in structure.sites.values():
+        for parent in site.parents:
+            latent = structure.latent.get(parent)
+            if latent is not None and latent.is_discrete and not set(latent.plates) <= set(site.plates):
+                outside = sorted(set(latent.plates) - set(site.plates))
+                return (
+                    f"site {site.name!r} depends on latent {parent!r} across its plate(s) {outside} (e.g. by indexing "
+                    f"{parent!r} by position), which couples every element of the plate: summing {parent!r} out "
+                    "would cost K^n; use an engine that samples the latents (gibbs) or approximates them"
+                )
+    return None
+
+
+def improper_latent(structure: ModelStructure) -> Optional[str]:
+    """The first latent with an improper flat prior (``ImproperUniform``), which cannot be
+    sampled: engines that draw their starting point from the prior do not apply."""
+    return next((name for name, site in structure.latent.items() if site.distribution == "ImproperUniform"), None)
+
+
 def site_plates_size(structure: ModelStructure, site: Site) -> int:
     """Number of elements of a site across its plates (1 for a global site)."""
     return math.prod(structure.plates[p].size for p in site.plates)

@@ -84,3 +84,35 @@ def test_wrong_model_argument():
 def test_score_needs_an_engine_with_evidence():
     with pytest.raises(EngineNotApplicable, match=r"does not do 'score'|does not compute log p\(x\)"):
         ppgen.score(basics.coin, np.ones(3), engine="map")
+
+
+def test_samplers_that_sum_out_memberships_refuse_the_block_model():
+    """B[z_i, z_j] over pairs couples every membership: nuts, hmc and mh (which enumerate z out) do
+    not apply and say why; gibbs (which draws z) does."""
+    from ppgen.models.graphs import simulate_sbm, stochastic_block_model
+
+    checks = {c.name: c for c in ppgen.engines_for(stochastic_block_model, **simulate_sbm().data)}
+    for name in ("nuts", "hmc", "mh"):
+        assert not checks[name].applies
+        assert "site 'edge' depends on latent 'z' across its plate(s) ['nodes']" in checks[name].reason
+    assert checks["gibbs"].applies
+
+
+def test_engines_that_draw_from_the_prior_refuse_a_flat_prior():
+    from ppgen.models.posteriordb import kidscore_momiq, load_kidiq
+
+    checks = {c.name: c for c in ppgen.engines_for(kidscore_momiq, **load_kidiq().data)}
+    for name in ("gibbs", "svi", "prior"):
+        assert not checks[name].applies
+        assert "latent site 'beta' has an improper flat prior (ImproperUniform)" in checks[name].reason
+    assert checks["nuts"].applies and checks["map"].applies
+
+
+def test_map_without_a_mode_fails_keeping_the_last_point():
+    """The centred eight schools' joint density is unbounded as τ → 0: no MAP exists."""
+    from ppgen.errors import EngineFailure
+    from ppgen.models.posteriordb import eight_schools_centered, load_eight_schools
+
+    with pytest.raises(EngineFailure, match=r"map: log_joint became nan at iteration \d+") as caught:
+        ppgen.infer(eight_schools_centered, engine="map", **load_eight_schools().data)
+    assert caught.value.partial.num_iterations > 0

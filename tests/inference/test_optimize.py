@@ -67,3 +67,16 @@ def test_two_class_bayes_rule_classifies():
     oracle = basics.classify(x, truth["p"], truth["mu"], truth["sigma"])
     accuracy, oracle_accuracy = np.mean((probabilities > 0.5) == y), np.mean((oracle > 0.5) == y)
     assert accuracy >= oracle_accuracy - 0.02
+
+
+def test_mle_with_flat_prior_is_least_squares():
+    """kidscore_momiq has an improper flat prior on its coefficients (no draws to start from): the
+    optimiser starts inside the support, and the MLE is ordinary least squares with σ² = RSS / n."""
+    from ppgen.models.posteriordb import kidscore_momiq, load_kidiq
+
+    data = load_kidiq().data
+    result = ppgen.learn(kidscore_momiq, engine="mle", **data)
+    design = np.column_stack([np.ones(len(data["mom_iq"])), data["mom_iq"]])
+    coefficients, residuals, *_ = np.linalg.lstsq(design, data["kid_score"], rcond=None)
+    np.testing.assert_allclose(result.params["beta"], coefficients, rtol=1e-5)
+    np.testing.assert_allclose(result.params["sigma"], np.sqrt(residuals[0] / len(design)), rtol=1e-5)
