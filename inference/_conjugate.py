@@ -400,6 +400,15 @@ class ConjugateGraph:
         return (sufficient * h.unsqueeze(0)).flatten(1).sum(-1)
 
 
+def _role_slot(roles: list[torch.Tensor], index: torch.Tensor) -> int:
+    """Position of the role whose element index map equals ``index``, appended if new."""
+    for slot, existing in enumerate(roles):
+        if torch.equal(existing, index):
+            return slot
+    roles.append(index)
+    return len(roles) - 1
+
+
 def _solve_coefficients(table: torch.Tensor, families: list[Family]) -> torch.Tensor:
     """Coefficients ``coef`` (E, A, d₁ + 1, ..., d_m + 1) of Π_j T̃_j(u_j) from ``table``, the log
     densities with parent j at its family's probe points p_j: table[.., p, ..] = Σ_b coef[.., b, ..] M_j[p, b]
@@ -784,13 +793,7 @@ class Compiler:
                         return None
                     base += index_first * stride
                 elif d in wide_dims and torch.equal(permutation[index_first], index_second):
-                    for role_index, existing in enumerate(roles):
-                        if torch.equal(existing, index_first):
-                            break
-                    else:
-                        roles.append(index_first)
-                        role_index = len(roles) - 1
-                    strides.append((role_index, stride))
+                    strides.append((_role_slot(roles, index_first), stride))
                 else:
                     return None
             parents.append(Parent(node_name, base[:, None], tuple(sorted(strides))))
@@ -887,13 +890,7 @@ class Compiler:
                     f"than the values of {categorical.sites[0]!r}"
                 )
             decoded = decoded[..., 0]
-            for role_index, existing in enumerate(roles):
-                if torch.equal(existing, decoded):
-                    break
-            else:
-                roles.append(decoded)
-                role_index = len(roles) - 1
-            strides.append((offset + role_index, stride))
+            strides.append((offset + _role_slot(roles, decoded), stride))
         return Parent(node_name, base, tuple(strides))
 
     def _pair_groups(self, factor: Factor, nodes: dict[str, Node]) -> Optional[list]:
