@@ -5,29 +5,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-
-from ppgen.diagram import _STEP
 from pathlib import Path
 from typing import Optional, Sequence
+
+from ppgen.diagram import MIN_CHAIN, step_groups
 
 
 def _compress_steps(names: list[str]) -> str:
     """``x_0, x_1, ..., x_99`` -> ``x_0…x_99``: the steps of a sequence as one entry."""
+    chains = {prefix: steps for prefix, steps in step_groups(names).items() if len(steps) >= MIN_CHAIN}
+    chain_of = {name: prefix for prefix, steps in chains.items() for name in steps.values()}
     out: list[str] = []
-    steps: dict[str, list[int]] = {}
     for name in names:
-        match = _STEP.match(name)
-        if match:
-            if match.group(1) not in steps:
-                out.append(match.group(1))
-            steps.setdefault(match.group(1), []).append(int(match.group(2)))
-        else:
+        prefix = chain_of.get(name)
+        if prefix is None:
             out.append(name)
-    return ", ".join(
-        f"{name}_{min(steps[name])}…{name}_{max(steps[name])}" if len(steps.get(name, [])) > 2
-        else ", ".join(f"{name}_{i}" for i in steps[name]) if name in steps else name
-        for name in out
-    )
+        elif name == chains[prefix][min(chains[prefix])]:
+            out.append(f"{name}…{chains[prefix][max(chains[prefix])]}")
+    return ", ".join(out)
 
 
 def models_table(markdown: bool = False) -> str:

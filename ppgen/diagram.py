@@ -15,7 +15,7 @@ second colour.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import graphviz
 
@@ -126,7 +126,17 @@ def diagram_spec(
 
 
 _STEP = re.compile(r"^(.+)_(\d+)$")
-_MIN_CHAIN = 3
+MIN_CHAIN = 3  # steps a sequence needs before it is drawn (or listed) as one chain
+
+
+def step_groups(names: Iterable[str]) -> dict[str, dict[int, str]]:
+    """Names of the form ``prefix_<t>`` (the steps of a sequence), grouped: prefix -> {t: name}."""
+    groups: dict[str, dict[int, str]] = {}
+    for name in names:
+        match = _STEP.match(name)
+        if match:
+            groups.setdefault(match.group(1), {})[int(match.group(2))] = name
+    return groups
 
 
 def collapse_chains(spec: dict[str, Any]) -> dict[str, Any]:
@@ -137,16 +147,12 @@ def collapse_chains(spec: dict[str, Any]) -> dict[str, Any]:
     A group collapses when it has at least three members, indexed 0..T−1 without gaps, all of
     one kind, role and plate path.
     """
-    groups: dict[str, dict[int, str]] = {}
-    for name in spec["nodes"]:
-        match = _STEP.match(name)
-        if match:
-            groups.setdefault(match.group(1), {})[int(match.group(2))] = name
+    groups = step_groups(spec["nodes"])
     rename: dict[str, tuple[str, int]] = {}
     lengths: dict[str, int] = {}
     for prefix, members in groups.items():
         kinds = {(spec["nodes"][n]["kind"], spec["nodes"][n]["path"], spec["nodes"][n]["role"]) for n in members.values()}
-        if len(members) < _MIN_CHAIN or sorted(members) != list(range(len(members))) or len(kinds) != 1:
+        if len(members) < MIN_CHAIN or sorted(members) != list(range(len(members))) or len(kinds) != 1:
             continue
         collapsed = f"{prefix}_t"
         if collapsed in spec["nodes"]:
