@@ -45,6 +45,7 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 
 from ._conjugate import ConjugateGraph, Factor, NotConjugate, compile_program, structural_reason
+from ._discrete import small_ops
 from ._vi import Info, pyro_arguments
 
 
@@ -56,13 +57,8 @@ def _one_thread() -> Iterator[None]:
     elements (the compiler's probe runs): a second thread saves little on them, and when the
     cores are shared every operation waits for the slower thread (measured on two busy cores:
     sweeps 10-30x, compilation 2x, the spectral start 3x slower with two threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with small_ops(), threadpool_limits(limits=1):
+        yield
 
 
 @dataclass(frozen=True)
