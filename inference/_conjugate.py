@@ -16,9 +16,9 @@ element), its dependence on the latents in closed form. The program does not sta
 3. **Categorical roles.** A categorical parent in the factor's plates is *aligned* (element
    ``e`` depends on the element at the same plate position): it is probed by setting all its
    elements to each value ``k`` in turn. Otherwise it is *gathered* (``B[z[i], z[j]]`` over a
-   plate of pairs): each element ``n`` takes the value ``n`` itself, with the parents widened
-   to match (``B`` becomes n × n), so the gather maps name the elements of ``z`` each factor
-   element uses, in which role. When the program does not run that way, the elements are set
+   plate of pairs): each element ``n`` takes the value ``K + n``, with the parents widened to
+   match (``B`` becomes (K + n) × (K + n)), so the gather maps name the elements of ``z`` each
+   factor element uses, in which role, and an index below ``K`` one that came from elsewhere. When the program does not run that way, the elements are set
    to the base-``K`` digits of their own indices and the digits are read back instead.
 4. **Coefficients.** With every element of each continuous parent set to each of its
    family's ``d + 1`` probe points, ``log p_e`` is affine in each ``T(u)``, so its
@@ -51,6 +51,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppgen.structure import ModelStructure
 
+from ._discrete import threads_for
 from ._expfam import FAMILY_OF_DISTRIBUTION, Family, NormalGammaFamily, design_matrix
 
 _WRAPPERS = ("Independent", "MaskedDistribution", "ExpandedDistribution")
@@ -275,16 +276,23 @@ class _AllPairs:
         self.size, self.triangle = size, triangle
 
 
-def _incidence(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Counts of the pairs ``index`` (2, E) as a sparse (or, when dense enough, dense) n × n matrix."""
-    ones = torch.ones(index.shape[1])
+class _PairList:
+    """The incidence matrix of a few pairs, kept as their (row, column) indices (2, E)."""
+
+    def __init__(self, index: torch.Tensor, size: int) -> None:
+        self.index, self.size = index, size
+
+
+def _incidence(index: torch.Tensor, size: int) -> Any:
+    """Counts of the pairs ``index`` (2, E) as an n × n matrix: dense when dense enough, else
+    the pair list itself (a sparse product is a scatter-add over the pairs)."""
     if index.shape[1] > size * size // 8 and size * size <= 1 << 24:
-        return torch.zeros(size, size).index_put_((index[0], index[1]), ones, accumulate=True)
-    return torch.sparse_coo_tensor(index, ones, (size, size), check_invariants=False).coalesce()
+        return torch.zeros(size, size).index_put_((index[0], index[1]), torch.ones(index.shape[1]), accumulate=True)
+    return _PairList(index, size)
 
 
 def _times(incidence: Any, matrix: torch.Tensor) -> torch.Tensor:
-    """``incidence @ matrix`` for a dense, sparse or all-pairs incidence."""
+    """``incidence @ matrix`` for a dense, listed or all-pairs incidence."""
     if isinstance(incidence, _AllPairs):
         # row i sums the rows j > i (upper) or j < i (lower) of ``matrix``
         if incidence.triangle == "upper":
@@ -292,8 +300,9 @@ def _times(incidence: Any, matrix: torch.Tensor) -> torch.Tensor:
         else:
             inclusive = torch.cumsum(matrix, 0)
         return inclusive - matrix
-    if incidence.is_sparse:
-        return torch.sparse.mm(incidence, matrix)
+    if isinstance(incidence, _PairList):
+        rows, cols = incidence.index
+        return torch.zeros((incidence.size,) + matrix.shape[1:]).index_add(0, rows, matrix[cols])
     return incidence @ matrix
 
 
@@ -389,9 +398,10 @@ class ConjugateGraph:
             # incidence matrix M_g, Σ_{e in g} q(z_i = k) q(z_j = l) = (Qᵀ M_g Q)[k, l]
             node_probs = probs[factor.roles[0].node]
             total = torch.zeros(())
+            flat_h = h.flatten(0, 1).flatten(1)  # (K², Π_j (d_j + 1))
             for row, incidence in factor.pair_groups:
                 counts = node_probs.T @ _times(incidence, node_probs)
-                total = total + torch.einsum("kl,kl...,...->", counts, h, row)
+                total = total + counts.reshape(-1) @ flat_h @ row.reshape(-1)
             return total.reshape(1)
         coef = self._coef_view(factor, factor.coef)
         operands = [coef] + self._role_weights(factor, probs, 0, factor.num_elements)
@@ -648,9 +658,9 @@ class Compiler:
         identified = None
         if gathered and not roles:
             identified = self._identity_probe(name, nodes, continuous, nodes[gathered[0]], defaults)
-        table = None
+        coef = None
         if identified is not None:
-            parents, gathered_roles, table = identified
+            parents, gathered_roles, coef = identified
         else:
             maps = self._probed_maps(name, nodes, continuous, gathered, roles, aligned_configs, equal, with_config, num_elements)
             if gathered:
@@ -674,7 +684,7 @@ class Compiler:
             for index in gathered_roles:
                 roles.append(Role(gathered[0], index, False))
 
-        if table is None:
+        if coef is None:
             # log p_e with every element of each continuous parent at each probe point
             probe_lists = [nodes[n].family.probes() for n in continuous]
             table = torch.empty((num_elements, len(aligned_configs)) + tuple(len(p) for p in probe_lists))
@@ -683,7 +693,7 @@ class Compiler:
                     extra = {n: self._constant(nodes[n], p) for n, p in zip(continuous, combination)}
                     values = self._assignment(nodes, with_config(config, extra))
                     table[(slice(None), a) + combination] = self.program.log_probs(values, [name])[name]
-        coef = _solve_coefficients(table, [nodes[n].family for n in continuous])
+            coef = _solve_coefficients(table, [nodes[n].family for n in continuous])
         factor = Factor(name, num_elements, roles, parents, coef, aligned_roles)
         factor.pair_groups = self._pair_groups(factor, nodes)
         return factor
@@ -691,47 +701,43 @@ class Compiler:
     def _identity_probe(
         self, name: str, nodes: dict, continuous: list[str], categorical: Node, defaults: dict
     ) -> Optional[tuple[list[Parent], list[torch.Tensor], torch.Tensor]]:
-        """Gather maps, roles and the table of probed log densities of a factor over elements of
-        a categorical node, in Π_j (d_j + 1) runs (three for one Beta parent).
+        """Gather maps, roles and coefficients of a factor over elements of a categorical node,
+        in Π_j (d_j + 1) runs (three for one Beta parent).
 
-        Each element n of the categorical node takes the value n itself (not a category), and
-        every dimension of size K of a continuous parent is widened to size n, so the element
-        gathered for factor element e names the categorical elements it used directly
-        (B[z[i], z[j]] reads B[i, j]). The runs set every element of the parents to each
-        combination of their probe points, which gives the coefficient table. Two runs per
-        parent also carry a forward-mode tangent c_b = b + 1 on its elements b, the second with
-        the categorical values permuted: as log p_e = <coef_e, T̃(u_m(e))>, the tangent of
-        log p_e is c_m(e) ∂_t <coef_e, T̃(p + t)>, and the coefficients give the second factor,
-        so the ratio names m(e). The permuted run tells dimensions indexed by the categorical
-        from dimensions indexed otherwise. Returns None (the caller falls back to digit probes)
-        when the program does not run that way or the widened parent would be too large.
+        Element n of the categorical node takes the value K + n (outside its support, on
+        purpose) and every dimension of size K of a continuous parent is widened to K + N, so
+        the entry gathered for factor element e names the categorical elements it used:
+        B[z[i], z[j]] reads B[K + i, K + j], and an index below K did not come from the
+        categorical (B[z[i], 0] reads B[K + i, 0]). The runs set every element of the parents
+        to each combination of their probe points, which gives the coefficient table; run j
+        also carries a forward-mode tangent c_b = b + 1 on the elements b of parent j. As
+        log p_e = <coef_e, T̃(u_m(e))>, the tangent of log p_e is c_m(e) ∂_t <coef_e, T̃(p + t)>,
+        and the coefficients give the second factor, so the ratio names m(e). Returns None (the
+        caller falls back to digit probes) when the program does not run that way or the
+        widened parent would be too large.
         """
         size, count = categorical.cardinality, categorical.num_elements
         support = categorical.support
         if not torch.equal(support.to(torch.float64), torch.arange(size, dtype=torch.float64)):
             return None
-        identity = torch.arange(count)
-        permutation = torch.randperm(count, generator=self.generator)
-        as_values = lambda order: order.to(support.dtype).reshape(categorical.value_shapes[0])  # noqa: E731
+        shifted = (torch.arange(count) + size).to(support.dtype).reshape(categorical.value_shapes[0])
         widths = []
         for node_name in continuous:
             shape = nodes[node_name].element_shape
             wide_dims = [d for d, extent in enumerate(shape) if extent == size]
-            wide = tuple(count if d in wide_dims else extent for d, extent in enumerate(shape))
+            wide = tuple(size + count if d in wide_dims else extent for d, extent in enumerate(shape))
             if not wide_dims or math.prod(wide) > 1 << 23:
                 return None
             widths.append((wide_dims, wide))
         families = [nodes[n].family for n in continuous]
         probe_lists = [family.probes() for family in families]
         combinations = list(itertools.product(*[range(len(p)) for p in probe_lists]))
-        # run 2j carries parent j's tangent with the identity order, run 2j + 1 with the permuted one
-        tangent_runs = {2 * j + k: (j, order) for j in range(len(continuous)) for k, order in enumerate((identity, permutation))}
 
-        def run(points: list[tuple], order: torch.Tensor, coded: Optional[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        def run(points: list[tuple], coded: Optional[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
             """log p_e with parent j at ``points[j]`` in every element, and its tangent along the
             codes of parent ``coded``."""
             values = self._assignment(nodes, defaults)
-            values[categorical.sites[0]] = as_values(order)
+            values[categorical.sites[0]] = shifted
             with forward_ad.dual_level():
                 for j, (node_name, (_, wide)) in enumerate(zip(continuous, widths)):
                     for site, point in zip(nodes[node_name].sites, points[j]):
@@ -752,11 +758,11 @@ class Compiler:
         try:
             for index, combination in enumerate(combinations):
                 points = [probes[k] for probes, k in zip(probe_lists, combination)]
-                coded, order = tangent_runs.get(index, (None, identity))
-                value, tangent = run(points, order, coded)
+                coded = index if index < len(continuous) else None  # run j carries parent j's codes
+                value, tangent = run(points, coded)
                 columns.append(value)
                 if coded is not None:
-                    coded_runs[index] = (points, tangent)
+                    coded_runs[coded] = (points, tangent)
         except (RuntimeError, IndexError, ValueError, NotConjugate):
             return None
         table = torch.stack(columns, -1).reshape((-1, 1) + tuple(len(p) for p in probe_lists))
@@ -764,40 +770,30 @@ class Compiler:
 
         parents, roles = [], []
         for j, (node_name, (wide_dims, wide)) in enumerate(zip(continuous, widths)):
-            node = nodes[node_name]
-            shape = node.element_shape
+            shape = nodes[node_name].element_shape
             try:
-                first, second = (read(coef, j, *coded_runs[index]) for index in (2 * j, 2 * j + 1))
-                if bool((first < 0).any() | (second < 0).any()):
+                flat = read(coef, j, *coded_runs[j])
+                if bool((flat < 0).any()):
                     # a datum at a stationary point of its density (x = μ at a probe point):
                     # read again with every parent at a random point
                     points = [family.random(1, self.generator) for family in families]
-                    first, second = (read(coef, j, points, run(points, order, j)[1]) for order in (identity, permutation))
+                    flat = read(coef, j, points, run(points, j)[1])
             except (RuntimeError, IndexError, ValueError, NotConjugate):
                 return None
-            if bool((first < 0).any() | (second < 0).any() | (first >= math.prod(wide)).any() | (second >= math.prod(wide)).any()):
+            if bool((flat < 0).any() | (flat >= math.prod(wide)).any()):
                 return None
-            base = torch.zeros_like(first)
+            base = torch.zeros_like(flat)
             strides = []
-            rest_first, rest_second = first, second
-            for d in reversed(range(len(shape))):  # unravel the flat indices, last dimension first
-                if d == 0:
-                    index_first, index_second = rest_first, rest_second
-                else:
-                    quotient_first, quotient_second = rest_first // wide[d], rest_second // wide[d]
-                    index_first, index_second = rest_first - quotient_first * wide[d], rest_second - quotient_second * wide[d]
-                    rest_first, rest_second = quotient_first, quotient_second
+            for d, index in enumerate(torch.unravel_index(flat, wide)):
                 stride = math.prod(shape[d + 1:])
-                if torch.equal(index_first, index_second):
-                    if bool((index_first >= shape[d]).any()):
-                        return None
-                    base += index_first * stride
-                elif d in wide_dims and torch.equal(permutation[index_first], index_second):
-                    strides.append((_role_slot(roles, index_first), stride))
-                else:
+                if d in wide_dims and bool((index >= size).all()):
+                    strides.append((_role_slot(roles, index - size), stride))
+                elif bool((index < shape[d]).all()):
+                    base += index * stride
+                else:  # a widened dimension indexed partly by the categorical, partly otherwise
                     return None
             parents.append(Parent(node_name, base[:, None], tuple(sorted(strides))))
-        return parents, roles, table
+        return parents, roles, coef
 
     def _probed_maps(
         self, name: str, nodes: dict, continuous: list[str], gathered: list[str], roles: list[Role],
@@ -925,8 +921,11 @@ class Compiler:
                 complete = "upper"
             elif bool((first > second).all()):
                 complete = "lower"
-            if complete is not None and int(torch.bincount(first * size + second, minlength=size * size).max()) > 1:
-                complete = None
+            if complete is not None:  # E pairs on one side of the diagonal: complete if all distinct
+                seen = torch.zeros(size * size, dtype=torch.bool)
+                seen[first * size + second] = True
+                if int(seen.sum()) != factor.num_elements:
+                    complete = None
         largest = max(range(len(rows_of_group)), key=lambda g: int(rows_of_group[g][1].sum()))
         groups = []
         for group, (row, members) in enumerate(rows_of_group):
@@ -982,5 +981,7 @@ def compile_program(model: Callable, args: tuple, kwargs: dict, structure: Model
     reason = structural_reason(structure)
     if reason:
         raise NotConjugate(reason)
-    with torch.no_grad():
+    # the probe runs are passes over whole sites: all threads when a site is large
+    largest = max(math.prod(site.batch_shape + site.event_shape) for site in structure.sites.values())
+    with torch.no_grad(), threads_for(largest):
         return Compiler(model, args, kwargs, structure, blocks, seed).compile()

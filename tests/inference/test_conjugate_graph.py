@@ -97,3 +97,38 @@ def test_gaussian_pair_factor_matches_closed_form(at_probe_points):
             w = weights[i, j]
             expected += q[i] @ (-0.5 * np.log(2 * np.pi) - 0.5 * (w * w - 2 * w * mean + second)) @ q[j]
     assert value == pytest.approx(expected, rel=1e-10)
+
+
+def labelled_block_model(weights, K=2):
+    """The second index of the block mean is a fixed label, not a membership:
+    μ_kl ~ Normal(0, 2), z_i ~ Categorical(1/K), w_ij ~ Normal(μ[z_i, c_ij], 1) with c_ij = (i + j) mod K."""
+    rows, cols = _pairs(weights.shape[0], "pyro")
+    with plate("from", K, dim=-2), plate("to", K, dim=-1):
+        mu = sample("mu", dist.Normal(0.0, 2.0))
+    with plate("nodes", weights.shape[0]):
+        z = sample("z", dist.Categorical(ops.ones(K) / K))
+    with plate("pairs", len(rows)):
+        sample("w", dist.Normal(mu[z[rows], (rows + cols) % K], 1.0), obs=weights[rows, cols])
+
+
+def test_pair_factor_indexed_by_a_membership_and_a_label_matches_closed_form():
+    """Both dimensions of μ have size K, but only the first is indexed by a membership: the
+    compiler must read the second as a fixed index per pair, not as a second membership."""
+    rng = np.random.default_rng(2)
+    n, K = 7, 3
+    weights = rng.normal(size=(n, n))
+    weights = np.triu(weights, 1) + np.triu(weights, 1).T
+    mean, variance = rng.normal(size=(K, K)), 0.2 + rng.random((K, K))
+    q = rng.dirichlet(np.ones(K), size=n)
+    with use_backend("pyro"), torch_precision():
+        graph = _compile(labelled_block_model, weights, K=K)
+        eta = np.stack([mean / variance, -0.5 / variance], -1).reshape(K * K, 2)
+        value = float(graph.expected_log_joint({"mu": _augmented(graph, "mu", eta)}, {"z": torch.as_tensor(q)}))
+
+    second = mean**2 + variance
+    expected = (-0.5 * np.log(2 * np.pi * 4.0) - second / 8.0).sum() + n * np.log(1.0 / K)
+    for i in range(n):
+        for j in range(i + 1, n):
+            w, label = weights[i, j], (i + j) % K
+            expected += q[i] @ (-0.5 * np.log(2 * np.pi) - 0.5 * (w * w - 2 * w * mean[:, label] + second[:, label]))
+    assert value == pytest.approx(expected, rel=1e-10)
