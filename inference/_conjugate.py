@@ -18,13 +18,14 @@ element), its dependence on the latents in closed form. The program does not sta
    elements to each value ``k`` in turn. Otherwise it is *gathered* (``B[z[i], z[j]]`` over a
    plate of pairs): each element ``n`` takes the value ``K + n``, with the parents widened to
    match (``B`` becomes (K + n) × (K + n)), so the gather maps name the elements of ``z`` each
-   factor element uses, in which role, and an index below ``K`` one that came from elsewhere. When the program does not run that way, the elements are set
-   to the base-``K`` digits of their own indices and the digits are read back instead.
+   factor element uses, in which role (an index below ``K`` came from elsewhere). When the
+   program does not run that way, the elements are set to the base-``K`` digits of their own
+   indices and the digits are read back instead.
 4. **Coefficients.** With every element of each continuous parent set to each of its
    family's ``d + 1`` probe points, ``log p_e`` is affine in each ``T(u)``, so its
    coefficients solve a small linear system per parent (multilinear interpolation). For
-   gathered roles these runs also carry the tangents of step 2, whose "tangent along 1" the
-   coefficients predict: ``d + 1`` runs in all (three for ``Bernoulli(B[z[i], z[j]])``).
+   gathered roles one of these runs also carries the tangent of step 2, whose "tangent along
+   1" the coefficients predict: ``d + 1`` runs in all (three for ``Bernoulli(B[z[i], z[j]])``).
 5. **Verification.** The compiled graph predicts every factor's log density at random
    values of all latents; any disagreement with the program (a non-conjugate dependence, a
    gather that is not one) makes the model not applicable, naming the site.
@@ -419,6 +420,16 @@ def _role_slot(roles: list[torch.Tensor], index: torch.Tensor) -> int:
     return len(roles) - 1
 
 
+def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Indices per dimension of flat (row-major) indices into ``shape`` (``torch.unravel_index``
+    allocates an (E, ndim) intermediate and takes several times as long on large E)."""
+    out, rest = [], flat
+    for extent in reversed(shape[1:]):
+        out.append(rest % extent)
+        rest = rest // extent
+    return [rest] + out[::-1]
+
+
 def _solve_coefficients(table: torch.Tensor, families: list[Family]) -> torch.Tensor:
     """Coefficients ``coef`` (E, A, d₁ + 1, ..., d_m + 1) of Π_j T̃_j(u_j) from ``table``, the log
     densities with parent j at its family's probe points p_j: table[.., p, ..] = Σ_b coef[.., b, ..] M_j[p, b]
@@ -748,25 +759,26 @@ class Compiler:
                             primal = forward_ad.make_dual(primal.contiguous(), tangent.contiguous())
                         values[site] = primal
                 dual = forward_ad.unpack_dual(self.program.log_probs(values, [name])[name])
-                tangent = None if coded is None else (torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent.clone())
-                return dual.primal.clone(), tangent
+                tangent = None if coded is None else (torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent)
+                return dual.primal, tangent
 
         def read(coef: torch.Tensor, j: int, points: list[tuple], tangent: torch.Tensor) -> torch.Tensor:
             return self._read_map(tangent, _derivative_along_parent(coef, families, points, j), name, nodes[continuous[j]])
 
-        columns, coded_runs = [], {}
+        table, coded_runs = None, {}
         try:
             for index, combination in enumerate(combinations):
                 points = [probes[k] for probes, k in zip(probe_lists, combination)]
                 coded = index if index < len(continuous) else None  # run j carries parent j's codes
                 value, tangent = run(points, coded)
-                columns.append(value)
+                if table is None:
+                    table = torch.empty(value.shape + (len(combinations),))
+                table[:, index] = value
                 if coded is not None:
                     coded_runs[coded] = (points, tangent)
         except (RuntimeError, IndexError, ValueError, NotConjugate):
             return None
-        table = torch.stack(columns, -1).reshape((-1, 1) + tuple(len(p) for p in probe_lists))
-        coef = _solve_coefficients(table, families)
+        coef = _solve_coefficients(table.reshape((-1, 1) + tuple(len(p) for p in probe_lists)), families)
 
         parents, roles = [], []
         for j, (node_name, (wide_dims, wide)) in enumerate(zip(continuous, widths)):
@@ -784,7 +796,7 @@ class Compiler:
                 return None
             base = torch.zeros_like(flat)
             strides = []
-            for d, index in enumerate(torch.unravel_index(flat, wide)):
+            for d, index in enumerate(_unravel(flat, wide)):
                 stride = math.prod(shape[d + 1:])
                 if d in wide_dims and bool((index >= size).all()):
                     strides.append((_role_slot(roles, index - size), stride))
