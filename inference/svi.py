@@ -12,7 +12,8 @@ q(z_i | x_i) for each datum), or, by default, a mean-field Gaussian (``AutoNorma
 Minibatches: ``subsample_size=B`` slices the data plate's arguments to B random data per step
 (without replacement within an epoch) and multiplies the log densities of every site in that
 plate, in the model and in the guide, by N / B, so each step's ELBO is an unbiased estimate of
-the full-data ELBO. Finite discrete latents the guide does not sample are summed out
+the full-data ELBO. The default guide keeps its factors q(z_i) of per-datum latents for all N
+data, and its plate picks the minibatch's. Finite discrete latents the guide does not sample are summed out
 (``TraceEnum_ELBO``). With an amortised Gaussian guide the KL terms are analytic
 (``TraceMeanField_ELBO``).
 """
@@ -189,14 +190,28 @@ class SVI(Engine):
             raise ValueError("SVI: subsample_size needs a plate holding observed data; the program has none")
         return max(candidates, key=lambda name: structure.plates[name].size)
 
-    def _guide_program(self, model: Callable, structure: ModelStructure, discrete: list[str]) -> tuple[Callable, str]:
+    def _guide_program(
+        self, model: Callable, structure: ModelStructure, discrete: list[str], minibatch: dict[str, Any]
+    ) -> tuple[Callable, str]:
         if self.guide is None:
-            guide = AutoNormal(poutine.block(model, hide=discrete), init_loc_fn=init_to_median, init_scale=0.1)
+            guide = AutoNormal(
+                poutine.block(model, hide=discrete), init_loc_fn=init_to_median, init_scale=0.1,
+                create_plates=self._minibatch_plate(structure, minibatch),
+            )
             return guide, "AutoNormal"
         if hasattr(self.guide, "bind"):
             bound = self.guide.bind(model, structure, copy_encoder=self.copy_modules)
             return bound.program, repr(self.guide)
         return self.guide, getattr(self.guide, "__name__", type(self.guide).__name__)
+
+    def _minibatch_plate(self, structure: ModelStructure, minibatch: dict[str, Any]) -> Optional[Callable]:
+        """For ``AutoNormal`` under minibatches: its data plate, subsampled to the step's indices
+        ``minibatch["index"]`` (all data when None). Its per-datum parameters keep the full
+        size N and are indexed by the plate, and the plate scales their log density by N / B."""
+        if self.subsample_size is None:
+            return None
+        plate = structure.plates[self._data_plate(structure)]
+        return lambda *args, **kwargs: pyro.plate(plate.name, plate.size, dim=plate.dim, subsample=minibatch["index"])
 
     @staticmethod
     def _sliced(value: Any, index: torch.Tensor, size: int) -> Any:
@@ -216,7 +231,8 @@ class SVI(Engine):
             torch.manual_seed(self.seed)
             store = pyro.get_param_store()
             discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
-            guide, guide_name = self._guide_program(model, structure, discrete_latents)
+            minibatch: dict[str, Any] = {"index": None}  # the step's data indices, while training
+            guide, guide_name = self._guide_program(model, structure, discrete_latents, minibatch)
             guided, batch_rank = guide_sites(guide, args, kwargs)
             enumerated = [name for name in discrete_latents if name not in guided]
             missing = [name for name, site in structure.latent.items() if not site.is_discrete and name not in guided]
@@ -225,13 +241,18 @@ class SVI(Engine):
             program = config_enumerate(model, default="parallel") if enumerated else model
             loss = self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
             optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
-            step_args, plate, factor = self._minibatches(structure, args, kwargs)
+            step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
             if plate is None:
                 steps = GradientSteps(program, guide, loss, optimizer)
             else:
-                steps = GradientSteps(_scaled(program, plate, factor), _scaled(guide, plate, factor), loss, optimizer)
+                # AutoNormal's own subsampled plate scales its sites; other guides see the sliced data
+                scaled_guide = guide if self.guide is None else _scaled(guide, plate, factor)
+                steps = GradientSteps(_scaled(program, plate, factor), scaled_guide, loss, optimizer)
             training_start = time.perf_counter()
-            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name)
+            try:
+                progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name)
+            finally:
+                minibatch["index"] = None
             training_seconds = time.perf_counter() - training_start
             estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
             latent = {name: guided[name] for name in structure.latent if name in guided}
@@ -272,8 +293,11 @@ class SVI(Engine):
             return TraceMeanField_ELBO(num_particles=self.num_particles)
         return Trace_ELBO(num_particles=self.num_particles)
 
-    def _minibatches(self, structure: ModelStructure, args: tuple, kwargs: dict) -> tuple[Callable, Optional[str], float]:
-        """Per-step argument function, the subsampled plate and the scale N / B."""
+    def _minibatches(
+        self, structure: ModelStructure, args: tuple, kwargs: dict, minibatch: dict[str, Any]
+    ) -> tuple[Callable, Optional[str], float]:
+        """Per-step argument function (which also sets ``minibatch["index"]``), the subsampled
+        plate and the scale N / B."""
         if self.subsample_size is None:
             return (lambda _: (args, kwargs)), None, 1.0
         plate = self._data_plate(structure)
@@ -292,6 +316,7 @@ class SVI(Engine):
             if position == 0 and step > 0:
                 order["permutation"] = torch.randperm(size)
             index = order["permutation"][position * batch:(position + 1) * batch]
+            minibatch["index"] = index
             return (
                 tuple(self._sliced(a, index, size) for a in args),
                 {k: self._sliced(v, index, size) for k, v in kwargs.items()},
