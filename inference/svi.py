@@ -13,8 +13,8 @@ Minibatches: ``subsample_size=B`` slices the data plate's arguments to B random 
 (without replacement within an epoch) and multiplies the log densities of every site in that
 plate, in the model and in the guide, by N / B, so each step's ELBO is an unbiased estimate of
 the full-data ELBO. The default guide keeps its factors q(z_i) of per-datum latents for all N
-data, and its plate picks the minibatch's. Finite discrete latents the guide does not sample are summed out
-(``TraceEnum_ELBO``). With an amortised Gaussian guide the KL terms are analytic
+data, and its plate picks the minibatch's. Finite discrete latents the guide does not sample
+are summed out (``TraceEnum_ELBO``). With an amortised Gaussian guide the KL terms are analytic
 (``TraceMeanField_ELBO``).
 """
 
