@@ -216,16 +216,18 @@ class _Stop(Exception):
 
 
 class _Recorder(Messenger):
-    """Computes the elementwise log densities of the requested sites as the program reaches
-    them, and stops the program once it has them all (later sites are not computed)."""
+    """Computes the elementwise log densities of the requested sites, and of the sites in
+    ``also`` it passes on the way, as the program reaches them; stops the program once it has
+    the requested ones (later sites are not computed)."""
 
-    def __init__(self, sites: list[str]) -> None:
+    def __init__(self, sites: list[str], also: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.pending = set(sites)
+        self.recorded = self.pending | also
         self.log_probs: dict[str, torch.Tensor] = {}
 
     def _pyro_post_sample(self, msg: dict) -> None:
-        if msg["name"] in self.pending:
+        if msg["name"] in self.recorded:
             self.log_probs[msg["name"]] = elementwise_log_prob(msg)
             self.pending.discard(msg["name"])
             if not self.pending:
@@ -244,9 +246,11 @@ class Program:
         conditioned = poutine.condition(self.model, data=values)
         return poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
 
-    def log_probs(self, values: dict[str, torch.Tensor], sites: list[str]) -> dict[str, torch.Tensor]:
+    def log_probs(self, values: dict[str, torch.Tensor], sites: list[str], also: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+        """Elementwise log densities of ``sites``, and of the sites in ``also`` that come before
+        the last of them, with the latents at ``values``."""
         self.runs += 1
-        recorder = _Recorder(sites)
+        recorder = _Recorder(sites, also)
         try:
             # values are chosen inside each support; skipping validation halves a run's cost
             with pyro.validation_enabled(False), recorder:
@@ -521,6 +525,10 @@ class Compiler:
             self.base_trace = self.program.trace({})
         self.latent_sites = [n for n, s in self.base_trace.nodes.items() if _is_latent(s)]
         self.factor_sites = [n for n, s in self.base_trace.nodes.items() if _is_factor_site(s)]
+        # Probe settings are built once per node and reused, so that runs at the same settings
+        # can be recognised by the identity of their tensors (see ``_factor_log_prob``).
+        self._runs: dict[tuple, tuple[dict[str, torch.Tensor], tuple]] = {}
+        self._settings: dict[tuple, Any] = {}
 
     # ---- step 1: nodes -----------------------------------------------------------------
     def build_nodes(self) -> dict[str, Node]:
@@ -580,19 +588,46 @@ class Compiler:
             values.update(self._assign(node, settings[name]))
         return values
 
-    def _tangent(self, node: Node, settings: dict[str, tuple], nodes: dict[str, Node], factor: str, direction: torch.Tensor) -> torch.Tensor:
-        """Directional derivative of ``factor``'s elementwise log density along ``direction``
-        (one entry per element of ``node``), by forward-mode AD."""
-        with forward_ad.dual_level():
-            duals = []
-            for value in settings[node.name]:
-                tangent = direction.reshape((-1,) + (1,) * (value.dim() - 1)).expand_as(value)
-                duals.append(forward_ad.make_dual(value.contiguous(), tangent.contiguous()))
-            values = self._assignment(nodes, settings)
-            values.update(node.values(tuple(duals)))
-            log_prob = self.program.log_probs(values, [factor])[factor]
-            tangent = forward_ad.unpack_dual(log_prob).tangent
-            return torch.zeros_like(log_prob) if tangent is None else tangent.detach().clone()
+    def _shared(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The probe setting ``key``, made once per compilation."""
+        if key not in self._settings:
+            self._settings[key] = make()
+        return self._settings[key]
+
+    def _factor_log_prob(
+        self, factor: str, settings: dict[str, tuple], nodes: dict[str, Node],
+        along: Optional[tuple[Node, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """``factor``'s elementwise log density with the latents at ``settings``, or, given
+        ``along = (node, direction)``, its derivative along ``direction`` (one entry per element
+        of ``node``) by forward-mode AD.
+
+        A run records every factor site it passes, keyed by the identity of the settings'
+        tensors (which the entry keeps alive): factors probed at the same settings share it,
+        such as the steps of a chain that all read one transition matrix. Factors are built last
+        to first, so the first run at a setting passes them all."""
+        key = tuple((name, tuple(map(id, settings[name]))) for name in nodes)
+        key += (None,) if along is None else ((along[0].name, id(along[1])),)
+        entry = self._runs.get(key)
+        if entry is None or factor not in entry[0]:
+            also = frozenset(self.factor_sites)
+            if along is None:
+                recorded = self.program.log_probs(self._assignment(nodes, settings), [factor], also)
+            else:
+                node, direction = along
+                with forward_ad.dual_level():
+                    duals = []
+                    for value in settings[node.name]:
+                        tangent = direction.reshape((-1,) + (1,) * (value.dim() - 1)).expand_as(value)
+                        duals.append(forward_ad.make_dual(value.contiguous(), tangent.contiguous()))
+                    values = self._assignment(nodes, settings)
+                    values.update(node.values(tuple(duals)))
+                    recorded = {}
+                    for site, log_prob in self.program.log_probs(values, [factor], also).items():
+                        dual = forward_ad.unpack_dual(log_prob)
+                        recorded[site] = torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent.detach().clone()
+            self._runs[key] = entry = (recorded, (settings, along))
+        return entry[0][factor]
 
     @staticmethod
     def _read_map(coded: torch.Tensor, ones: torch.Tensor, factor: str, node: Node) -> torch.Tensor:
@@ -608,9 +643,26 @@ class Compiler:
             )
         return torch.where(depends, index.sub_(1).long(), -1)
 
+    def _common_value(self, node: Node) -> tuple:
+        """Every element of ``node`` at one random point of its family."""
+        return tuple(v.expand((node.num_elements,) + v.shape[1:]) for v in node.family.random(1, self.generator))
+
     @staticmethod
-    def _constant(node: Node, probe: int = 0) -> tuple:
-        return tuple(v.expand((node.num_elements,) + v.shape[1:]) for v in node.family.probes()[probe])
+    def _digits(node: Node) -> list[torch.Tensor]:
+        """Digit probes of a categorical node: element n at digit d of n in base K, for every
+        digit, then at digit 0 plus one (mod K)."""
+        size, count = node.cardinality, node.num_elements
+        num_digits = max(1, math.ceil(math.log(max(count, 2)) / math.log(size)))
+        positions = torch.arange(count)
+        digits = [(positions // size**d) % size for d in range(num_digits)]
+        return digits + [(digits[0] + 1) % size]
+
+    def _constant(self, node: Node, probe: int = 0) -> tuple:
+        """Every element of ``node`` at its family's probe point ``probe``."""
+        return self._shared(
+            (node.name, "probe", probe),
+            lambda: tuple(v.expand((node.num_elements,) + v.shape[1:]) for v in node.family.probes()[probe]),
+        )
 
     # ---- steps 2-4: one factor ---------------------------------------------------------
     def build_factor(self, name: str, nodes: dict[str, Node], node_of_site: dict[str, str], defaults: dict) -> Factor:
@@ -653,16 +705,14 @@ class Compiler:
         def with_config(config: tuple, extra: Optional[dict] = None) -> dict[str, tuple]:
             settings = dict(defaults)
             for role, value in zip(roles, config):
-                settings[role.node] = (torch.full((nodes[role.node].num_elements,), value, dtype=torch.long),)
+                size = nodes[role.node].num_elements
+                settings[role.node] = self._shared((role.node, "all", value), lambda: (torch.full((size,), value, dtype=torch.long),))
             settings.update(extra or {})
             return settings
 
         # The common value is drawn at random so that no datum sits exactly at a stationary
         # point of its log density (x = μ would hide the dependence of x on μ).
-        equal = {}
-        for n in continuous:
-            common = nodes[n].family.random(1, self.generator)
-            equal[n] = tuple(v.expand((nodes[n].num_elements,) + v.shape[1:]) for v in common)
+        equal = {n: self._shared((n, "common"), lambda n=n: self._common_value(nodes[n])) for n in continuous}
 
         parents: list[Parent] = []
         gathered_roles: list[torch.Tensor] = []
@@ -702,8 +752,7 @@ class Compiler:
             for a, config in enumerate(aligned_configs):
                 for combination in itertools.product(*[range(len(p)) for p in probe_lists]):
                     extra = {n: self._constant(nodes[n], p) for n, p in zip(continuous, combination)}
-                    values = self._assignment(nodes, with_config(config, extra))
-                    table[(slice(None), a) + combination] = self.program.log_probs(values, [name])[name]
+                    table[(slice(None), a) + combination] = self._factor_log_prob(name, with_config(config, extra), nodes)
             coef = _solve_coefficients(table, [nodes[n].family for n in continuous])
         factor = Factor(name, num_elements, roles, parents, coef, aligned_roles)
         factor.pair_groups = self._pair_groups(factor, nodes)
@@ -815,12 +864,7 @@ class Compiler:
         categorical node, per digit probe: node -> (num_probes, E, num_aligned_configs)."""
         digit_probes: list[Optional[torch.Tensor]] = [None]
         if gathered:
-            node = nodes[gathered[0]]
-            size, count = node.cardinality, node.num_elements
-            num_digits = max(1, math.ceil(math.log(max(count, 2)) / math.log(size)))
-            positions = torch.arange(count)
-            digit_probes = [(positions // size**d) % size for d in range(num_digits)]
-            digit_probes.append((digit_probes[0] + 1) % size)
+            digit_probes = self._shared((gathered[0], "digits"), lambda: self._digits(nodes[gathered[0]]))
 
         # Gather maps. Every continuous parent holds one value in all its elements, so the
         # tangent along 1 does not depend on which element a categorical value selects (for
@@ -833,17 +877,18 @@ class Compiler:
                 identity = torch.arange(num_elements)[:, None].expand(num_elements, len(aligned_configs))
                 maps[node_name] = identity[None].expand((len(digit_probes),) + identity.shape)
                 continue
-            codes = torch.arange(1, node.num_elements + 1, dtype=torch.get_default_dtype())
+            codes = self._shared((node_name, "codes"), lambda: torch.arange(1, node.num_elements + 1, dtype=torch.get_default_dtype()))
+            ones = self._shared((node_name, "ones"), lambda: torch.ones(node.num_elements))
             columns = []
             for config in aligned_configs:
-                ones = self._tangent(node, with_config(config, equal), nodes, name, torch.ones_like(codes))
+                along_ones = self._factor_log_prob(name, with_config(config, equal), nodes, (node, ones))
                 per_probe = []
                 for probe in digit_probes:
                     extra = dict(equal)
                     if probe is not None:
                         extra[gathered[0]] = (probe,)
-                    coded = self._tangent(node, with_config(config, extra), nodes, name, codes)
-                    per_probe.append(self._read_map(coded, ones, name, node))
+                    coded = self._factor_log_prob(name, with_config(config, extra), nodes, (node, codes))
+                    per_probe.append(self._read_map(coded, along_ones, name, node))
                 columns.append(torch.stack(per_probe))
             maps[node_name] = torch.stack(columns, -1)
         return maps
@@ -981,7 +1026,8 @@ class Compiler:
         nodes = self.build_nodes()
         node_of_site = {site: node.name for node in nodes.values() for site in node.sites}
         defaults = self._defaults(nodes)
-        factors = [self.build_factor(name, nodes, node_of_site, defaults) for name in self.factor_sites]
+        # last to first: the first run at a setting then passes every factor probed there
+        factors = [self.build_factor(name, nodes, node_of_site, defaults) for name in reversed(self.factor_sites)][::-1]
         graph = ConjugateGraph(nodes, factors, 0)
         self.verify(graph)
         graph.program_runs = self.program.runs
