@@ -243,3 +243,21 @@ def test_coin_posterior_helper_agrees():
     result = ppgen.infer(coin, x, engine="cavi", num_samples=10)
     fitted = (float(result.params["rho.concentration1"]), float(result.params["rho.concentration0"]))
     np.testing.assert_allclose(fitted, coin_posterior(x), rtol=1e-12)
+
+
+def test_markov_chain_is_exact_and_its_steps_share_program_runs():
+    """Given the states, π and the rows of A are independent Dirichlets: q is exact and the
+    ELBO equals log p(x). The steps x_t all read A, so they are probed in the same runs: the
+    compile's number of program runs does not grow with the chain's length."""
+    from ppgen.models import sequences
+
+    runs = []
+    for num_steps in (30, 120):
+        x = sequences.simulate_markov_chain(num_steps=num_steps, seed=2).data["x"]
+        result = ppgen.infer(sequences.markov_chain, x, K=3, engine="cavi", num_samples=10)
+        posterior = sequences.markov_chain_posterior(x, K=3)
+        np.testing.assert_allclose(result.params["initial.concentration"], posterior["initial"], rtol=1e-9)
+        np.testing.assert_allclose(result.params["transition.concentration"], posterior["transition"], rtol=1e-9)
+        assert result.log_evidence.value == pytest.approx(sequences.markov_chain_log_evidence(x, K=3), abs=1e-8)
+        runs.append(result.diagnostics["program_runs"])
+    assert runs[0] == runs[1] < 30
