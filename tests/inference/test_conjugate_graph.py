@@ -74,6 +74,27 @@ def weighted_block_model(weights, K=2):
         sample("w", dist.Normal(mu[z[rows], z[cols]], 1.0), obs=weights[rows, cols])
 
 
+def _gaussian_blocks_under_random_q(model, weights, K, rng):
+    """E_q[log p] of a Gaussian block-mean program under random mean-field factors
+    q(μ_kl) = N(m_kl, v_kl) and q(z_i), with (m, E μ², q) and the closed form of the terms that
+    do not involve the pairs: E log N(μ_kl | 0, 2²) summed, plus n log(1/K) for the memberships."""
+    n = weights.shape[0]
+    mean, variance = rng.normal(size=(K, K)), 0.2 + rng.random((K, K))
+    q = rng.dirichlet(np.ones(K), size=n)
+    with use_backend("pyro"), torch_precision():
+        graph = _compile(model, weights, K=K)
+        eta = np.stack([mean / variance, -0.5 / variance], -1).reshape(K * K, 2)
+        value = float(graph.expected_log_joint({"mu": _augmented(graph, "mu", eta)}, {"z": torch.as_tensor(q)}))
+    second = mean**2 + variance
+    without_pairs = (-0.5 * np.log(2 * np.pi * 4.0) - second / 8.0).sum() + n * np.log(1.0 / K)
+    return value, mean, second, q, without_pairs
+
+
+def _expected_normal(w, mean, second):
+    """E log N(w | μ, 1) = −½ log 2π − ½ (w² − 2w E μ + E μ²)."""
+    return -0.5 * np.log(2 * np.pi) - 0.5 * (w * w - 2 * w * mean + second)
+
+
 @pytest.mark.parametrize("at_probe_points", [False, True], ids=["generic", "weights-at-probe-points"])
 def test_gaussian_pair_factor_matches_closed_form(at_probe_points):
     """A Normal parent gathered by two memberships: E log N(w | μ, 1) = −½ log 2π − ½ (w² − 2w E μ + E μ²).
@@ -83,19 +104,10 @@ def test_gaussian_pair_factor_matches_closed_form(at_probe_points):
     n, K = 6, 2
     weights = rng.choice([-1.0, 0.5, 2.0], size=(n, n)) if at_probe_points else rng.normal(size=(n, n))
     weights = np.triu(weights, 1) + np.triu(weights, 1).T
-    mean, variance = rng.normal(size=(K, K)), 0.2 + rng.random((K, K))
-    q = rng.dirichlet(np.ones(K), size=n)
-    with use_backend("pyro"), torch_precision():
-        graph = _compile(weighted_block_model, weights, K=K)
-        eta = np.stack([mean / variance, -0.5 / variance], -1).reshape(K * K, 2)
-        value = float(graph.expected_log_joint({"mu": _augmented(graph, "mu", eta)}, {"z": torch.as_tensor(q)}))
-
-    second = mean**2 + variance
-    expected = (-0.5 * np.log(2 * np.pi * 4.0) - second / 8.0).sum() + n * np.log(1.0 / K)
+    value, mean, second, q, expected = _gaussian_blocks_under_random_q(weighted_block_model, weights, K, rng)
     for i in range(n):
         for j in range(i + 1, n):
-            w = weights[i, j]
-            expected += q[i] @ (-0.5 * np.log(2 * np.pi) - 0.5 * (w * w - 2 * w * mean + second)) @ q[j]
+            expected += q[i] @ _expected_normal(weights[i, j], mean, second) @ q[j]
     assert value == pytest.approx(expected, rel=1e-10)
 
 
@@ -118,17 +130,9 @@ def test_pair_factor_indexed_by_a_membership_and_a_label_matches_closed_form():
     n, K = 7, 3
     weights = rng.normal(size=(n, n))
     weights = np.triu(weights, 1) + np.triu(weights, 1).T
-    mean, variance = rng.normal(size=(K, K)), 0.2 + rng.random((K, K))
-    q = rng.dirichlet(np.ones(K), size=n)
-    with use_backend("pyro"), torch_precision():
-        graph = _compile(labelled_block_model, weights, K=K)
-        eta = np.stack([mean / variance, -0.5 / variance], -1).reshape(K * K, 2)
-        value = float(graph.expected_log_joint({"mu": _augmented(graph, "mu", eta)}, {"z": torch.as_tensor(q)}))
-
-    second = mean**2 + variance
-    expected = (-0.5 * np.log(2 * np.pi * 4.0) - second / 8.0).sum() + n * np.log(1.0 / K)
+    value, mean, second, q, expected = _gaussian_blocks_under_random_q(labelled_block_model, weights, K, rng)
     for i in range(n):
         for j in range(i + 1, n):
-            w, label = weights[i, j], (i + j) % K
-            expected += q[i] @ (-0.5 * np.log(2 * np.pi) - 0.5 * (w * w - 2 * w * mean[:, label] + second[:, label]))
+            label = (i + j) % K
+            expected += q[i] @ _expected_normal(weights[i, j], mean[:, label], second[:, label])
     assert value == pytest.approx(expected, rel=1e-10)
