@@ -643,10 +643,6 @@ class Compiler:
             )
         return torch.where(depends, index.sub_(1).long(), -1)
 
-    def _common_value(self, node: Node) -> tuple:
-        """Every element of ``node`` at one random point of its family."""
-        return tuple(v.expand((node.num_elements,) + v.shape[1:]) for v in node.family.random(1, self.generator))
-
     @staticmethod
     def _digits(node: Node) -> list[torch.Tensor]:
         """Digit probes of a categorical node: element n at digit d of n in base K, for every
@@ -657,12 +653,14 @@ class Compiler:
         digits = [(positions // size**d) % size for d in range(num_digits)]
         return digits + [(digits[0] + 1) % size]
 
+    @staticmethod
+    def _everywhere(node: Node, point: tuple) -> tuple:
+        """Every element of ``node`` at the single-element ``point``."""
+        return tuple(v.expand((node.num_elements,) + v.shape[1:]) for v in point)
+
     def _constant(self, node: Node, probe: int = 0) -> tuple:
         """Every element of ``node`` at its family's probe point ``probe``."""
-        return self._shared(
-            (node.name, "probe", probe),
-            lambda: tuple(v.expand((node.num_elements,) + v.shape[1:]) for v in node.family.probes()[probe]),
-        )
+        return self._shared((node.name, "probe", probe), lambda: self._everywhere(node, node.family.probes()[probe]))
 
     # ---- steps 2-4: one factor ---------------------------------------------------------
     def build_factor(self, name: str, nodes: dict[str, Node], node_of_site: dict[str, str], defaults: dict) -> Factor:
@@ -712,7 +710,10 @@ class Compiler:
 
         # The common value is drawn at random so that no datum sits exactly at a stationary
         # point of its log density (x = μ would hide the dependence of x on μ).
-        equal = {n: self._shared((n, "common"), lambda n=n: self._common_value(nodes[n])) for n in continuous}
+        equal = {
+            n: self._shared((n, "common"), lambda n=n: self._everywhere(nodes[n], nodes[n].family.random(1, self.generator)))
+            for n in continuous
+        }
 
         parents: list[Parent] = []
         gathered_roles: list[torch.Tensor] = []
