@@ -4,12 +4,20 @@ MAP maximises the log joint log p(x, z; θ) over every continuous latent z and p
 maximises the log-likelihood log p(x | z; θ), i.e. the same with the priors dropped. Both work
 in unconstrained space (z = T(u) with T = ``biject_to(support)``) but without the Jacobian of
 T, so the optimum is the mode in the natural parameterisation: for the coin with a Beta(a, b)
-prior, MAP gives (h + a − 1)/(n + a + b − 2), not the mode of the logit.
-L-BFGS with a strong-Wolfe line search by default; Adam for neural programs.
+prior, MAP gives (h + a − 1)/(n + a + b − 2), not the mode of the logit. Each point maps u
+through the support the program gives *at that point*, so a support that depends on another
+latent (β flat on (0, 1 − α)) is respected everywhere. L-BFGS with a strong-Wolfe line search
+by default; Adam for neural programs.
+
+Where no mode exists (the objective still rising as a site runs to the boundary of its
+support: a hierarchical scale collapsing to 0, a variance fitted to one datum) the run ends in
+an :class:`~ppgen.errors.EngineFailure` naming the site, keeping the last finite point
+(:mod:`ppgen.inference._no_mode`), whether the optimiser stalled there or overflowed.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Optional
 
@@ -19,10 +27,13 @@ import torch
 from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
+from pyro.poutine.messenger import Messenger
 
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.driver import Progress, iterate
+from ppgen.errors import EngineFailure
+from ppgen.inference._no_mode import Runaway, Variable, find_runaway
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
@@ -94,28 +105,32 @@ class _PointEstimate(Engine):
             torch.manual_seed(self.seed)
             with torch.no_grad():
                 init_trace = poutine.trace(InitMessenger(_initial_value)(model)).get_trace(*args, **kwargs)
-            transforms = {name: biject_to(init_trace.nodes[name]["fn"].support) for name in latent_names}
+            supports = {name: init_trace.nodes[name]["fn"].support for name in latent_names}
             unconstrained = {
-                name: transforms[name].inv(init_trace.nodes[name]["value"].detach()).clone().requires_grad_(True)
+                name: biject_to(supports[name]).inv(init_trace.nodes[name]["value"].detach()).clone().requires_grad_(True)
                 for name in latent_names
             }
+            constrained = _Constrained(unconstrained)
             param_store = pyro.get_param_store()
 
+            def run_program() -> Any:
+                return poutine.trace(constrained(model)).get_trace(*args, **kwargs)
+
             def log_objective() -> torch.Tensor:
-                values = {name: transforms[name](u) for name, u in unconstrained.items()}
-                trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-                return trace.log_prob_sum(site_filter=lambda name, site: name in counted)
+                return run_program().log_prob_sum(site_filter=lambda name, site: name in counted)
 
             log_objective()  # creates param sites in the (scoped) store
-            variables = list(unconstrained.values()) + [
-                param_store._params[name] for name in param_store.keys()
+            variables = [Variable(name, u, supports[name]) for name, u in unconstrained.items()] + [
+                Variable(name, param_store._params[name], param_store._constraints.get(name)) for name in param_store.keys()
             ]
-            # inspect has checked data and parameters; a step to a non-finite point (no mode: a
-            # hierarchical scale collapsing to 0) then ends the run as EngineFailure, keeping the last point
+            # inspect has checked data and parameters; a step to a non-finite point, or a run that
+            # ends with a site still running to the edge of its support, is an EngineFailure
+            # keeping the last finite point
             with pyro.validation_enabled(False):
                 progress = self._optimise(variables, log_objective)
             with torch.no_grad():
-                point = {name: transforms[name](u) for name, u in unconstrained.items()}
+                final = run_program()
+                point = {name: final.nodes[name]["value"] for name in latent_names}
                 params = {name: param_store[name] for name in param_store.keys() if "$$$" not in name}
         estimates = {name: to_numpy(value) for name, value in {**point, **params}.items()}
         return Result(
@@ -123,20 +138,28 @@ class _PointEstimate(Engine):
             params=estimates,
             map_estimate={name: estimates[name] for name in latent_names},
             samples={name: estimates[name][None] for name in latent_names},
-            traces={"log_joint" if self.include_priors else "log_likelihood": np.asarray(progress.objectives)},
+            traces={self._objective_name: np.asarray(progress.objectives)},
             converged=progress.converged,
             num_iterations=progress.num_iterations,
             seconds=time.perf_counter() - start,
         )
 
-    def _optimise(self, variables: list[torch.Tensor], log_objective: Callable[[], torch.Tensor]) -> Progress:
+    @property
+    def _objective_name(self) -> str:
+        return "log_joint" if self.include_priors else "log_likelihood"
+
+    def _optimise(self, variables: list[Variable], log_objective: Callable[[], torch.Tensor]) -> Progress:
+        """Climb the objective; the state is the point reached (a copy of every variable).
+        Raises :class:`EngineFailure` when it leaves the finite region or when a site runs to
+        the boundary of its support (no mode), leaving the variables at the last finite point."""
+        tensors = [variable.tensor for variable in variables]
         if self.optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(
-                variables, lr=self.learning_rate or 1.0, max_iter=20, line_search_fn="strong_wolfe",
+                tensors, lr=self.learning_rate or 1.0, max_iter=20, line_search_fn="strong_wolfe",
                 tolerance_grad=1e-12, tolerance_change=1e-14, history_size=20,
             )
         else:
-            optimizer = torch.optim.Adam(variables, lr=self.learning_rate or 0.01)
+            optimizer = torch.optim.Adam(tensors, lr=self.learning_rate or 0.01)
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
@@ -144,15 +167,80 @@ class _PointEstimate(Engine):
             loss.backward()
             return loss
 
-        def step(state: None) -> tuple[None, float]:
+        def snapshot() -> list[torch.Tensor]:
+            return [tensor.detach().clone() for tensor in tensors]
+
+        with torch.no_grad():
+            path = [(snapshot(), float(log_objective()))]
+
+        def step(state: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
             optimizer.step(closure)
             with torch.no_grad():
-                return state, float(log_objective())
+                value = float(log_objective())
+            point = snapshot()
+            if math.isfinite(value):
+                path.append((point, value))
+            return point, value
 
-        return iterate(
-            step, None, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name,
-            objective="log_joint" if self.include_priors else "log_likelihood",
+        try:
+            progress = iterate(
+                step, path[0][0], num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name,
+                objective=self._objective_name,
+            )
+        except EngineFailure as failure:
+            runaway = find_runaway(variables, path, log_objective)
+            if runaway is None:
+                raise
+            raise EngineFailure(self._no_mode_message(runaway, path, variables), partial=failure.partial) from None
+        runaway = find_runaway(variables, path, log_objective)
+        if runaway is not None:
+            raise EngineFailure(self._no_mode_message(runaway, path, variables), partial=progress)
+        return progress
+
+    def _no_mode_message(self, runaway: Runaway, path: list, variables: list[Variable]) -> str:
+        variable = next(v for v in variables if v.site == runaway.site)
+        where = f"{runaway.site}{list(runaway.index) if runaway.index else ''}"
+        edge = _edge(variable, runaway)
+        value = float(biject_to(variable.support)(variable.tensor.detach()).reshape(-1)[_flat(variable.tensor, runaway.index)])
+        estimate = "MAP estimate" if self.include_priors else "maximum-likelihood estimate"
+        return (
+            f"{self.name}: no mode: the {self._objective_name} keeps rising as {where} runs to the boundary of its "
+            f"support ({where} -> {edge}; {value:.3g} after {len(path) - 1} iterations, {self._objective_name} "
+            f"{path[-1][1]:.6g}, up {runaway.gain:.3g} over the last stretch), so no {estimate} exists inside the "
+            f"support. The density is unbounded there or has its supremum on the boundary (e.g. a hierarchical scale "
+            f"collapsing to 0): sample the posterior with 'nuts', or give {runaway.site!r} a prior that keeps it off "
+            "the boundary; if the value really is this extreme, rescale the data"
         )
+
+
+def _flat(tensor: torch.Tensor, index: tuple[int, ...]) -> int:
+    return int(np.ravel_multi_index(index, tuple(tensor.shape))) if index else 0
+
+
+def _edge(variable: Variable, runaway: Runaway) -> str:
+    """The limit of the element as its unconstrained coordinate goes to direction · ∞."""
+    with torch.no_grad():
+        far = variable.tensor.detach().clone()
+        flat = _flat(far, runaway.index)
+        far.view(-1)[flat] = runaway.direction * 1e4
+        return f"{float(biject_to(variable.support)(far).reshape(-1)[flat]):g}"
+
+
+class _Constrained(Messenger):
+    """Sets each named latent to T(u) with T = ``biject_to`` of its support *in this run*: a
+    support that depends on other latents (β flat on (0, 1 − α)) maps u through its own
+    interval at the current α, so every point the optimiser visits is inside the support."""
+
+    def __init__(self, unconstrained: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.unconstrained = unconstrained
+
+    def _pyro_sample(self, msg: dict) -> None:
+        u = self.unconstrained.get(msg["name"])
+        if u is None or msg["is_observed"]:
+            return
+        msg["value"] = biject_to(msg["fn"].support)(u)
+        msg["is_observed"] = True  # as poutine.condition marks it: scored, not sampled
 
 
 @register

@@ -109,10 +109,11 @@ def test_engines_that_draw_from_the_prior_refuse_a_flat_prior():
 
 
 def test_map_without_a_mode_fails_keeping_the_last_point():
-    """The centred eight schools' joint density is unbounded as τ → 0: no MAP exists."""
+    """The centred eight schools' joint density is unbounded as τ → 0: no MAP exists. Where
+    the optimiser stops (a stalled line search, or NaN) depends on the machine; the error does not."""
     from ppgen.errors import EngineFailure
     from ppgen.models.posteriordb import eight_schools_centered, load_eight_schools
 
-    with pytest.raises(EngineFailure, match=r"map: log_joint became nan at iteration \d+") as caught:
+    with pytest.raises(EngineFailure, match=r"map: no mode: the log_joint keeps rising as tau runs to the boundary of its support \(tau -> 0;") as caught:
         ppgen.infer(eight_schools_centered, engine="map", **load_eight_schools().data)
     assert caught.value.partial.num_iterations > 0

@@ -80,3 +80,76 @@ def test_mle_with_flat_prior_is_least_squares():
     coefficients, residuals, *_ = np.linalg.lstsq(design, data["kid_score"], rcond=None)
     np.testing.assert_allclose(result.params["beta"], coefficients, rtol=1e-5)
     np.testing.assert_allclose(result.params["sigma"], np.sqrt(residuals[0] / len(design)), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# No mode: a site running to the boundary of its support
+
+
+def _normal_flat(x=None):
+    """x_i ~ N(m, s) with flat priors on m ∈ ℝ and s > 0: the MLE is (x̄, the biased sd)."""
+    m = ppgen.sample("m", ppgen.dist.ImproperUniform(ppgen.dist.constraints.real, (), ()))
+    s = ppgen.sample("s", ppgen.dist.ImproperUniform(ppgen.dist.constraints.positive, (), ()))
+    with ppgen.plate("n", len(x)):
+        ppgen.sample("x", ppgen.dist.Normal(m, s), obs=x)
+
+
+@pytest.mark.parametrize("engine", ["map", "mle"])
+def test_one_observation_has_no_scale_estimate(engine):
+    """log N(x | m, s) = −log s − … → +∞ as s → 0 with m = x: no estimate of s exists."""
+    from ppgen.errors import EngineFailure
+
+    with pytest.raises(EngineFailure, match=rf"{engine}: no mode: .* as s runs to the boundary of its support \(s -> 0;") as caught:
+        ppgen.infer(_normal_flat, np.array([3.0]), engine=engine)
+    assert caught.value.partial.num_iterations >= 1
+
+
+def _varying_intercepts(y=None, num_groups=6):
+    """Centred hierarchy, other names and sizes than eight schools: log p ~ −G log ω as ω → 0."""
+    centre = ppgen.sample("centre", ppgen.dist.Normal(0.0, 10.0))
+    omega = ppgen.sample("omega", ppgen.dist.HalfNormal(3.0))
+    with ppgen.plate("groups", num_groups):
+        effect = ppgen.sample("effect", ppgen.dist.Normal(centre, omega))
+        ppgen.sample("y", ppgen.dist.Normal(effect, 2.0), obs=y)
+
+
+def test_a_collapsing_hierarchical_scale_has_no_map():
+    from ppgen.errors import EngineFailure
+
+    y = np.array([1.0, 2.0, -1.0, 0.5, 3.0, -2.0])
+    with pytest.raises(EngineFailure, match=r"map: no mode: .* as omega runs to the boundary .*\(omega -> 0;"):
+        ppgen.infer(_varying_intercepts, y, engine="map")
+
+
+def test_a_mode_far_from_the_start_is_found_not_refused():
+    """A small scale (0.001, seven units of log s from the start at s = 1) is a mode: the
+    profile falls beyond it, so the run ends normally at the closed form."""
+    x = np.random.default_rng(0).normal(0.5, 1e-3, size=50)
+    result = ppgen.learn(_normal_flat, x, engine="mle")
+    assert result.params["m"] == pytest.approx(x.mean(), rel=1e-6)
+    assert result.params["s"] == pytest.approx(x.std(), rel=1e-5)
+
+
+def test_a_bounded_supremum_on_the_boundary_is_returned():
+    """All heads: log p(x | ρ) = n log ρ rises to 0 as ρ → 1, a finite supremum: ρ̂ = 1."""
+    result = ppgen.learn(basics.coin, np.ones(20), engine="mle")
+    assert result.params["rho"] == pytest.approx(1.0, abs=1e-6)
+
+
+def _dependent_interval(first=None, second=None):
+    """a ~ U(0, 1); b flat on (0, 1 − a): b's support depends on a."""
+    a = ppgen.sample("a", ppgen.dist.Uniform(0.0, 1.0))
+    b = ppgen.sample("b", ppgen.dist.ImproperUniform(ppgen.dist.constraints.interval(0.0, 1.0 - a), (), ()))
+    with ppgen.plate("n", len(first)):
+        ppgen.sample("first", ppgen.dist.Normal(a, 0.1), obs=first)
+        ppgen.sample("second", ppgen.dist.Normal(b, 0.1), obs=second)
+
+
+def test_map_maps_each_point_through_its_own_support():
+    """With flat priors inside a + b < 1 the mode is the pair of sample means (0.2, 0.6); the
+    optimiser starts at a = 0.5, where b's interval is (0, 0.5)."""
+    rng = np.random.default_rng(2)
+    first, second = rng.normal(0.2, 0.1, 40), rng.normal(0.6, 0.1, 40)
+    result = ppgen.infer(_dependent_interval, first, second, engine="map")
+    assert result.params["a"] == pytest.approx(first.mean(), abs=1e-6)
+    assert result.params["b"] == pytest.approx(second.mean(), abs=1e-6)
