@@ -25,6 +25,7 @@ import numpy as np
 from ppgen.catalogue import Example, Simulated, catalogue
 from ppgen.diagram import diagram_spec, to_graphviz
 from ppgen.engine import check_all, engine_options, registered_engines
+from ppgen.errors import ConvergenceWarning, ReliabilityWarning
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 from ppgen.verbs import infer
@@ -43,6 +44,7 @@ class EngineRun:
     result: Optional[Result] = None
     error: Optional[str] = None
     skipped: Optional[str] = None
+    cautions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,12 +110,21 @@ def run_example(example: Example, quick: bool, engines: Optional[list[str]] = No
 def _run_engine(example: Example, simulated: Simulated, engine: str, quick: bool) -> EngineRun:
     options = _engine_options(example, engine, quick)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             result = infer(example.model, engine=engine, **simulated.data, **options)
-        return EngineRun(engine, result=result)
+        return EngineRun(engine, result=result, cautions=_cautions(result, caught))
     except Exception as error:  # the tour reports failures instead of stopping
         return EngineRun(engine, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
+
+
+def _cautions(result: Result, caught: list[warnings.WarningMessage]) -> list[str]:
+    """Why a run that returned should not be read as a plain success: ppgen's convergence and
+    reliability warnings, and a result that says it did not converge."""
+    notes = [str(w.message) for w in caught if issubclass(w.category, (ConvergenceWarning, ReliabilityWarning))]
+    if result.converged is False and not notes:
+        notes.append(f"{result.engine}: did not converge")
+    return list(dict.fromkeys(notes))
 
 
 # ------------------------------------------------------------------------------------------
@@ -251,6 +262,7 @@ def _run_html(report: ModelReport, run: EngineRun, globals_: list[str]) -> str:
         return f"<h4>{run.engine}</h4><pre class='error'>{html.escape(run.error)}</pre>"
     result = run.result
     parts = [f"<h4>{run.engine}</h4>"]
+    parts.extend(f"<p class='caution'>⚠ {html.escape(note)}</p>" for note in run.cautions)
     facts = [f"time {result.seconds:.2f} s"]
     if result.log_evidence is not None:
         facts.append(f"log p(x): {html.escape(str(result.log_evidence))}")
@@ -327,6 +339,9 @@ def _capability_table(reports: list[ModelReport]) -> str:
                 cells.append(f"<span class='muted' title='{title}'>—</span>")
             elif run.error:
                 cells.append(f"<span class='error' title='{html.escape(run.error.splitlines()[0])}'>failed</span>")
+            elif run.cautions:
+                title = html.escape(" | ".join(run.cautions))
+                cells.append(f"<span class='caution' title='{title}'>⚠ {run.result.seconds:.1f}s</span>")
             else:
                 cells.append(f"✓ {run.result.seconds:.1f}s")
         rows.append(cells)
@@ -339,7 +354,7 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
 .row { display: flex; gap: 2em; flex-wrap: wrap; } .col { flex: 1; min-width: 420px; }
-.muted { color: #888; } .error { color: #b00; }
+.muted { color: #888; } .error { color: #b00; } .caution { color: #b60; }
 section { border-top: 2px solid #ddd; margin-top: 2em; }
 svg { max-width: 100%; height: auto; }
 """

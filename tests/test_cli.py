@@ -24,3 +24,31 @@ def test_tour_writes_report(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert "Capability table" in page and "<svg" in page and "def coin" in page
     assert re.search(r"<h4>map</h4>\s*<p>time [0-9.]+ s", page)
+
+
+def test_tour_marks_a_run_that_warned_or_did_not_converge():
+    """A run that returned with a convergence or reliability warning, or converged=False, is
+    never a plain ✓ in the capability table."""
+    import warnings
+
+    from ppgen.catalogue import catalogue
+    from ppgen.errors import ConvergenceWarning
+    from ppgen.results import Result
+    from ppgen.tour import EngineRun, ModelReport, _capability_table, _cautions
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("em: the objective did not converge", ConvergenceWarning)
+        warnings.warn("an unrelated deprecation", DeprecationWarning)
+    assert _cautions(Result("em"), caught) == ["em: the objective did not converge"]
+    assert _cautions(Result("cavi", converged=False), []) == ["cavi: did not converge"]
+    assert _cautions(Result("cavi", converged=True), []) == []
+
+    example = next(e for e in catalogue() if e.name == "coin")
+    runs = [
+        EngineRun("good", result=Result("good", converged=True)),
+        EngineRun("stalled", result=Result("stalled", converged=False), cautions=["stalled: did not converge"]),
+    ]
+    table = _capability_table([ModelReport(example, None, None, runs)])
+    assert re.search(r"<td>✓ [0-9.]+s</td>", table)
+    assert "title='stalled: did not converge'>⚠" in table
