@@ -286,6 +286,7 @@ class SVI(Engine):
                 if fit.progress.interrupted or (until_agree and record.agree(_AGREEMENT * bound.stderr * math.sqrt(2))):
                     break
             fit = record.best
+            store.clear()
             store.set_state(fit.store)
             latent = {name: fit.guided[name] for name in structure.latent if name in fit.guided}
             samples = draw_from_guide(fit.guide, fit.args, fit.kwargs, self.num_samples, latent, fit.batch_rank) if latent else {}
@@ -363,7 +364,10 @@ class SVI(Engine):
         out = {}
         with torch.no_grad():
             if fit.enumerated:
-                computed = TraceEnum_ELBO(max_plate_nesting=fit.loss.max_plate_nesting).compute_marginals(fit.program, fit.guide, *fit.args, **fit.kwargs)
+                try:
+                    computed = TraceEnum_ELBO(max_plate_nesting=fit.loss.max_plate_nesting).compute_marginals(fit.program, fit.guide, *fit.args, **fit.kwargs)
+                except NotImplementedError:  # the guide enumerates too: no marginals to read
+                    computed = {}
                 for name in fit.enumerated:
                     if name in computed and hasattr(computed[name], "probs"):
                         out[name] = to_numpy(computed[name].probs)
