@@ -13,10 +13,13 @@ together and the run stops there, reporting convergence. Two defences, shared by
   program's structure, not from a model name: k-means++ on the data rows of a latent with one
   value per datum (a mixture), spectral clustering of the pairs a latent indexes two at a
   time (a block model: ``x_ij ~ p(· | θ[z_i, z_j])``).
-* **Detection.** A categorical latent whose q (or posterior) rows carry almost no information
-  about which element they belong to, I(n; z) < ``0.01 · log K`` under q(n, z) = q_n(z) / N, sits
-  at a symmetric point: the engine warns (:class:`~ppgen.errors.ConvergenceWarning` naming the
-  site), lists it in ``diagnostics["symmetric"]`` and reports ``converged=False``.
+* **Detection.** A categorical latent whose q (or posterior) rows are all the same spread-out
+  vector sits at a symmetric point: they carry almost no information about which element they
+  belong to, I(n; z) < ``0.01 · log K`` under q(n, z) = q_n(z) / N, while the common row is not
+  concentrated on one category (H(q̄) ≥ ``0.1 · log K``; every element confidently in the same
+  category, as the few sequences of one time step of a chain can be, is not a symmetric
+  point). The engine warns (:class:`~ppgen.errors.ConvergenceWarning` naming the site), lists
+  it in ``diagnostics["symmetric"]`` and reports ``converged=False``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ NUM_RESTARTS_AUTO = 4
 the starts stop once two of them reach the best bound)."""
 
 SYMMETRY_THRESHOLD = 0.01
-"""A site is symmetric when I(n; z) < SYMMETRY_THRESHOLD · log K."""
+"""A site is symmetric when I(n; z) < SYMMETRY_THRESHOLD · log K ..."""
+
+SPREAD_THRESHOLD = 0.1
+"""... and H(q̄) ≥ SPREAD_THRESHOLD · log K."""
 
 Restarts = Union[int, str]
 
@@ -104,30 +110,38 @@ class StartRecord:
 # symmetric points
 
 
-def information(probs: Any) -> float:
-    """Mutual information between element and category, I(n; z) = H(q̄) − mean_n H(q_n), in
-    units of log K (0: every row the same vector; 1: every row one-hot, categories used equally).
-
-    ``probs`` has shape (*elements, K); rows are normalised probabilities."""
+def _entropies(probs: Any) -> tuple[float, float, int]:
+    """(H(q̄), mean_n H(q_n), K) of rows ``probs`` of shape (*elements, K)."""
     p = np.asarray(probs, dtype=np.float64)
     K = p.shape[-1]
     p = p.reshape(-1, K)
     mean = p.mean(0)
     entropy_of_mean = -np.sum(mean * np.log(np.clip(mean, 1e-300, None)))
     mean_entropy = -np.sum(p * np.log(np.clip(p, 1e-300, None))) / p.shape[0]
-    return float(max(entropy_of_mean - mean_entropy, 0.0) / math.log(K))
+    return float(entropy_of_mean), float(mean_entropy), K
 
 
-def symmetric_sites(marginals: dict[str, Any], threshold: float = SYMMETRY_THRESHOLD) -> list[str]:
+def information(probs: Any) -> float:
+    """Mutual information between element and category, I(n; z) = H(q̄) − mean_n H(q_n), in
+    units of log K (0: every row the same vector; 1: every row one-hot, categories used equally).
+
+    ``probs`` has shape (*elements, K); rows are normalised probabilities."""
+    entropy_of_mean, mean_entropy, K = _entropies(probs)
+    return max(entropy_of_mean - mean_entropy, 0.0) / math.log(K)
+
+
+def symmetric_sites(marginals: dict[str, Any]) -> list[str]:
     """Sites with two or more elements and categories whose rows of ``marginals[site]`` (shape
-    (*site_shape, K)) carry less than ``threshold`` of the possible information about the element:
-    every element has (nearly) the same q(z), as at the symmetric point of a mixture."""
+    (*site_shape, K)) are all (nearly) the same spread-out vector, as at the symmetric point of
+    a mixture (thresholds :data:`SYMMETRY_THRESHOLD`, :data:`SPREAD_THRESHOLD`)."""
     out = []
     for site, probs in marginals.items():
         shape = np.shape(probs)
         if len(shape) < 2 or shape[-1] < 2 or math.prod(shape[:-1]) < 2:
             continue
-        if information(probs) < threshold:
+        entropy_of_mean, mean_entropy, K = _entropies(probs)
+        spread = entropy_of_mean >= SPREAD_THRESHOLD * math.log(K)
+        if spread and entropy_of_mean - mean_entropy < SYMMETRY_THRESHOLD * math.log(K):
             out.append(site)
     return out
 
@@ -143,7 +157,7 @@ def _user_stacklevel() -> int:
 def warn_symmetric(engine: str, sites: list[str]) -> None:
     """The :class:`ConvergenceWarning` for a run that ended at a symmetric point, raised at
     the user's stack level."""
-    listed = ", ".join(repr(s) for s in sites)
+    listed = ", ".join(repr(s) for s in sites[:5]) + (f" and {len(sites) - 5} more sites" if len(sites) > 5 else "")
     warnings.warn(
         f"{engine}: the run ended at a symmetric point: every element of {listed} has nearly the same "
         "posterior over its categories (the components are not told apart); raise num_restarts, or pass "

@@ -246,7 +246,8 @@ def test_information_closed_forms():
     # two elements, rows (1, 0) and (1/2, 1/2): I = H(3/4, 1/4) − H(1/2, 1/2) / 2, over log 2
     expected = (-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) - 0.5 * np.log(2)) / np.log(2)
     assert information(np.array([[1.0, 0.0], [0.5, 0.5]])) == pytest.approx(expected)
-    assert symmetric_sites({"a": np.full((5, 2), 0.5), "b": np.eye(2), "single": np.full((1, 2), 0.5)}) == ["a"]
+    same = {"a": np.full((5, 2), 0.5), "b": np.eye(2), "single": np.full((1, 2), 0.5), "all_in_one": np.tile([0.995, 0.005], (4, 1))}
+    assert symmetric_sites(same) == ["a"]
 
 
 def test_start_order():
