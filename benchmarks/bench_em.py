@@ -62,7 +62,7 @@ def main() -> None:
         return model.score(x), model
 
     def ppgen_fit():
-        result = ppgen.learn(gaussian_mixture, x, K=k, engine="em", num_steps=steps, tol=0.0, init_params=init)
+        result = ppgen.learn(gaussian_mixture, x, K=k, engine="em", num_steps=steps, tol=0.0, init_params=init, num_restarts=1)
         return result.traces["log_likelihood"][-1] / num_data, result
 
     times: dict[str, list[float]] = {"scikit-learn": [], "ppgen em": []}

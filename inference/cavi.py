@@ -30,7 +30,7 @@ import inspect as pyinspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import pyro
@@ -45,7 +45,19 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 
 from ._conjugate import ConjugateGraph, Factor, NotConjugate, compile_program, structural_reason
+from ._cavi_starts import CategoricalStarts
 from ._discrete import small_ops
+from ._restarts import (
+    INITS,
+    Restarts,
+    StartRecord,
+    check_restart_options,
+    resolve_restarts,
+    start_kinds,
+    symmetric_sites,
+    warn_symmetric,
+    warn_unconverged,
+)
 from ._vi import Info, pyro_arguments
 
 
@@ -178,20 +190,9 @@ class _Updater:
         return CAVIState(eta, probs, elbo)
 
     # ---- initialisation -----------------------------------------------------------------------
-    def initial_state(self, init: dict[str, Any]) -> CAVIState:
-        probs: dict[str, torch.Tensor] = {}
-        for name in self.categorical:
-            node = self.graph.nodes[name]
-            site = node.sites[0]
-            if site in init:
-                given = torch.as_tensor(np.asarray(to_numpy(init[site])), dtype=torch.get_default_dtype())
-                expected = node.value_shapes[0] + (node.cardinality,)
-                if tuple(given.shape) != expected:
-                    raise ValueError(f"cavi: init[{site!r}] must have shape {expected} (probabilities), got {tuple(given.shape)}")
-                probs[name] = (given / given.sum(-1, keepdim=True)).reshape(node.num_elements, node.cardinality)
-            else:
-                draws = -torch.log(torch.rand(node.num_elements, node.cardinality))
-                probs[name] = draws / draws.sum(-1, keepdim=True)
+    def initial_state(self, probs: dict[str, torch.Tensor]) -> CAVIState:
+        """q(z) of every categorical node as given (node -> (num_elements, K)); every continuous
+        node at its prior given its parents' q."""
         eta: dict[str, torch.Tensor] = {}
         for name in self.continuous:  # program order: a node's prior parents come before it
             eta[name] = self._prior_message(name, eta, probs)
@@ -220,6 +221,9 @@ class _Updater:
         return gradient[:, :-1]
 
 
+_INITS = tuple(kind for kind in INITS if kind != "program")
+
+
 @register
 class CAVI(Engine):
     """Coordinate-ascent mean-field VI for conjugate-exponential programs.
@@ -229,17 +233,27 @@ class CAVI(Engine):
     num_steps : maximum number of sweeps (each updates every latent once).
     tol : stop when the ELBO changes by at most ``tol * max(1, |ELBO|)`` between sweeps.
     num_samples : draws from the fitted q returned in ``Result.samples``.
-    init : optional initial probabilities for categorical latents, ``{site: array of shape
-        (*site_shape, K)}`` (e.g. k-means responsibilities), or ``{site: callable}`` called with
-        the model's arguments it names (``spectral_init(adjacency, K)``); random otherwise.
+    num_restarts : number of starts; the one with the best final ELBO is kept. ``"auto"``: up to
+        4 when the program has a categorical latent, stopping once two starts reach the best
+        ELBO (within ``max(tol, 1e-6) * |ELBO|``), else 1.
+    init : the first start of the categorical latents. ``"auto"`` (each latent's start read from
+        the program, see :mod:`~ppgen.inference._cavi_starts`: spectral clustering for a latent
+        indexed in pairs, k-means++ on its data for a mixture latent, random otherwise),
+        ``"spectral"``, ``"kmeans++"``, ``"random"`` (random hard assignments), or
+        ``{site: array of shape (*site_shape, K)}`` (probabilities) / ``{site: callable}``
+        called with the model's arguments it names (``spectral_init(adjacency, K)``). Later
+        starts: the program's own starts for half, random hard assignments for the rest.
     blocks : join a Normal latent with the Gamma precision its scale depends on into one
         Normal–Gamma factor q(μ, τ) (the conjugate Normal–Gamma prior); ``False`` factorises them.
-    seed, progress : random seed (initialisation, draws) and progress bar.
+    seed, progress : random seed (starts, draws) and progress bar.
 
     Returns a :class:`~ppgen.Result` with ``samples`` drawn from q, ``params`` (the variational
     parameters: ``"mu.loc"``, ``"mu.scale"``, ``"pi.concentration"``, ``"z.probs"``, ...),
     ``marginals`` (q(z) of categorical latents), ``log_evidence`` (the final ELBO, a lower
-    bound) and ``traces["elbo"]``.
+    bound), ``traces["elbo"]`` (of the kept start), ``diagnostics["restarts"]`` (every start's
+    final ELBO), ``diagnostics["starts"]`` (their kinds) and ``diagnostics["symmetric"]`` (the
+    categorical latents whose q(z) is the same for every element: a symmetric fixed point,
+    reported with a :class:`~ppgen.errors.ConvergenceWarning` and ``converged=False``).
 
     Examples
     --------
@@ -264,7 +278,8 @@ class CAVI(Engine):
         num_steps: int = 500,
         tol: float = 1e-6,
         num_samples: int = 1000,
-        init: Optional[dict[str, Any]] = None,
+        num_restarts: Restarts = "auto",
+        init: Union[str, dict[str, Any]] = "auto",
         blocks: bool = True,
         seed: int = 0,
         progress: bool = False,
@@ -275,12 +290,12 @@ class CAVI(Engine):
             raise ValueError(f"CAVI: tol must be >= 0, got {tol!r}")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"CAVI: num_samples must be a positive integer, got {num_samples!r}")
-        if init is not None and not isinstance(init, dict):
-            raise ValueError(f"CAVI: init must be a dict {{site: probabilities}}, got {type(init).__name__}")
+        check_restart_options("CAVI", num_restarts, init, _INITS, mapping=True)
         self.num_steps = num_steps
         self.tol = tol
         self.num_samples = num_samples
-        self.init = dict(init or {})
+        self.num_restarts = num_restarts
+        self.init = dict(init) if isinstance(init, dict) else init
         self.blocks = blocks
         self.seed = seed
         self.progress = progress
@@ -305,32 +320,68 @@ class CAVI(Engine):
                 raise EngineNotApplicable(f"engine 'cavi' does not apply to {structure.name}: {error}") from None
             compiled = time.perf_counter()
             updater = _Updater(graph)
-            state = updater.initial_state(self._initial_probabilities(graph, model, args, kwargs))
-            initialised = time.perf_counter()
-
-            def step(current: CAVIState) -> tuple[CAVIState, float]:
-                new = updater.sweep(current)
-                return new, new.elbo
-
-            progress = iterate(
-                step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name="cavi", objective="elbo"
-            )
+            record, starts_seconds = self._restarts(graph, updater, model, args, kwargs)
+            progress = record.best
             swept = time.perf_counter()
             result = self._result(graph, progress.state, progress, structure)
+        symmetric = symmetric_sites(result["marginals"])
+        if symmetric:
+            warn_symmetric("cavi", symmetric)
+        if self.tol > 0 and not progress.converged and not progress.interrupted:
+            warn_unconverged("cavi", self.tol, self.num_steps)
         diagnostics = {
             "nodes": Info({name: (node.family.name if node.family else f"Categorical({node.cardinality})") for name, node in graph.nodes.items()}),
             "num_factors": len(graph.factors),
             "program_runs": graph.program_runs,
             "compile_seconds": compiled - start,
-            "init_seconds": initialised - compiled,
-            "sweep_seconds": swept - initialised,
+            "init_seconds": starts_seconds,
+            "sweep_seconds": swept - compiled - starts_seconds,
+            **record.diagnostics(),
+            "symmetric": symmetric,
         }
+        result["converged"] = progress.converged and not symmetric
         return Result(**{**result, "diagnostics": diagnostics, "seconds": time.perf_counter() - start})
 
-    def _initial_probabilities(self, graph: ConjugateGraph, model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """``init`` with callables evaluated on the model's arguments (by parameter name)."""
-        categorical = {n.sites[0] for n in graph.nodes.values() if n.is_categorical}
-        unknown = set(self.init) - categorical
+    def _restarts(self, graph: ConjugateGraph, updater: _Updater, model: Callable, args: tuple, kwargs: dict) -> tuple[StartRecord, float]:
+        """Run every start to convergence; the record of their final ELBOs, the best run, and
+        the time spent making starts."""
+        count, until_agree = resolve_restarts(self.num_restarts, bool(updater.categorical))
+        first = "given" if isinstance(self.init, dict) else self.init
+        starts = CategoricalStarts(graph)
+        if first in ("spectral", "kmeans++") and not any(first in starts.kinds(n) for n in updater.categorical):
+            raise ValueError(f"CAVI: init={first!r} applies to no categorical latent of this program; use 'auto' or 'random'")
+        given = self._initial_probabilities(graph, model, args, kwargs) if first == "given" else {}
+        record, seconds = StartRecord(), 0.0
+
+        def step(current: CAVIState) -> tuple[CAVIState, float]:
+            new = updater.sweep(current)
+            return new, new.elbo
+
+        for index, kind in enumerate(start_kinds(first, count)):
+            began = time.perf_counter()
+            probs = {}
+            for name in updater.categorical:
+                site = graph.nodes[name].sites[0]
+                if kind == "given" and site in given:
+                    probs[name] = given[site]
+                else:
+                    value = starts.probabilities(name, starts.derived(name) if kind in ("auto", "given") else kind, self.seed + index)
+                    probs[name] = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            state = updater.initial_state(probs)
+            seconds += time.perf_counter() - began
+            progress = iterate(
+                step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name="cavi", objective="elbo", warn=False
+            )
+            record.add(kind, progress.state.elbo, progress)
+            if progress.interrupted or (until_agree and record.agree(max(self.tol, 1e-6) * max(1.0, abs(progress.state.elbo)))):
+                break
+        return record, seconds
+
+    def _initial_probabilities(self, graph: ConjugateGraph, model: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        """``init`` by site, callables evaluated on the model's arguments (by parameter name),
+        as probabilities of shape (num_elements, K)."""
+        categorical = {n.sites[0]: n for n in graph.nodes.values() if n.is_categorical}
+        unknown = set(self.init) - set(categorical)
         if unknown:
             raise ValueError(f"CAVI: init names {sorted(unknown)}, which are not categorical latent sites ({sorted(categorical)})")
         out = {}
@@ -340,7 +391,12 @@ class CAVI(Engine):
                 accepted = pyinspect.signature(value).parameters
                 takes_all = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
                 value = value(**{k: v for k, v in bound.items() if takes_all or k in accepted})
-            out[site] = value
+            node = categorical[site]
+            given = torch.as_tensor(np.asarray(to_numpy(value)), dtype=torch.get_default_dtype())
+            expected = node.value_shapes[0] + (node.cardinality,)
+            if tuple(given.shape) != expected:
+                raise ValueError(f"cavi: init[{site!r}] must have shape {expected} (probabilities), got {tuple(given.shape)}")
+            out[site] = (given / given.sum(-1, keepdim=True)).reshape(node.num_elements, node.cardinality)
         return out
 
     def _result(self, graph: ConjugateGraph, state: CAVIState, progress: Any, structure: ModelStructure) -> dict:

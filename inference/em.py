@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -44,7 +43,6 @@ from torch.distributions import transform_to
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
 from ppgen.driver import Progress, iterate
 from ppgen.engine import Engine, missing_data, register
-from ppgen.errors import ConvergenceWarning
 from ppgen.inference._discrete import (
     Enumeration,
     Factor,
@@ -71,12 +69,25 @@ from ppgen.inference._em_closed_form import (
     unwrap,
     update,
 )
+from ppgen.inference._restarts import (
+    INITS,
+    Restarts,
+    StartRecord,
+    check_restart_options,
+    kmeans_plus_plus,
+    random_labels,
+    resolve_restarts,
+    start_kinds,
+    symmetric_sites,
+    warn_symmetric,
+    warn_unconverged,
+)
 from ppgen.inference.enumerate import blocking_latent
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 
 _PROBE_SEED = 20240601
-_INITS = ("auto", "program", "kmeans++")
+_INITS = tuple(kind for kind in INITS if kind != "spectral")  # EM cannot sum out latents indexed in pairs
 
 
 def _global_latents(structure: ModelStructure) -> list[str]:
@@ -167,14 +178,20 @@ class EM(Engine):
     tol : float
         Stop when the objective changes by at most ``tol * max(1, |objective|)``; 0 runs
         exactly ``num_steps`` iterations.
-    num_restarts : int
-        Independent runs (k-means++ seeds ``seed``, ``seed + 1``, ...); the best objective wins.
-    init : {"auto", "program", "kmeans++"}
-        "program": ``param`` sites at their initial values, continuous latents at a prior draw;
-        "kmeans++": for a mixture (one discrete latent per datum), hard assignments from
-        k-means++ seeding followed by one M-step; "auto": k-means++ where it applies.
+    num_restarts : int or "auto"
+        Number of starts (seeds ``seed``, ``seed + 1``, ...); the best final objective wins and
+        every start's is recorded. ``"auto"``: up to 4 when starts can differ (a mixture, or
+        continuous globals drawn from their prior), stopping once two reach the best objective
+        (within ``max(tol, 1e-6) * |objective|``); else 1.
+    init : {"auto", "program", "kmeans++", "random"}
+        The first start. "program": ``param`` sites at their initial values, continuous latents
+        at a prior draw; "kmeans++": for a mixture (one discrete latent per datum), hard
+        assignments from k-means++ seeding followed by one M-step; "random": random hard
+        assignments followed by one M-step; "auto": k-means++ where it applies. Later starts:
+        the "auto" start for half, "random" for the rest (the program's start for a program
+        that is not a mixture).
     init_params : dict, optional
-        Starting values by site name (overrides ``init`` for those sites).
+        Starting values by site name for the first start (overriding ``init`` for those sites).
     reg_covar : float
         Added to every variance / covariance diagonal (keeps collapsing components finite).
     gradient_steps : int
@@ -205,7 +222,7 @@ class EM(Engine):
         self,
         num_steps: int = 100,
         tol: float = 1e-6,
-        num_restarts: int = 1,
+        num_restarts: Restarts = "auto",
         init: str = "auto",
         init_params: Optional[dict[str, Any]] = None,
         reg_covar: float = 1e-6,
@@ -217,10 +234,7 @@ class EM(Engine):
             raise ValueError(f"EM: num_steps must be a positive integer, got {num_steps!r}")
         if not tol >= 0:
             raise ValueError(f"EM: tol must be >= 0, got {tol!r}")
-        if not isinstance(num_restarts, (int, np.integer)) or num_restarts < 1:
-            raise ValueError(f"EM: num_restarts must be a positive integer, got {num_restarts!r}")
-        if init not in _INITS:
-            raise ValueError(f"EM: init must be one of {_INITS}, got {init!r}")
+        check_restart_options("EM", num_restarts, init, _INITS)
         if init_params is not None and not isinstance(init_params, dict):
             raise TypeError(f"EM: init_params must be a dict of site values, got {type(init_params).__name__}")
         if not reg_covar >= 0:
@@ -229,7 +243,7 @@ class EM(Engine):
             raise ValueError(f"EM: gradient_steps must be a positive integer, got {gradient_steps!r}")
         self.num_steps = int(num_steps)
         self.tol = float(tol)
-        self.num_restarts = int(num_restarts)
+        self.num_restarts = num_restarts
         self.init = init
         self.init_params = init_params
         self.reg_covar = float(reg_covar)
@@ -422,30 +436,34 @@ class EM(Engine):
     # ---------------------------------------------------------------------------------------
     # initialisation
 
-    def _initial_values(self, problem: _Problem, program_values: dict, restart: int) -> dict[str, torch.Tensor]:
+    def _initial_values(self, problem: _Problem, program_values: dict, restart: int, mode: str) -> dict[str, torch.Tensor]:
+        """Start ``restart`` of kind ``mode``; ``init_params`` apply to the first start only."""
         values = dict(program_values)
-        generator = torch.Generator().manual_seed(int(self.seed) + restart)
         for name in problem.latents:  # a prior draw breaks the symmetry of exchangeable components
             fn = problem.layout.trace.nodes[name]["fn"]
             torch.manual_seed(int(self.seed) + restart)
             values[name] = fn.sample().detach()
-        mode = self.init
-        if set(self.init_params or ()) >= set(problem.names):
+        given = self.init_params if restart == 0 else None
+        if set(given or ()) >= set(problem.names):
             mode = "program"  # every global is given: nothing to seed
         mixture = _mixture_rows(problem) if mode != "program" else None
         if mode == "auto":
             mode = "kmeans++" if mixture is not None else "program"
-        if mode == "kmeans++":
+        if mode in ("kmeans++", "random"):
             if mixture is None:
+                if restart > 0:
+                    return values  # a later start of a program that is not a mixture: its own start
                 raise ValueError(
-                    "EM: init='kmeans++' needs a mixture (one discrete latent per datum with observed children); "
+                    f"EM: init={mode!r} needs a mixture (one discrete latent per datum with observed children); "
                     "use init='program'"
                 )
             latent, data = mixture
-            assignment = _kmeans_plus_plus(data, latent.cardinality, generator)
-            weights = _hard_weights(problem, latent, assignment)
+            rng = np.random.default_rng(int(self.seed) + restart)
+            rows = to_numpy(data)
+            labels = kmeans_plus_plus(rows, latent.cardinality, rng) if mode == "kmeans++" else random_labels(rows.shape[0], latent.cardinality, rng)
+            weights = _hard_weights(problem, latent, torch.as_tensor(labels))
             values = self._m_step(problem, values, weights)
-        for name, value in (self.init_params or {}).items():
+        for name, value in (given or {}).items():
             if name not in values:
                 raise ValueError(f"EM: init_params names {name!r}, which is not a param site or continuous global latent ({sorted(values)})")
             values[name] = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value, dtype=values[name].dtype).reshape(values[name].shape)
@@ -476,24 +494,26 @@ class EM(Engine):
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation(), small_ops():
             torch.manual_seed(self.seed)
             problem, program_values = self._setup(model, args, kwargs, structure)
-            best: Optional[Progress[EMState]] = None
-            finals = []
-            for restart in range(self.num_restarts):
-                progress = self._fit(problem, self._initial_values(problem, program_values, restart))
-                finals.append(progress.state.log_joint)
-                if best is None or progress.state.log_joint > best.state.log_joint:
-                    best = progress
-            assert best is not None
+            differ = _mixture_rows(problem) is not None or bool(problem.latents)
+            count, until_agree = resolve_restarts(self.num_restarts, differ)
+            record = StartRecord()
+            for restart, kind in enumerate(start_kinds(self.init, count)):
+                progress = self._fit(problem, self._initial_values(problem, program_values, restart, kind))
+                bound = progress.state.log_joint
+                record.add(kind, bound, progress)
+                if progress.interrupted or (until_agree and record.agree(max(self.tol, 1e-6) * max(1.0, abs(bound)))):
+                    break
+            best: Progress[EMState] = record.best
             estimate = best.state.values
             final = problem.layout.with_factors(self._factors(problem, estimate))
             final.program = problem.program(estimate)
             posterior = exact_posterior(final, marginals=True, map_estimate=True)
+        marginals = {n: to_numpy(p) for n, p in posterior.marginals.items()}
+        symmetric = symmetric_sites(marginals)
+        if symmetric:
+            warn_symmetric("em", symmetric)
         if self.tol > 0 and not best.converged and not best.interrupted:
-            warnings.warn(
-                f"em: the objective did not converge to tol={self.tol} within num_steps={self.num_steps}; raise num_steps or loosen tol",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            warn_unconverged("em", self.tol, self.num_steps)
         history = np.asarray(best.state.history[1:], dtype=np.float64).reshape(-1, 2)
         traces = {"log_likelihood": history[:, 0]}
         if problem.latents:
@@ -505,11 +525,11 @@ class EM(Engine):
         return Result(
             engine=self.name,
             params=params,
-            marginals={n: to_numpy(p) for n, p in posterior.marginals.items()},
+            marginals=marginals,
             map_estimate=map_estimate,
             log_evidence=None if problem.latents else Estimate(log_likelihood, 0.0, "exact"),
             traces=traces,
-            converged=best.converged,
+            converged=best.converged and not symmetric,
             num_iterations=best.num_iterations,
             diagnostics={
                 "m_step": {n: problem.reasons[n] for n in problem.names},
@@ -517,7 +537,8 @@ class EM(Engine):
                 "evaluator": "exponential-family" if problem.fast else "traced",
                 "log_likelihood": log_likelihood,
                 "log_joint": best.state.log_joint,
-                "restarts": finals,
+                **record.diagnostics(),
+                "symmetric": symmetric,
             },
             seconds=time.perf_counter() - start,
         )
@@ -569,20 +590,6 @@ def _mixture_rows(problem: _Problem):
     if not columns:
         return None
     return latent, torch.cat(columns, -1)
-
-
-def _kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Assignment of each row to the nearest of k centres seeded by k-means++."""
-    n = data.shape[0]
-    centres = [data[torch.randint(n, (1,), generator=generator)].squeeze(0)]
-    nearest = ((data - centres[0]) ** 2).sum(-1)
-    for _ in range(1, k):
-        probs = nearest / nearest.sum() if nearest.sum() > 0 else torch.full((n,), 1.0 / n)
-        choice = torch.multinomial(probs, 1, generator=generator)
-        centres.append(data[choice].squeeze(0))
-        nearest = torch.minimum(nearest, ((data - centres[-1]) ** 2).sum(-1))
-    distances = torch.cdist(data, torch.stack(centres))
-    return distances.argmin(-1)
 
 
 def _hard_weights(problem: _Problem, latent, assignment: torch.Tensor) -> dict[str, torch.Tensor]:

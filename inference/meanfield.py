@@ -10,7 +10,7 @@ why (the site that ruled coordinate ascent out, when it was).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from ppgen.engine import Engine, register
 from ppgen.errors import EngineNotApplicable
@@ -30,7 +30,7 @@ class MeanField(Engine):
     ----------
     num_steps : sweeps (cavi) or gradient steps (advi); None for each engine's default.
     tol : convergence tolerance (cavi; advi runs all its steps unless given).
-    init : initial categorical probabilities for cavi (see :class:`~ppgen.inference.cavi.CAVI`).
+    num_restarts, init : starts of cavi's categorical latents (see :class:`~ppgen.inference.cavi.CAVI`).
     learning_rate : advi's step size.
     num_samples, seed, progress : as for both engines.
 
@@ -51,14 +51,15 @@ class MeanField(Engine):
         self,
         num_steps: Optional[int] = None,
         tol: Optional[float] = None,
-        init: Optional[dict[str, Any]] = None,
+        num_restarts: Union[int, str] = "auto",
+        init: Union[str, dict[str, Any]] = "auto",
         learning_rate: float = 0.02,
         num_samples: int = 1000,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
         common = {"num_samples": num_samples, "seed": seed, "progress": progress}
-        cavi_options = dict(common, init=init)
+        cavi_options = dict(common, init=init, num_restarts=num_restarts)
         advi_options = dict(common, learning_rate=learning_rate)
         if num_steps is not None:
             cavi_options["num_steps"] = advi_options["num_steps"] = num_steps

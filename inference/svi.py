@@ -21,7 +21,9 @@ are summed out (``TraceEnum_ELBO``). With an amortised Gaussian guide the KL ter
 from __future__ import annotations
 
 import copy
+import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -30,18 +32,42 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoNormal
-from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
 from pyro.poutine.messenger import Messenger
 
-from ppgen.backend import torch_precision, use_backend
+from ppgen.backend import to_numpy, torch_precision, use_backend
 from ppgen.engine import Engine, missing_data, register
-from ppgen.results import Result
+from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
 
 from ._gradient_steps import GradientSteps, optimizer_factory
+from ._restarts import INITS, Restarts, StartRecord, check_restart_options, resolve_restarts, start_kinds, symmetric_sites, warn_symmetric
 from ._vi import Info, check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi
 
 ELBOS = ("auto", "trace", "meanfield")
+_INITS = tuple(kind for kind in INITS if kind in ("auto", "program", "random"))
+_AGREEMENT = 2.0  # starts agree when their ELBO estimates differ by at most 2 standard errors of the difference
+
+
+@dataclass
+class _Fit:
+    """One trained start and what the result is read from."""
+
+    progress: Any
+    estimate: Estimate
+    store: dict
+    guide: Callable
+    guide_name: str
+    program: Callable
+    loss: Any
+    args: tuple
+    kwargs: dict
+    copies: dict
+    guided: dict
+    batch_rank: int
+    enumerated: list
+    plate: Optional[str]
+    training_seconds: float
 
 
 class _ScalePlate(Messenger):
@@ -99,12 +125,24 @@ class SVI(Engine):
     copy_modules : train copies of the torch modules passed as arguments and of the encoder
         (the originals stay untouched, so runs are reproducible); the trained ones are in
         ``Result.diagnostics["modules"]``. With ``False`` the given modules are trained in place.
+    num_restarts : number of starts (seeds ``seed``, ``seed + 1``, ...); the one with the best
+        final ELBO estimate is kept. ``"auto"``: up to 4 when the program has a discrete latent
+        (a mixture's components can collapse onto each other), stopping once two starts' ELBOs
+        agree within two standard errors of their difference; else 1. Needs ``copy_modules``.
+    init : the first start of the automatic guide: ``"auto"`` / ``"program"`` (the prior
+        median, ``init_to_median``) or ``"random"`` (a prior draw, ``init_to_sample``); later
+        starts are prior draws. A guide program starts from its own parameters, differently
+        seeded per start.
     tol, seed, progress : early stopping on the (noisy) ELBO (0: run all steps), seed, progress bar.
 
     Returns a :class:`~ppgen.Result` with ``params`` (the parameter store: guide and model
     parameters, modules as ``name$$$weight``), ``samples`` (latents drawn from the guide on the
     full data), ``log_evidence`` (ELBO ± standard error, a lower bound), ``traces["elbo"]``
-    (per-step full-data estimates) and ``diagnostics["modules"]`` (trained modules by name).
+    (per-step full-data estimates), ``diagnostics["modules"]`` (trained modules by name),
+    ``diagnostics["restarts"]`` (every start's final ELBO estimate) and, for programs with
+    discrete latents, ``marginals`` (q of each discrete latent) and ``diagnostics["symmetric"]``
+    (the latents whose q is the same for every datum: collapsed components, reported with a
+    :class:`~ppgen.errors.ConvergenceWarning` and ``converged=False``).
 
     Examples
     --------
@@ -133,6 +171,8 @@ class SVI(Engine):
         num_elbo_evaluations: int = 10,
         clip_norm: float = 10.0,
         copy_modules: bool = True,
+        num_restarts: Restarts = "auto",
+        init: str = "auto",
         tol: float = 0.0,
         seed: int = 0,
         progress: bool = False,
@@ -146,6 +186,13 @@ class SVI(Engine):
             raise ValueError(f"SVI: elbo must be one of {ELBOS}, got {elbo!r}")
         if not isinstance(num_elbo_evaluations, int) or num_elbo_evaluations < 1:
             raise ValueError(f"SVI: num_elbo_evaluations must be a positive integer, got {num_elbo_evaluations!r}")
+        check_restart_options("SVI", num_restarts, init, _INITS)
+        if not copy_modules and num_restarts not in ("auto", 1):
+            raise ValueError(f"SVI: num_restarts={num_restarts!r} needs copy_modules=True (every start trains fresh copies of the modules)")
+        if guide is not None and init != "auto":
+            raise ValueError(f"SVI: init={init!r} sets the start of the automatic guide; a guide program starts from its own parameters (use init='auto')")
+        self.num_restarts = num_restarts
+        self.init = init
         self.guide = guide
         self.num_steps = int(num_steps)
         self.learning_rate = float(learning_rate)
@@ -191,11 +238,13 @@ class SVI(Engine):
         return max(candidates, key=lambda name: structure.plates[name].size)
 
     def _guide_program(
-        self, model: Callable, structure: ModelStructure, discrete: list[str], minibatch: dict[str, Any]
+        self, model: Callable, structure: ModelStructure, discrete: list[str], minibatch: dict[str, Any], kind: str
     ) -> tuple[Callable, str]:
         if self.guide is None:
+            # the program's start (the prior median) or a prior draw, which breaks the
+            # symmetry of exchangeable components that the median keeps
             guide = AutoNormal(
-                poutine.block(model, hide=discrete), init_loc_fn=init_to_median, init_scale=0.1,
+                poutine.block(model, hide=discrete), init_loc_fn=init_to_sample if kind == "random" else init_to_median, init_scale=0.1,
                 create_plates=self._minibatch_plate(structure, minibatch),
             )
             return guide, "AutoNormal"
@@ -223,62 +272,117 @@ class SVI(Engine):
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
         structure = inspect(model, *args, **kwargs)
-        copies: dict[int, torch.nn.Module] = {}
-        if self.copy_modules:
-            args, kwargs = _copy_modules(args, copies), _copy_modules(kwargs, copies)
-        args, kwargs = pyro_arguments(args, kwargs)
+        discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
+        count, until_agree = resolve_restarts(self.num_restarts, bool(discrete_latents) and self.copy_modules)
         with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
-            torch.manual_seed(self.seed)
             store = pyro.get_param_store()
-            discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
-            minibatch: dict[str, Any] = {"index": None}  # the step's data indices, while training
-            guide, guide_name = self._guide_program(model, structure, discrete_latents, minibatch)
-            guided, batch_rank = guide_sites(guide, args, kwargs)
-            enumerated = [name for name in discrete_latents if name not in guided]
-            missing = [name for name, site in structure.latent.items() if not site.is_discrete and name not in guided]
-            if missing:
-                raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
-            program = config_enumerate(model, default="parallel") if enumerated else model
-            loss = self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
-            optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
-            step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
-            if plate is None:
-                steps = GradientSteps(program, guide, loss, optimizer)
-            else:
-                # AutoNormal's own subsampled plate scales its sites; other guides see the sliced data
-                scaled_guide = guide if self.guide is None else _scaled(guide, plate, factor)
-                steps = GradientSteps(_scaled(program, plate, factor), scaled_guide, loss, optimizer)
-            training_start = time.perf_counter()
-            try:
-                progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name)
-            finally:
-                minibatch["index"] = None
-            training_seconds = time.perf_counter() - training_start
-            estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
-            latent = {name: guided[name] for name in structure.latent if name in guided}
-            samples = draw_from_guide(guide, args, kwargs, self.num_samples, latent, batch_rank) if latent else {}
+            record = StartRecord()
+            for index, kind in enumerate(start_kinds(self.init, count, derived="random")):
+                store.clear()
+                torch.manual_seed(self.seed + index)
+                fit = self._fit(model, structure, discrete_latents, args, kwargs, kind)
+                bound = fit.estimate
+                record.add(kind, bound.value, fit)
+                if fit.progress.interrupted or (until_agree and record.agree(_AGREEMENT * bound.stderr * math.sqrt(2))):
+                    break
+            fit = record.best
+            store.clear()
+            store.set_state(fit.store)
+            latent = {name: fit.guided[name] for name in structure.latent if name in fit.guided}
+            samples = draw_from_guide(fit.guide, fit.args, fit.kwargs, self.num_samples, latent, fit.batch_rank) if latent else {}
             params = param_values(store)
-            modules = self._named_modules(guide, copies, args, kwargs, store)
+            modules = self._named_modules(fit.guide, fit.copies, fit.args, fit.kwargs, store)
+            marginals = self._discrete_marginals(fit) if discrete_latents else {}
+        symmetric = symmetric_sites(marginals)
+        if symmetric:
+            warn_symmetric("svi", symmetric)
+        converged = fit.progress.converged if self.tol > 0 else None
         return Result(
             engine=self.name,
             samples=samples,
             params=params,
-            log_evidence=estimate,
-            traces={"elbo": np.asarray(progress.objectives)},
-            converged=progress.converged if self.tol > 0 else None,
-            num_iterations=progress.num_iterations,
+            marginals=marginals,
+            log_evidence=fit.estimate,
+            traces={"elbo": np.asarray(fit.progress.objectives)},
+            converged=False if symmetric else converged,
+            num_iterations=fit.progress.num_iterations,
             diagnostics={
-                "guide": guide_name,
-                "elbo": type(loss).__name__,
-                "enumerated": enumerated,
+                "guide": fit.guide_name,
+                "elbo": type(fit.loss).__name__,
+                "enumerated": fit.enumerated,
                 "subsample_size": self.subsample_size,
-                "subsample_plate": plate,
+                "subsample_plate": fit.plate,
                 "modules": Info(modules),
-                "elbo_stderr": estimate.stderr,
-                "training_seconds": training_seconds,
+                "elbo_stderr": fit.estimate.stderr,
+                "training_seconds": fit.training_seconds,
+                **record.diagnostics(),
+                "symmetric": symmetric,
             },
             seconds=time.perf_counter() - start,
         )
+
+    def _fit(self, model: Callable, structure: ModelStructure, discrete_latents: list[str], args: tuple, kwargs: dict, kind: str) -> _Fit:
+        """One start: fresh module copies and guide, trained; its full-data ELBO estimate and
+        the parameter store it reached."""
+        copies: dict[int, torch.nn.Module] = {}
+        if self.copy_modules:
+            args, kwargs = _copy_modules(args, copies), _copy_modules(kwargs, copies)
+        args, kwargs = pyro_arguments(args, kwargs)
+        minibatch: dict[str, Any] = {"index": None}  # the step's data indices, while training
+        guide, guide_name = self._guide_program(model, structure, discrete_latents, minibatch, kind)
+        guided, batch_rank = guide_sites(guide, args, kwargs)
+        enumerated = [name for name in discrete_latents if name not in guided]
+        missing = [name for name, site in structure.latent.items() if not site.is_discrete and name not in guided]
+        if missing:
+            raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
+        program = config_enumerate(model, default="parallel") if enumerated else model
+        loss = self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
+        optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
+        step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
+        if plate is None:
+            steps = GradientSteps(program, guide, loss, optimizer)
+        else:
+            # AutoNormal's own subsampled plate scales its sites; other guides see the sliced data
+            scaled_guide = guide if self.guide is None else _scaled(guide, plate, factor)
+            steps = GradientSteps(_scaled(program, plate, factor), scaled_guide, loss, optimizer)
+        training_start = time.perf_counter()
+        try:
+            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name)
+        finally:
+            minibatch["index"] = None
+        training_seconds = time.perf_counter() - training_start
+        estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
+        return _Fit(
+            progress, estimate, pyro.get_param_store().get_state(), guide, guide_name, program, loss, args, kwargs,
+            copies, guided, batch_rank, enumerated, plate, training_seconds,
+        )
+
+    def _discrete_marginals(self, fit: _Fit) -> dict[str, np.ndarray]:
+        """q of each discrete latent on the full data, shape (*site_shape, K): the exact
+        conditional of the enumerated ones given one draw of the guide, and the guide's own
+        probabilities for the ones it samples (categorical or Bernoulli)."""
+        out = {}
+        with torch.no_grad():
+            if fit.enumerated:
+                try:
+                    computed = TraceEnum_ELBO(max_plate_nesting=fit.loss.max_plate_nesting).compute_marginals(fit.program, fit.guide, *fit.args, **fit.kwargs)
+                except NotImplementedError:  # the guide enumerates too: no marginals to read
+                    computed = {}
+                for name in fit.enumerated:
+                    if name in computed and hasattr(computed[name], "probs"):
+                        out[name] = to_numpy(computed[name].probs)
+            trace = poutine.trace(poutine.block(fit.guide)).get_trace(*fit.args, **fit.kwargs)
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or name not in fit.guided or name in out:
+                    continue
+                fn = site["fn"]
+                while hasattr(fn, "base_dist"):
+                    fn = fn.base_dist
+                if isinstance(fn, torch.distributions.Categorical):
+                    out[name] = to_numpy(fn.probs)
+                elif isinstance(fn, torch.distributions.Bernoulli):
+                    out[name] = to_numpy(torch.stack([1 - fn.probs, fn.probs], -1))
+        return out
 
     def _loss(self, structure: ModelStructure, enumerated: list[str], amortized: bool) -> Any:
         """TraceEnum_ELBO when discrete latents are summed out; analytic KL terms
