@@ -21,7 +21,6 @@ from ppgen.calibration import (
     thin,
 )
 from ppgen.inference.importance import Importance
-from ppgen.models import basics
 
 
 def _calibration(ranks, num_draws, seed=0):
@@ -164,11 +163,3 @@ def test_bad_sites_and_unsimulable_data_are_named():
         simulation_based_calibration(pollen_counts, engine="importance", sites=["grain_count"], num_simulations=2)
     with pytest.raises(ValueError, match="observed site 'grain_count' of pollen_counts takes its data from none"):
         simulation_based_calibration(pollen_counts, np.ones(5), engine="importance", num_simulations=2)
-
-
-def test_importance_sampling_is_calibrated_on_the_coin():
-    calibration = simulation_based_calibration(
-        basics.coin, num_tosses=12, engine="importance", num_samples=2000, num_simulations=100, num_draws=49
-    )
-    assert calibration.ranks["rho"].shape == (100,)
-    assert calibration.p_value() > 1e-4
