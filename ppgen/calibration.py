@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from ppgen.engine import Engine, registered_engines, split_options
-from ppgen.errors import ConvergenceWarning, ReliabilityWarning
+from ppgen.errors import ConvergenceWarning, EngineNotApplicable, ReliabilityWarning
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 from ppgen.verbs import generate, infer
 
@@ -228,9 +228,12 @@ def simulation_based_calibration(
         raise ValueError(f"simulation_based_calibration: num_simulations must be a positive integer, got {num_simulations!r}")
     if not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
         raise ValueError(f"simulation_based_calibration: num_draws must be a positive integer, got {num_draws!r}")
-    if isinstance(engine, str) and engine in registered_engines():
-        engine_options, model_kwargs = split_options(model, registered_engines()[engine], options)
-    else:  # an instance keeps its options (and an unknown name fails in infer, with the list)
+    if isinstance(engine, str):
+        engines = registered_engines()
+        if engine not in engines:
+            raise EngineNotApplicable(f"unknown engine {engine!r}; registered engines: {', '.join(sorted(engines))}")
+        engine_options, model_kwargs = split_options(model, engines[engine], options)
+    else:  # an instance keeps its own options: the rest are the model's
         engine_options, model_kwargs = {}, dict(options)
     structure = inspect(model, *args, **model_kwargs)
     sites = list(structure.latent) if sites is None else list(sites)

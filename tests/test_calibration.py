@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ppgen import dist, plate, sample
+from ppgen import EngineNotApplicable, dist, plate, sample
 from ppgen.calibration import (
     Calibration,
     effective_sample_size,
@@ -163,3 +163,5 @@ def test_bad_sites_and_unsimulable_data_are_named():
         simulation_based_calibration(pollen_counts, engine="importance", sites=["grain_count"], num_simulations=2)
     with pytest.raises(ValueError, match="observed site 'grain_count' of pollen_counts takes its data from none"):
         simulation_based_calibration(pollen_counts, np.ones(5), engine="importance", num_simulations=2)
+    with pytest.raises(EngineNotApplicable, match="unknown engine 'nutz'"):
+        simulation_based_calibration(pollen_counts, engine="nutz", num_simulations=2)
