@@ -28,12 +28,13 @@ hinge on a lucky seed.
 
 What runs where
 ---------------
-The default suite calibrates each engine on one program (80 simulations, about two and a half
-minutes on two idle cores, most of it svi's 300 Pyro steps per run and the first compilation
-of each NumPyro sampler), and catches the broken engines of all three kinds, which reuse the
-runs of the correct engine they distort (80 engine runs per kind, not 320). The tests marked
-``slow`` calibrate every engine on at least three programs with 200 simulations each, and
-catch the subtler breaks; they take about 25 minutes on two idle cores::
+The default suite calibrates each engine on one program (80 simulations) and catches the
+broken engines of all three kinds, which reuse the runs of the correct engine they distort (80
+engine runs per kind, not 320): about 100 s of CPU time (measured 95 s CPU, 222 s wall on a
+shared two-core machine at load 8), most of it svi's 300 Pyro steps per run and the first
+compilation of each NumPyro sampler. The tests marked ``slow`` calibrate every engine on at
+least three programs with 200 simulations each and catch the subtler breaks (measured 33
+minutes wall on the same loaded machine, two thirds of it svi with AutoNormal)::
 
     .venv/bin/python -m pytest -m slow -p no:cacheprovider tests/inference/test_sbc.py
 
