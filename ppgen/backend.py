@@ -18,7 +18,16 @@ from pyroapi.dispatch import GenericModule, _ALIASES
 
 Backend = Literal["pyro", "numpyro"]
 BACKENDS: tuple[str, ...] = ("pyro", "numpyro")
-_PYROAPI_ALIAS = {"pyro": "pyro", "numpyro": "numpy"}
+
+#: The pyroapi modules of each backend. ``ppgen.dist`` is ppgen's own namespace on both, so
+#: that a family one backend lacks is ported (GaussianRandomWalk on Pyro) or refused by name.
+_MODULES = {
+    "pyro": {**_ALIASES["pyro"], "distributions": "ppgen._pyro_distributions"},
+    "numpyro": {**_ALIASES["numpy"], "distributions": "ppgen._numpyro_distributions"},
+}
+# pyroapi's default, outside any ``use_backend`` block (a program called directly), is Pyro.
+if GenericModule.current_backend["distributions"] == _ALIASES["pyro"]["distributions"]:
+    GenericModule.current_backend["distributions"] = _MODULES["pyro"]["distributions"]
 
 
 def current_backend() -> Backend:
@@ -58,7 +67,7 @@ def use_backend(backend: str) -> Iterator[None]:
     if backend == "numpyro":
         _fix_numpyro_zeros()
     saved = dict(GenericModule.current_backend)
-    GenericModule.current_backend.update(_ALIASES[_PYROAPI_ALIAS[backend]])
+    GenericModule.current_backend.update(_MODULES[backend])
     try:
         yield
     finally:
