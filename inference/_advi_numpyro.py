@@ -14,6 +14,7 @@ from ppgen.driver import iterate
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure
 
+from ._mcmc import concretization_errors
 from ._vi import _as_array
 
 
@@ -85,9 +86,17 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
         state = svi.init(init_key, *args, **kwargs)
 
         @jax.jit
-        def update(current: Any, values: dict) -> tuple[Any, Any]:
+        def traced_update(current: Any, values: dict) -> tuple[Any, Any]:
             call_args, call_kwargs = rebuild(values)
             return svi.update(current, *call_args, **call_kwargs)
+
+        try:
+            update = traced_update.lower(state, arrays).compile()
+        except concretization_errors():
+            # the program computes a size from its data (int(np.max(x)) + 1): give it the arrays
+            # as NumPy constants, as NumPyro does, everywhere below
+            args, kwargs, arrays = to_numpy(args), to_numpy(kwargs), {}
+            update = jax.jit(lambda current, _: svi.update(current, *args, **kwargs))
 
         def step(current: Any) -> tuple[Any, float]:
             new, loss_value = update(current, arrays)
