@@ -4,9 +4,12 @@ would only say "This Pyro backend does not implement distributions.X"."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpyro.distributions as _numpyro_distributions
+
+if TYPE_CHECKING:
+    from ppgen.structure import ModelStructure
 
 #: Pyro-only families with an equivalent that runs on both backends.
 _EQUIVALENTS = {
@@ -39,3 +42,12 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(dir(_numpyro_distributions))
+
+
+def missing_family(structure: "ModelStructure") -> Optional[str]:
+    """Why the program cannot run on NumPyro, or None: the first sampled site whose family
+    NumPyro lacks (a Pyro-only family, or a user's own TorchDistribution)."""
+    for site in structure.sites.values():
+        if site.kind in ("latent", "observed") and site.distribution and not hasattr(_numpyro_distributions, site.distribution):
+            return f"site {site.name!r} is a {site.distribution}, which NumPyro lacks"
+    return None

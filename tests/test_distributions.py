@@ -246,3 +246,30 @@ def test_numpyro_families_stay_numpyros_own():
     with use_backend("numpyro"):
         assert dist.GaussianRandomWalk is numpyro_dist.GaussianRandomWalk
         assert dist.Normal is numpyro_dist.Normal
+
+
+def ballot(votes, concentration=1.0):
+    """Shares of the vote, from one-hot ballots (OneHotCategorical: Pyro has it, NumPyro not)."""
+    shares = sample("shares", dist.Dirichlet(ppgen.ops.ones(votes.shape[-1]) * concentration))
+    with plate("ballots", len(votes)):
+        sample("votes", dist.OneHotCategorical(shares), obs=votes)
+
+
+def test_a_program_with_a_pyro_only_family_runs_under_nuts_on_pyro_and_gibbs_says_why_not():
+    """nuts picks Pyro's sampler by itself; the shares match their Dirichlet(1 + counts)
+    posterior within 4 MCSE. gibbs and mh, NumPyro-only, refuse naming the site."""
+    choices = np.random.default_rng(2).choice(3, size=25, p=[0.5, 0.3, 0.2])
+    votes = np.eye(3)[choices]
+    counts = 1.0 + votes.sum(0)
+    mean = counts / counts.sum()
+    sd = np.sqrt(mean * (1 - mean) / (counts.sum() + 1))
+    result = ppgen.infer(ballot, votes, engine="nuts", num_warmup=200, num_samples=400, num_chains=1, seed=0, progress=False)
+    assert result.diagnostics["backend"] == "pyro"
+    mcse = sd / np.sqrt(result.diagnostics["ess_bulk"]["shares"])
+    assert np.all(np.abs(result.samples["shares"].mean(0) - mean) < 4 * mcse)
+    checks = {c.name: c for c in ppgen.engines_for(ballot, votes)}
+    for engine in ("gibbs", "mh"):
+        assert checks[engine].reason == (
+            f"site 'votes' is a OneHotCategorical, which NumPyro lacks; '{engine}' runs on NumPyro only "
+            "(nuts and hmc run such programs on Pyro)"
+        )
