@@ -157,20 +157,20 @@ class DiscreteUniform(TorchDistribution):
         return torch.log((self.high - self.low + 1.0).to(torch.get_default_dtype()))
 
 
-def _parameterised(family: str, parameter: str, *fixed: str) -> Any:
-    """NumPyro's ``<Family><Parameter>(parameter, *fixed)`` as Pyro's ``family`` with that
-    parameterisation (``BinomialLogits(logits, total_count=1)``)."""
+def _parameterised(family: str, parameter: str, positional: tuple[str, ...] = ()) -> Any:
+    """NumPyro's ``<Family><Parameter>`` (``BinomialLogits``) as Pyro's ``family`` given
+    ``parameter``; ``positional`` is NumPyro's order of the arguments, when there are several."""
     cls = getattr(_pyro_distributions, family)
+    names = positional or (parameter,)
 
     def construct(*args: Any, validate_args: Any = None, **kwargs: Any) -> Any:
-        names = (parameter,) + fixed if family != "NegativeBinomial" else fixed + (parameter,)
         if len(args) > len(names):
             raise TypeError(f"{construct.__name__} takes at most {len(names)} positional arguments ({', '.join(names)})")
         kwargs.update(zip(names, args))
         return cls(**kwargs, validate_args=validate_args)
 
     construct.__name__ = construct.__qualname__ = family + parameter.capitalize()
-    construct.__doc__ = f"NumPyro's ``{construct.__name__}``: Pyro's ``{family}`` given ``{parameter}``."
+    construct.__doc__ = f"NumPyro's ``{construct.__name__}({', '.join(names)})``: Pyro's ``{family}`` given ``{parameter}``."
     return construct
 
 
@@ -196,16 +196,16 @@ _PARAMETERISED = {
     for f in (
         _parameterised("Bernoulli", "logits"),
         _parameterised("Bernoulli", "probs"),
-        _parameterised("Binomial", "logits", "total_count"),
-        _parameterised("Binomial", "probs", "total_count"),
+        _parameterised("Binomial", "logits", ("logits", "total_count")),
+        _parameterised("Binomial", "probs", ("probs", "total_count")),
         _parameterised("Categorical", "logits"),
         _parameterised("Categorical", "probs"),
         _parameterised("Geometric", "logits"),
         _parameterised("Geometric", "probs"),
-        _parameterised("Multinomial", "logits", "total_count"),
-        _parameterised("Multinomial", "probs", "total_count"),
-        _parameterised("NegativeBinomial", "logits", "total_count"),
-        _parameterised("NegativeBinomial", "probs", "total_count"),
+        _parameterised("Multinomial", "logits", ("logits", "total_count")),
+        _parameterised("Multinomial", "probs", ("probs", "total_count")),
+        _parameterised("NegativeBinomial", "logits", ("total_count", "logits")),
+        _parameterised("NegativeBinomial", "probs", ("total_count", "probs")),
         NegativeBinomial2,
         LogUniform,
     )

@@ -321,15 +321,14 @@ def _declared_support(fn: Any) -> Optional[constraints.Constraint]:
         return None
 
 
-def support_of(fn: Any, enumerate: bool = True) -> Support:
+def support_of(fn: Any, enumerate_support: bool = True) -> Support:
     """Classify a distribution's support.
 
     A discrete support is ``finite`` when the distribution can enumerate it. Its
-    ``cardinality`` K is read from ``enumerate_support`` only with ``enumerate=True`` (a
-    latent site; an observed site's support is never enumerated) and only when it is one K
-    for every element: a latent whose support cannot be enumerated as one set (a Binomial
-    whose ``total_count`` differs per element, a support too large to list) is
-    ``infinite-discrete``, i.e. a count that engines sample rather than sum out.
+    ``cardinality`` K is read from ``enumerate_support`` only when asked to (a latent site;
+    an observed site's support is never enumerated), and only when it is one K for every
+    element: a latent whose support is not one set (a Binomial whose ``total_count`` differs
+    per element) is ``infinite-discrete``, a count that engines sample rather than sum out.
     """
     base = _unwrap(fn)
     constraint = _declared_support(fn)
@@ -340,7 +339,7 @@ def support_of(fn: Any, enumerate: bool = True) -> Support:
         return Support("continuous", name)
     if not getattr(base, "has_enumerate_support", False):
         return Support("infinite-discrete", name)
-    if not enumerate:
+    if not enumerate_support:
         return Support("finite", name)
     try:
         cardinality = int(base.enumerate_support(expand=False).shape[0])
@@ -556,7 +555,7 @@ def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:
             described.append((key, _describe_constant(record["distribution_args"].get(key))))
     fn = record["fn"]
     distribution = None if kind == "deterministic" else type(_unwrap(fn)).__name__
-    support = None if kind in ("deterministic", "factor") else support_of(fn, enumerate=kind == "latent")
+    support = None if kind in ("deterministic", "factor") else support_of(fn, enumerate_support=kind == "latent")
     return Site(
         name=record["name"],
         kind=kind,
