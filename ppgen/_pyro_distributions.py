@@ -89,7 +89,9 @@ class GaussianRandomWalk(TorchDistribution):
 
 class DiscreteUniform(TorchDistribution):
     r"""Uniform on the integers ``low, low + 1, ..., high`` (both inclusive; NumPyro's
-    ``DiscreteUniform``): :math:`P(X = k) = 1 / (\text{high} - \text{low} + 1)`.
+    ``DiscreteUniform``): :math:`P(X = k) = 1 / (\text{high} - \text{low} + 1)`. Values have
+    the bounds' dtype, floating for Python ints (as Pyro's Bernoulli): torch casts a Python
+    float to an integer tensor's dtype (``Normal(k, 1.5)`` with integer ``k`` has scale 1).
 
     Parameters
     ----------
