@@ -4,7 +4,9 @@ The pieces, in the order a run uses them:
 
 1. :func:`bind_program`: split the program's arguments into arrays (traced by JAX, so one
    compiled sampler serves any data of the same shapes) and plain Python values (fixed, part
-   of the cache key), and wrap the program so it runs on NumPyro.
+   of the cache key), and wrap the program so it runs on NumPyro. Arrays the program needs as
+   values (a size computed from the data) are found when compiling fails and bound as fixed
+   NumPy arrays instead (:func:`rebind_concrete`).
 2. :func:`model_functions`: NumPyro's potential energy U(z) = −log p(x, z) over the
    unconstrained continuous latents z (finite discrete latents summed out by enumeration),
    and the map from z to constrained site values.
