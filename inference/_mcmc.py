@@ -189,8 +189,45 @@ class BoundProgram:
 
 
 #: Per program, the array arguments it needs as concrete values (found by :func:`find_concrete`
-#: on its first run), so later runs bind them so from the start.
+#: on its first run), so later runs bind them so from the start; also kept on disk beside the
+#: compiled samplers, so a new process skips the failed first compilation too.
 _CONCRETE: "weakref.WeakKeyDictionary[Callable, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def _concrete_path(model: Callable) -> Optional[Path]:
+    fingerprint = program_fingerprint(model, {}, __file__)
+    if fingerprint is None:
+        return None
+    return cache_directory().parent / "concrete" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.txt"
+
+
+def known_concrete(model: Callable) -> frozenset[str]:
+    """The array arguments ``model`` is known to need as values (this process, else the disk)."""
+    if not _weakrefable(model):
+        return frozenset()
+    known = _CONCRETE.get(model)
+    if known is None:
+        path = _concrete_path(model)
+        try:
+            known = frozenset(path.read_text().split()) if path is not None else frozenset()
+        except OSError:
+            known = frozenset()
+        _CONCRETE[model] = known
+    return known
+
+
+def _remember_concrete(model: Callable, names: frozenset[str]) -> None:
+    if not _weakrefable(model):
+        return
+    _CONCRETE[model] = known_concrete(model) | names
+    path = _concrete_path(model)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(" ".join(sorted(_CONCRETE[model])))
+    except OSError:
+        pass  # read-only cache: remembered in this process only
 
 
 def concretization_errors() -> tuple[type[Exception], ...]:
@@ -218,7 +255,7 @@ def bind_program(model: Callable, args: tuple, kwargs: dict, concrete: frozenset
     import jax.numpy as jnp
 
     bound = bind_arguments(model, args, kwargs)
-    concrete = concrete | _CONCRETE.get(model, frozenset()) if _weakrefable(model) else concrete
+    concrete = concrete | known_concrete(model)
     static, data = {}, {}
     for name, value in bound.items():
         array = _as_array(value)
@@ -289,8 +326,7 @@ def rebind_concrete(bound: BoundProgram, args: tuple, kwargs: dict, error: Excep
             f"Python value ({type(error).__name__}: {first_line}). Under NumPyro's samplers the program's latent "
             "values are traced; compute sizes and loop bounds from arguments (arrays, shapes or ints), not from latents"
         ) from error
-    if _weakrefable(bound.model):
-        _CONCRETE[bound.model] = _CONCRETE.get(bound.model, frozenset()) | needed
+    _remember_concrete(bound.model, needed)
     return bind_program(bound.model, args, kwargs, needed)
 
 

@@ -123,3 +123,22 @@ def size_from_a_latent(y):
 def test_a_size_computed_from_a_latent_is_a_clear_error():
     with pytest.raises(TypeError, match=r"size_from_a_latent: the program uses the value of a traced quantity as a Python value.*compute sizes and loop bounds from arguments"):
         ppgen.infer(size_from_a_latent, np.array([3.0, 4.5]), engine="nuts", **FAST)
+
+
+def test_the_arrays_a_program_needs_as_values_are_remembered_for_new_processes(tmp_path, monkeypatch):
+    """Kept beside the compiled samplers (keyed by the program's fingerprint), so a new process
+    binds them as values from the start instead of failing a first compilation."""
+    from ppgen.inference import _mcmc
+
+    monkeypatch.setenv("PPGEN_CACHE_DIR", str(tmp_path))
+    rater, score = np.array([0, 2, 1, 2]), np.array([0.1, 0.5, -0.2, 0.7])
+    assert _mcmc.bind_program(rater_bias, (rater, score), {}).concrete == []
+    _mcmc._remember_concrete(rater_bias, frozenset({"rater"}))
+    del _mcmc._CONCRETE[rater_bias]  # as in a new process
+    try:
+        assert _mcmc.known_concrete(rater_bias) == {"rater"}
+        bound = _mcmc.bind_program(rater_bias, (rater, score), {})
+        assert bound.concrete == ["rater"] and list(bound.data) == ["score"]
+        assert isinstance(bound.static["rater"], np.ndarray)
+    finally:
+        _mcmc._CONCRETE.pop(rater_bias, None)
