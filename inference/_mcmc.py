@@ -246,11 +246,11 @@ def bind_program(model: Callable, args: tuple, kwargs: dict, concrete: frozenset
     """Split ``model(*args, **kwargs)``'s arguments into traced JAX arrays and fixed values.
 
     Array arguments are traced (one compiled sampler serves any data of the same shapes),
-    except those named in ``concrete`` or found earlier to be needed as values (a size
-    computed from the data, ``int(np.max(items)) + 1``): these reach the program as NumPy
-    arrays, as in NumPyro, whose functions compute on them in Python (a JAX operation inside
-    the compiled sampler would be traced even on a constant); they are fixed in the compiled
-    sampler, whose cache key holds their content's hash.
+    except those named in ``concrete`` or known to be needed as values (:func:`known_concrete`;
+    a size computed from the data, ``int(np.max(items)) + 1``): these reach the program as
+    NumPy arrays, as in NumPyro, whose functions compute on them in Python (a JAX operation
+    inside the compiled sampler would be traced even on a constant); they are fixed in the
+    compiled sampler, whose cache key holds their content's hash.
     """
     import jax.numpy as jnp
 
