@@ -22,6 +22,7 @@ from ppgen.driver import iterate
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure
 
+from ._mcmc import concretization_errors
 from ._vi import _as_array
 
 
@@ -154,6 +155,16 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
         arrays, _ = _split_arrays(args, kwargs)
         guide.prototype_trace = None  # initialise q from this run's seed, as a fresh guide would
         state = svi.init(init_key, *args, **kwargs)
+
+        try:
+            compiled.update(state, arrays)  # compiles the step (kept for the run); this new state is not used
+        except concretization_errors():
+            # the program computes a size from its data (int(np.max(x)) + 1): the arrays enter as
+            # NumPy constants, as NumPyro does, in pieces compiled for this data only
+            args, kwargs = to_numpy(args), to_numpy(kwargs)
+            compiled, arrays = _compile(engine, model, structure, args, kwargs), {}
+            program, guide, svi = compiled.program, compiled.guide, compiled.svi
+            state = svi.init(init_key, *args, **kwargs)
 
         def step(current: Any) -> tuple[Any, float]:
             new, loss_value = compiled.update(current, arrays)

@@ -17,7 +17,7 @@ from functools import lru_cache as _lru_cache
 from inspect import signature as _signature
 from typing import TYPE_CHECKING
 
-import pyro.distributions as _pyro_distributions
+import ppgen._pyro_distributions as _pyro_distributions  # ppgen.dist on Pyro (with its ported families)
 from torch import Tensor as _Tensor
 
 if TYPE_CHECKING:  # this module stands in for ``pyro.distributions``: no other public names

@@ -4,7 +4,9 @@ The pieces, in the order a run uses them:
 
 1. :func:`bind_program`: split the program's arguments into arrays (traced by JAX, so one
    compiled sampler serves any data of the same shapes) and plain Python values (fixed, part
-   of the cache key), and wrap the program so it runs on NumPyro.
+   of the cache key), and wrap the program so it runs on NumPyro. Arrays the program needs as
+   values (a size computed from the data) are found when compiling fails and bound as fixed
+   NumPy arrays instead (:func:`rebind_concrete`).
 2. :func:`model_functions`: NumPyro's potential energy U(z) = −log p(x, z) over the
    unconstrained continuous latents z (finite discrete latents summed out by enumeration),
    and the map from z to constrained site values.
@@ -25,6 +27,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,20 +145,36 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _array_signature(array: Any) -> tuple:
+    """An array by content, for cache keys and fingerprints: shape, dtype and SHA-256."""
+    array = np.ascontiguousarray(np.asarray(array))
+    return ("array", array.shape, str(array.dtype), hashlib.sha256(array.tobytes()).hexdigest())
+
+
 @dataclass(frozen=True)
 class BoundProgram:
     """A ppgen program with its arguments bound by name.
 
     ``data`` holds the array arguments as JAX arrays (traced, so they can change without
-    recompiling); ``static`` the other arguments (sizes, hyperparameters), fixed in the
-    compiled sampler. ``key`` identifies the compiled sampler: the program, the static values
-    and the shapes and dtypes of the arrays.
+    recompiling); ``static`` the other arguments (sizes, hyperparameters, and the arrays the
+    program needs as concrete values, see :func:`bind_program`), fixed in the compiled
+    sampler. ``key`` identifies the compiled sampler: the program, the static values (arrays
+    by content) and the shapes and dtypes of the traced arrays.
     """
 
     model: Callable
     static: dict[str, Any]
     data: dict[str, Any]
     key: tuple
+
+    @property
+    def concrete(self) -> list[str]:
+        """The array arguments bound as concrete values rather than traced."""
+        return [name for name, value in self.static.items() if isinstance(value, np.ndarray)]
+
+    def static_signature(self) -> dict[str, Any]:
+        """The static values with arrays replaced by their content signature (plain values)."""
+        return {name: _array_signature(v) if isinstance(v, np.ndarray) else v for name, v in self.static.items()}
 
     def numpyro_model(self) -> Callable[..., Any]:
         """The program as a NumPyro model taking the array arguments as keywords."""
@@ -169,24 +188,146 @@ class BoundProgram:
         return program
 
 
-def bind_program(model: Callable, args: tuple, kwargs: dict) -> BoundProgram:
-    """Split ``model(*args, **kwargs)``'s arguments into JAX arrays and fixed values."""
+#: Per program, the array arguments it needs as concrete values (found by :func:`find_concrete`
+#: on its first run), so later runs bind them so from the start; also kept on disk beside the
+#: compiled samplers, so a new process skips the failed first compilation too.
+_CONCRETE: "weakref.WeakKeyDictionary[Callable, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def _concrete_path(model: Callable) -> Optional[Path]:
+    fingerprint = program_fingerprint(model, {}, __file__)
+    if fingerprint is None:
+        return None
+    return cache_directory().parent / "concrete" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.txt"
+
+
+def known_concrete(model: Callable) -> frozenset[str]:
+    """The array arguments ``model`` is known to need as values (this process, else the disk)."""
+    if not _weakrefable(model):
+        return frozenset()
+    known = _CONCRETE.get(model)
+    if known is None:
+        path = _concrete_path(model)
+        try:
+            known = frozenset(path.read_text().split()) if path is not None else frozenset()
+        except OSError:
+            known = frozenset()
+        _CONCRETE[model] = known
+    return known
+
+
+def _remember_concrete(model: Callable, names: frozenset[str]) -> None:
+    if not _weakrefable(model):
+        return
+    _CONCRETE[model] = known_concrete(model) | names
+    path = _concrete_path(model)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(" ".join(sorted(_CONCRETE[model])))
+    except OSError:
+        pass  # read-only cache: remembered in this process only
+
+
+def concretization_errors() -> tuple[type[Exception], ...]:
+    """What JAX raises when a program uses a traced value as a Python value (``int(np.max(x))``)."""
+    import jax.errors as errors
+
+    return (
+        errors.ConcretizationTypeError,
+        errors.TracerArrayConversionError,
+        errors.TracerIntegerConversionError,
+        errors.NonConcreteBooleanIndexError,
+    )
+
+
+def bind_program(model: Callable, args: tuple, kwargs: dict, concrete: frozenset[str] = frozenset()) -> BoundProgram:
+    """Split ``model(*args, **kwargs)``'s arguments into traced JAX arrays and fixed values.
+
+    Array arguments are traced (one compiled sampler serves any data of the same shapes),
+    except those named in ``concrete`` or known to be needed as values (:func:`known_concrete`;
+    a size computed from the data, ``int(np.max(items)) + 1``): these reach the program as
+    NumPy arrays, as in NumPyro, whose functions compute on them in Python (a JAX operation
+    inside the compiled sampler would be traced even on a constant); they are fixed in the
+    compiled sampler, whose cache key holds their content's hash.
+    """
     import jax.numpy as jnp
 
     bound = bind_arguments(model, args, kwargs)
+    concrete = concrete | known_concrete(model)
     static, data = {}, {}
     for name, value in bound.items():
         array = _as_array(value)
         if array is None:
             static[name] = value
+        elif name in concrete:
+            static[name] = array
         else:
             data[name] = jnp.asarray(array)
     key = (
         model,
-        tuple(sorted((name, _hashable(value)) for name, value in static.items())),
+        tuple(sorted((name, _array_signature(v) if isinstance(v, np.ndarray) else _hashable(v)) for name, v in static.items())),
         tuple(sorted((name, tuple(value.shape), str(value.dtype)) for name, value in data.items())),
     )
     return BoundProgram(model, static, data, key)
+
+
+def _weakrefable(model: Callable) -> bool:
+    try:
+        weakref.ref(model)
+    except TypeError:
+        return False
+    return True
+
+
+def _fails_traced(bound: BoundProgram, traced: tuple[str, ...]) -> bool:
+    """Whether running the program forward (NumPyro, seeded; latent values traced) with only
+    the ``traced`` array arguments traced, the others concrete NumPy, raises a concretization
+    error."""
+    import jax
+    from numpyro import handlers
+
+    concrete = {k: np.asarray(v) for k, v in bound.data.items() if k not in traced}  # as bind_program makes them
+    program = BoundProgram(bound.model, {**bound.static, **concrete}, {}, ()).numpyro_model()
+
+    def forward(arrays: dict) -> int:
+        handlers.trace(handlers.seed(program, rng_seed=0)).get_trace(**arrays)
+        return 0
+
+    try:
+        jax.eval_shape(forward, {k: bound.data[k] for k in traced})
+    except concretization_errors():
+        return True
+    except Exception:  # noqa: BLE001 - fails otherwise: not a question of concreteness
+        return False
+    return False
+
+
+def find_concrete(bound: BoundProgram) -> Optional[frozenset[str]]:
+    """The traced array arguments the program needs as values: those that fail
+    :func:`_fails_traced` alone (a value computed from one traced argument is traced, so each
+    is tried alone, the others concrete). None when the program fails with every argument
+    concrete: it uses a latent's value in Python, which no binding fixes."""
+    if _fails_traced(bound, ()):
+        return None
+    return frozenset(name for name in bound.data if _fails_traced(bound, (name,)))
+
+
+def rebind_concrete(bound: BoundProgram, args: tuple, kwargs: dict, error: Exception) -> BoundProgram:
+    """After ``error`` (a concretization error from compiling the sampler of ``bound``): the
+    program bound again with the arrays it needs as values made concrete, remembered for its
+    next runs. A ``TypeError`` says what happened when no array argument is the cause."""
+    needed = find_concrete(bound)
+    if not needed:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TypeError(
+            f"{getattr(bound.model, '__name__', 'program')}: the program uses the value of a traced quantity as a "
+            f"Python value ({type(error).__name__}: {first_line}). Under NumPyro's samplers the program's latent "
+            "values are traced; compute sizes and loop bounds from arguments (arrays, shapes or ints), not from latents"
+        ) from error
+    _remember_concrete(bound.model, needed)
+    return bind_program(bound.model, args, kwargs, needed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -775,6 +916,8 @@ def observed_values(structure: ModelStructure, bound: BoundProgram) -> dict[str,
         argument = site.data_argument
         if argument is not None and argument in bound.data:
             out[name] = np.asarray(bound.data[argument])
+        elif argument in bound.concrete:
+            out[name] = bound.static[argument]
     return out
 
 
@@ -900,33 +1043,41 @@ def sample_program(
     the compiled sampler depends on; discrete sites the kernel samples itself are returned by
     its ``info`` under ``"discrete"``.
     """
-    bound = bind_program(model, args, kwargs)
 
-    def build() -> CompiledSampler:
-        program = bound.numpyro_model()
-        fingerprint = program_fingerprint(model, bound.static, engine_file)
-        return CompiledSampler(
-            lambda: build_functions(program, bound.data),
-            make_kernel,
-            chunk_length_for(num_warmup, num_samples),
-            program,
-            None if fingerprint is None else fingerprint + repr(options),
+    def compile_and_run(bound: BoundProgram) -> tuple[CompiledSampler, bool, ChainRun]:
+        def build() -> CompiledSampler:
+            program = bound.numpyro_model()
+            fingerprint = program_fingerprint(model, bound.static_signature(), engine_file)
+            return CompiledSampler(
+                lambda: build_functions(program, bound.data),
+                make_kernel,
+                chunk_length_for(num_warmup, num_samples),
+                program,
+                None if fingerprint is None else fingerprint + repr(options),
+            )
+
+        sampler, reused = compiled_sampler(bound.key + (engine,) + options, build)
+        run = run_chains(
+            sampler,
+            bound.data,
+            seed=seed,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            thinning=thinning,
+            vectorized=vectorized,
+            progress=progress,
+            name=engine,
+            start=start,
         )
+        return sampler, reused, run
 
-    sampler, reused = compiled_sampler(bound.key + (engine,) + options, build)
-    run = run_chains(
-        sampler,
-        bound.data,
-        seed=seed,
-        num_chains=num_chains,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        thinning=thinning,
-        vectorized=vectorized,
-        progress=progress,
-        name=engine,
-        start=start,
-    )
+    bound = bind_program(model, args, kwargs)
+    try:
+        sampler, reused, run = compile_and_run(bound)
+    except concretization_errors() as error:  # e.g. a size computed from the data: bind it concrete
+        bound = rebind_concrete(bound, args, kwargs, error)
+        sampler, reused, run = compile_and_run(bound)
     samples = constrained_draws(sampler, run, bound.data, latent_and_deterministic(structure))
     for name, values in run.infos.get("discrete", {}).items():
         samples[name] = _flatten_chains(values)
@@ -939,6 +1090,7 @@ def sample_program(
         "backend": "numpyro",
         "enumerated": enumerated_out,
         "compiled_sampler_reused": reused,
+        "concrete_arguments": bound.concrete,
         "interrupted": run.interrupted,
         **extra_diagnostics,
     }

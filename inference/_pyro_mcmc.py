@@ -1,4 +1,4 @@
-"""NUTS and HMC on Pyro, for programs that hold torch modules (or ``backend="pyro"``).
+"""NUTS and HMC on Pyro, for programs that hold torch modules or families NumPyro lacks (or ``backend="pyro"``).
 
 Same treatment as on NumPyro (finite discrete latents enumerated out and drawn afterwards
 with ``infer_discrete``, automatic non-centring with ``LocScaleReparam``), run through Pyro's

@@ -26,6 +26,7 @@ from pyro.infer import Predictive, Trace_ELBO, TraceEnum_ELBO, config_enumerate,
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median
 
+from ppgen._numpyro_distributions import missing_family
 from ppgen.backend import torch_precision, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
@@ -133,7 +134,7 @@ class ADVI(Engine):
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         structure = inspect(model, *args, **kwargs)
         has_modules = any(site.distribution == "module" for site in structure.params.values())
-        backend = self.backend or ("pyro" if has_modules else "numpyro")
+        backend = self.backend or ("pyro" if has_modules or missing_family(structure) else "numpyro")
         if backend == "numpyro" and has_modules:
             raise ValueError("ADVI: programs with torch modules run on backend='pyro'")
         if backend == "numpyro":

@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
+from ppgen._numpyro_distributions import missing_family
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.inference.hmc import SAMPLE_STATS
@@ -247,6 +248,9 @@ class Gibbs(Engine):
             return reason
         for site in structure.params.values():
             return f"site {site.name!r} is a torch module; 'gibbs' runs on NumPyro only"
+        lacking = missing_family(structure)
+        if lacking:
+            return f"{lacking}; 'gibbs' runs on NumPyro only (nuts and hmc run such programs on Pyro)"
         if not structure.latent:
             return "the program has no latent site"
         improper = improper_latent(structure)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ppgen._numpyro_distributions import missing_family
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.results import Result
@@ -116,11 +117,12 @@ def hamiltonian_kernel(
 
 
 def choose_backend(structure: ModelStructure, backend: Optional[str]) -> str:
-    """NumPyro unless the program holds torch modules (or ``backend`` says otherwise)."""
+    """NumPyro unless the program holds torch modules or a family NumPyro lacks (or
+    ``backend`` says otherwise)."""
     if backend is not None:
         return backend
     has_module = any(site.distribution == "module" for site in structure.params.values())
-    return "pyro" if has_module else "numpyro"
+    return "pyro" if has_module or missing_family(structure) else "numpyro"
 
 
 class _Hamiltonian(Engine):

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
+from ppgen._numpyro_distributions import missing_family
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.results import Result
@@ -182,6 +183,9 @@ class MetropolisHastings(Engine):
             return reason
         for site in structure.params.values():
             return f"site {site.name!r} is a torch module; 'mh' runs on NumPyro only"
+        lacking = missing_family(structure)
+        if lacking:
+            return f"{lacking}; 'mh' runs on NumPyro only (nuts and hmc run such programs on Pyro)"
         if not _mcmc.continuous_sites(structure):
             return "the program has no continuous latent site to sample (use 'enumerate' for discrete-only programs)"
         return None

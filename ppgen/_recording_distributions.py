@@ -8,7 +8,7 @@ import inspect as pyinspect
 from functools import lru_cache
 from typing import Any
 
-import pyro.distributions as _pyro_distributions
+import ppgen._pyro_distributions as _pyro_distributions  # ppgen.dist on Pyro (with its ported families)
 import torch
 
 

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
+from pyro.ops.provenance import ProvenanceTensor
 from pyroapi.dispatch import GenericModule, _ALIASES
 
 Backend = Literal["pyro", "numpyro"]
 BACKENDS: tuple[str, ...] = ("pyro", "numpyro")
-_PYROAPI_ALIAS = {"pyro": "pyro", "numpyro": "numpy"}
+
+#: The pyroapi modules of each backend. ``ppgen.dist`` is ppgen's own namespace on both, so
+#: that a family one backend lacks is ported (GaussianRandomWalk on Pyro) or refused by name.
+_MODULES = {
+    "pyro": {**_ALIASES["pyro"], "distributions": "ppgen._pyro_distributions"},
+    "numpyro": {**_ALIASES["numpy"], "distributions": "ppgen._numpyro_distributions"},
+}
+# pyroapi's default, outside any ``use_backend`` block (a program called directly), is Pyro.
+if GenericModule.current_backend["distributions"] == _ALIASES["pyro"]["distributions"]:
+    GenericModule.current_backend["distributions"] = _MODULES["pyro"]["distributions"]
 
 
 def current_backend() -> Backend:
@@ -36,11 +46,13 @@ def _fix_numpyro_zeros() -> None:
     if _NUMPYRO_ZEROS_CHECKED:
         return
     _NUMPYRO_ZEROS_CHECKED = True
+    import jax
     import jax.numpy as jnp
     from numpyro.compat import ops as numpyro_ops
 
-    if float(jnp.sum(numpyro_ops.zeros(1))) == 0.0:
-        return
+    with jax.ensure_compile_time_eval():  # the first NumPyro run may be inside a jit trace
+        if float(jnp.sum(numpyro_ops.zeros(1))) == 0.0:
+            return
 
     def zeros(*sizes: Any, **kwargs: Any) -> Any:
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
@@ -58,7 +70,7 @@ def use_backend(backend: str) -> Iterator[None]:
     if backend == "numpyro":
         _fix_numpyro_zeros()
     saved = dict(GenericModule.current_backend)
-    GenericModule.current_backend.update(_ALIASES[_PYROAPI_ALIAS[backend]])
+    GenericModule.current_backend.update(_MODULES[backend])
     try:
         yield
     finally:
@@ -76,11 +88,32 @@ def to_numpy(value: Any) -> Any:
         return {key: to_numpy(item) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
         return type(value)(to_numpy(item) for item in value)
+    if isinstance(value, ProvenanceTensor):
+        value = value._t
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     if _is_array(value):
         return np.asarray(value)
     return value
+
+
+def numpy_function(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """NumPy's ``func`` applied to plain NumPy copies of the tensors in ``args`` and ``kwargs``:
+    the ``__array_function__`` of tensors that stand for NumPy data (``np.max(x)`` on a tensor
+    otherwise calls ``x.max(axis=None)``, which torch refuses)."""
+    return func(*to_numpy(args), **to_numpy(kwargs))
+
+
+class NumpyDataTensor(torch.Tensor):
+    """The torch tensor a NumPy or JAX array argument becomes on Pyro: NumPy's functions work
+    on it as on the array the user passed (``int(np.max(items)) + 1``, ``np.unique(dept)``), so
+    a program written against NumPy data runs unchanged. Everything else is a plain tensor:
+    torch operations on it return plain tensors, at no extra cost."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __array_function__(self, func: Callable, types: Any, args: tuple, kwargs: dict) -> Any:
+        return numpy_function(func, args, kwargs)
 
 
 def to_backend(value: Any, backend: str) -> Any:
@@ -99,7 +132,7 @@ def to_backend(value: Any, backend: str) -> Any:
         if isinstance(value, torch.Tensor):
             return value
         array = np.asarray(value)
-        return torch.as_tensor(array if array.flags.writeable else array.copy())
+        return torch.as_tensor(array if array.flags.writeable else array.copy()).as_subclass(NumpyDataTensor)
     import jax.numpy as jnp
 
     return jnp.asarray(to_numpy(value))

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from pyro.ops.provenance import ProvenanceTensor
 
+from ppgen.backend import numpy_function
+
 
 def _strip(value: Any, sources: list[frozenset]) -> Any:
     """``value`` with every tracked tensor replaced by its plain tensor; their provenances are
@@ -65,6 +67,11 @@ class TrackedTensor(ProvenanceTensor):
             return result
         provenance = sources[0].union(*sources[1:]) if len(sources) > 1 else sources[0]
         return _attach(result, provenance)
+
+    def __array_function__(self, func, types, args, kwargs):
+        # NumPy functions of data arguments (int(np.max(x)) + 1) compute on the values; their
+        # results are NumPy, untracked, as they are for plain tensors through ``__array__``
+        return numpy_function(func, args, kwargs)
 
 
 def track(value: torch.Tensor, provenance: frozenset) -> torch.Tensor:

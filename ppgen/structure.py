@@ -57,7 +57,7 @@ class Support:
     cardinality: Optional[int] = None
 
     def __str__(self) -> str:
-        if self.kind == "finite":
+        if self.kind == "finite" and self.cardinality is not None:
             return f"finite({self.cardinality})"
         return f"{self.kind}: {self.constraint}"
 
@@ -103,7 +103,8 @@ class Site:
     @property
     def is_enumerable(self) -> bool:
         """Finite support, one value per element (no event dimensions): enumerable."""
-        return self.support is not None and self.support.kind == "finite" and not self.event_shape
+        support = self.support
+        return support is not None and support.kind == "finite" and support.cardinality is not None and not self.event_shape
 
 
 @dataclass(frozen=True)
@@ -311,17 +312,40 @@ def _provenance(value: Any) -> frozenset:
     return frozenset()
 
 
-def support_of(fn: Any) -> Support:
-    """Classify a distribution's support."""
+def _declared_support(fn: Any) -> Optional[constraints.Constraint]:
+    """``fn.support``, or None for a distribution that does not declare one (torch's default
+    raises NotImplementedError; Pyro scores such a distribution all the same)."""
+    try:
+        return fn.support
+    except NotImplementedError:
+        return None
+
+
+def support_of(fn: Any, enumerate_support: bool = True) -> Support:
+    """Classify a distribution's support.
+
+    A discrete support is ``finite`` when the distribution can enumerate it. Its
+    ``cardinality`` K is read from ``enumerate_support`` only when asked to (a latent site;
+    an observed site's support is never enumerated), and only when it is one K for every
+    element: a latent whose support is not one set (a Binomial whose ``total_count`` differs
+    per element) is ``infinite-discrete``, a count that engines sample rather than sum out.
+    """
     base = _unwrap(fn)
-    constraint = fn.support
+    constraint = _declared_support(fn)
+    if constraint is None:
+        return Support("continuous", "undeclared")
     name = repr(constraint)
-    if getattr(constraint, "is_discrete", False):
-        if getattr(base, "has_enumerate_support", False):
-            cardinality = int(base.enumerate_support(expand=False).shape[0])
-            return Support("finite", name, cardinality)
+    if not getattr(constraint, "is_discrete", False):
+        return Support("continuous", name)
+    if not getattr(base, "has_enumerate_support", False):
         return Support("infinite-discrete", name)
-    return Support("continuous", name)
+    if not enumerate_support:
+        return Support("finite", name)
+    try:
+        cardinality = int(base.enumerate_support(expand=False).shape[0])
+    except (NotImplementedError, ValueError, RuntimeError):  # no single support to enumerate
+        return Support("infinite-discrete", name)
+    return Support("finite", name, cardinality)
 
 
 class _StructureTracer(Messenger):
@@ -498,7 +522,10 @@ def _check_data(record: dict, plates: dict[str, Plate]) -> None:
             raise DataError(
                 f"site {name!r}: data of shape {tuple(value.shape)} does not match the site's shape {expected}{hint}"
             )
-    inside = fn.support.check(value)
+    support = _declared_support(fn)
+    if support is None or constraints.is_dependent(support):
+        return  # a support the distribution does not state cannot be checked
+    inside = support.check(value)
     if not bool(torch.all(inside)):
         bad = torch.nonzero(~inside)[0] if inside.dim() else torch.tensor([])
         index = tuple(int(i) for i in bad)
@@ -528,7 +555,7 @@ def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:
             described.append((key, _describe_constant(record["distribution_args"].get(key))))
     fn = record["fn"]
     distribution = None if kind == "deterministic" else type(_unwrap(fn)).__name__
-    support = None if kind in ("deterministic", "factor") else support_of(fn)
+    support = None if kind in ("deterministic", "factor") else support_of(fn, enumerate_support=kind == "latent")
     return Site(
         name=record["name"],
         kind=kind,
