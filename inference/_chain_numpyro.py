@@ -25,6 +25,7 @@ computes with torch.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -38,7 +39,9 @@ from numpyro.primitives import Messenger
 
 from ppgen.errors import EngineNotApplicable
 from ppgen.inference import _chain_jax
+from ppgen.inference._common_subexpressions import merged
 from ppgen.inference._markov_chains import MarkovChain
+from ppgen.inference._mcmc import ModelFunctions
 
 # This module imports JAX and NumPyro: the engines import it on their NumPyro path only.
 
@@ -306,6 +309,16 @@ def summed_out(program: Callable, chains: Sequence[MarkovChain], max_plate_nesti
     return summed
 
 
+def merged_potential(functions: ModelFunctions) -> ModelFunctions:
+    """``functions`` with the potential evaluated with its common subexpressions merged
+    (:mod:`ppgen.inference._common_subexpressions`): the program recomputes the same transition
+    rows and emission parameters at every step, and the gradient then accumulates each copy
+    separately, O(T) small kernels per leapfrog step; merged, they are computed and
+    differentiated once."""
+    generate = functions.potential_fn_gen
+    return replace(functions, potential_fn_gen=lambda **data: merged(generate(**data)))
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Draws of the chains' states
 
@@ -320,7 +333,7 @@ def drawer(chains: Sequence[MarkovChain], max_plate_nesting: int) -> Callable[..
             return {}
 
         def build() -> Callable:
-            one = partial_draw(sampler.program, chains, max_plate_nesting)
+            one = merged(partial_draw(sampler.program, chains, max_plate_nesting))  # a smaller graph to compile
             return jax.vmap(one, in_axes=(0, 0, None))
 
         num = next(iter(samples.values())).shape[0]

@@ -248,7 +248,8 @@ class _Hamiltonian(Engine):
 
         def build_functions(program: Callable, data: dict) -> _mcmc.ModelFunctions:
             summed = _chain_numpyro.summed_out(program, chains, nesting)
-            return _mcmc.model_functions(_mcmc.enumerated(_mcmc.reparameterised(summed, noncentred), by_funsor), data)
+            functions = _mcmc.model_functions(_mcmc.enumerated(_mcmc.reparameterised(summed, noncentred), by_funsor), data)
+            return _chain_numpyro.merged_potential(functions) if chains else functions
 
         def make_kernel(functions: _mcmc.ModelFunctions) -> _mcmc.Kernel:
             return hamiltonian_kernel(
