@@ -323,17 +323,19 @@ def merged_potential(functions: ModelFunctions) -> ModelFunctions:
 # 3. Draws of the chains' states
 
 
-def drawer(chains: Sequence[MarkovChain], max_plate_nesting: int) -> Callable[..., dict[str, np.ndarray]]:
-    """A function ``(sampler, samples, data, seed) -> draws`` giving, for every draw of the
-    continuous latents in ``samples`` (site -> (draws, *shape)), one joint draw of each
-    chain's latents from p(z | x, θ) (site -> (draws, *shape)), by FFBS."""
+def drawer(chains: Sequence[MarkovChain], max_plate_nesting: int, others: Sequence[str] = ()) -> Callable[..., dict[str, np.ndarray]]:
+    """A function ``(sampler, samples, data, seed) -> draws`` giving, for every draw θ of the
+    continuous latents in ``samples`` (site -> (draws, *shape)), one joint draw from
+    p(z | x, θ) of each chain's latents (by FFBS) and of the ``others`` enumerated latents (by
+    funsor's ``infer_discrete`` on the program with its chains summed out: they are not in a
+    chain's group, so given θ they are independent of it), site -> (draws, *shape)."""
 
     def draw(sampler: Any, samples: dict[str, np.ndarray], data: dict, seed: int) -> dict[str, np.ndarray]:
         if not samples:
             return {}
 
         def build() -> Callable:
-            one = merged(partial_draw(sampler.program, chains, max_plate_nesting))  # a smaller graph to compile
+            one = merged(partial_draw(sampler.program, chains, max_plate_nesting, others))  # a smaller graph to compile
             return jax.vmap(one, in_axes=(0, 0, None))
 
         num = next(iter(samples.values())).shape[0]
@@ -344,14 +346,19 @@ def drawer(chains: Sequence[MarkovChain], max_plate_nesting: int) -> Callable[..
     return draw
 
 
-def partial_draw(program: Callable, chains: Sequence[MarkovChain], max_plate_nesting: int) -> Callable:
-    """``(key, values, data) -> draws``: one FFBS draw of every chain latent given the
-    continuous latents' ``values`` (one draw, not batched), and the values of the deterministic
-    sites computed from the chains (hidden from the potential), the program replayed on them."""
+def partial_draw(program: Callable, chains: Sequence[MarkovChain], max_plate_nesting: int, others: Sequence[str] = ()) -> Callable:
+    """``(key, values, data) -> draws``: one draw of every chain latent (FFBS) and of the
+    ``others`` enumerated latents given the continuous latents' ``values`` (one draw, not
+    batched), and the values of the deterministic sites computed from the chains (hidden from
+    the potential), the program replayed on the draws."""
+    from numpyro.contrib.funsor import infer_discrete
+
+    from ppgen.inference._mcmc import enumerated
+
     hidden = [name for chain in chains for name in chain.hidden]
 
     def one(key: Any, values: dict, data: dict) -> dict:
-        key_program, key_chains = random.split(key)
+        key_program, key_chains, key_others = random.split(key, 3)
         with handlers.seed(rng_seed=key_program), handlers.condition(data=values):
             _, enumeration = _enumerated_run(program, chains, max_plate_nesting, data)
         out = {}
@@ -360,6 +367,11 @@ def partial_draw(program: Callable, chains: Sequence[MarkovChain], max_plate_nes
             states = _chain_jax.sample(random.fold_in(key_chains, index), unary, pairwise)
             for t, name in enumerate(chain.latents):
                 out[name] = jnp.asarray(enumeration.supports[name])[states[t]].reshape(chain.shape)
+        if others:
+            conditioned = handlers.condition(enumerated(summed_out(program, chains, max_plate_nesting), list(others)), data=values)
+            decoded = infer_discrete(conditioned, first_available_dim=-1 - max_plate_nesting, temperature=1, rng_key=key_others)
+            drawn = handlers.trace(decoded).get_trace(**data)
+            out.update({name: drawn[name]["value"] for name in others})
         if hidden:
             with numpyro.validation_enabled(False), handlers.seed(rng_seed=key_program), handlers.condition(data={**values, **out}):
                 replayed = handlers.trace(program).get_trace(**data)

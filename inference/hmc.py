@@ -286,7 +286,7 @@ class _Hamiltonian(Engine):
             stats_names=SAMPLE_STATS,
             enumerated_out=discrete,
             extra_diagnostics={"reparameterised": noncentred, "markov_chains": [chain.label for chain in chains]},
-            draw_chains=_chain_numpyro.drawer(chains, nesting) if chains else None,
+            draw_chains=_chain_numpyro.drawer(chains, nesting, by_funsor) if chains else None,
         )
         if self.algo == "NUTS" and "n_steps" in result.sample_stats:
             result.sample_stats["tree_depth"] = np.ceil(np.log2(result.sample_stats["n_steps"] + 1.0)).astype(np.int64)

@@ -358,17 +358,19 @@ def test_regimes_in_a_plate_match_gibbs(counts, engine, options):
 
 
 @pytest.mark.slow
-def test_chain_beside_a_mixture_and_a_deterministic_site(issue_data, issue_gibbs):
+def test_chain_beside_a_mixture_and_a_deterministic_site(issue_data):
     """The chain is summed by the forward pass, the mixture's latents by funsor (drawn given the
     chain's draws), the deterministic site recovered from the chain's draws; the weight's
     posterior is one-dimensional: quadrature."""
-    y = issue_data
+    y = issue_data[:20]
     rng = np.random.default_rng(11)
     x = np.where(rng.random(30) < 0.3, 2.0, -2.0) + rng.normal(size=30)
-    result = ppgen.infer(levels_and_sides, y, x, engine="nuts", num_warmup=400, num_samples=500, num_chains=4, progress=False, seed=2)
-    assert result.diagnostics["markov_chains"] == [f"level_0..level_{len(y) - 1}"]
-    gibbs, reference = issue_gibbs
-    assert_matches_reference(result, reference, ["mu", "theta"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReliabilityWarning)
+        result = ppgen.infer(levels_and_sides, y, x, engine="nuts", num_warmup=400, num_samples=500, num_chains=4, progress=False, seed=2)
+    assert result.diagnostics["markov_chains"] == ["level_0..level_19"]
+    gibbs = gibbs_two_state(y, np.array([3.0, 10.0]))
+    assert_matches_reference(result, gibbs_summary({"mu": gibbs["mu"], "theta": gibbs["theta"]}), ["mu", "theta"])
     levels = np.stack([result.samples[f"level_{t}"] for t in range(len(y))], -1)
     assert_states_match(levels, gibbs["z"])
     np.testing.assert_allclose(result.samples["last_mean"], result.samples["mu"][np.arange(len(levels)), levels[:, -1]])
