@@ -36,11 +36,13 @@ def _fix_numpyro_zeros() -> None:
     if _NUMPYRO_ZEROS_CHECKED:
         return
     _NUMPYRO_ZEROS_CHECKED = True
+    import jax
     import jax.numpy as jnp
     from numpyro.compat import ops as numpyro_ops
 
-    if float(jnp.sum(numpyro_ops.zeros(1))) == 0.0:
-        return
+    with jax.ensure_compile_time_eval():  # the first use may be inside a traced function
+        if float(jnp.sum(numpyro_ops.zeros(1))) == 0.0:
+            return
 
     def zeros(*sizes: Any, **kwargs: Any) -> Any:
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
