@@ -383,12 +383,15 @@ def partial_draw(program: Callable, chains: Sequence[MarkovChain], max_plate_nes
 
 def exact_marginals(program: Callable, chains: Sequence[MarkovChain], max_plate_nesting: int, values: dict, data: dict) -> dict[str, np.ndarray]:
     """p(z_t = k | x, θ = ``values``) of every chain latent, site -> (*shape, K), for a NumPyro
-    ``program(**data)`` (forward–backward on the tables)."""
-    with handlers.seed(rng_seed=random.PRNGKey(0)), handlers.condition(data=values):
-        _, enumeration = _enumerated_run(program, chains, max_plate_nesting, data)
-    out = {}
-    for index, chain in enumerate(chains):
-        probs = np.asarray(_chain_jax.marginals(*enumeration.tables(index)))
-        for t, name in enumerate(chain.latents):
-            out[name] = probs[t].reshape(chain.shape + (chain.cardinality,))
-    return out
+    ``program(**data)`` (forward–backward on the tables, compiled)."""
+
+    def marginals(values: dict, data: dict) -> dict:
+        with handlers.seed(rng_seed=random.PRNGKey(0)), handlers.condition(data=values):
+            _, enumeration = _enumerated_run(program, chains, max_plate_nesting, data)
+        out = {}
+        for index, chain in enumerate(chains):
+            probs = _chain_jax.marginals(*enumeration.tables(index))
+            out.update({name: probs[t].reshape(chain.shape + (chain.cardinality,)) for t, name in enumerate(chain.latents)})
+        return out
+
+    return {name: np.asarray(p) for name, p in jax.jit(marginals)(values, data).items()}

@@ -67,6 +67,24 @@ def regime_counts(counts, rate_shape=RATE_SHAPE, rate_rate=RATE_RATE, sticky=STI
             sample(f"count_{i}", dist.Poisson(rate[regime]), obs=counts[:, i])
 
 
+def replicated_readings(y, seen, trans=None, locs=None):
+    """Several series, each step read several times (a plate inside the series' plate), some
+    readings missing (masked); a plain loop, no ``markov``."""
+    num_replicates, num_series, num_steps = y.shape
+    if trans is None:
+        with plate("from", 3):
+            trans = sample("trans", dist.Dirichlet(ops.ones(3)))
+    if locs is None:
+        locs = sample("locs", dist.Normal(0.0, 3.0).expand([3]).to_event(1))
+    replicates = plate("replicates", num_replicates, dim=-2)
+    with plate("series", num_series, dim=-1):
+        state = None
+        for t in range(num_steps):
+            state = sample(f"s_{t}", dist.Categorical(ops.ones(3) / 3 if t == 0 else trans[state]))
+            with replicates:
+                sample(f"reading_{t}", dist.Normal(locs[state], 1.0).mask(seen[..., t]), obs=y[..., t])
+
+
 def levels_and_sides(y, x, prior_loc=np.array([3.0, 10.0])):
     """The issue's chain, a deterministic site computed from its last state, and beside it a
     mixture whose one latent per point is enumerated too (not a chain: funsor sums it)."""
@@ -281,21 +299,35 @@ def counts():
     return rng.poisson((RATE_SHAPE / RATE_RATE)[regimes]).astype(float)
 
 
-def test_chain_tables_give_enumerate_marginals_at_fixed_parameters(counts):
-    start = np.array([0.2, 0.5, 0.3])
-    switch = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4]])
-    rate = np.array([0.9, 5.0, 13.0])
-    exact = ppgen.infer(regime_counts, counts, start=start, switch=switch, rate=rate, engine="enumerate").marginals
-    structure = ppgen.inspect(regime_counts, counts)
+def regime_case(counts):
+    fixed = {
+        "start": np.array([0.2, 0.5, 0.3]),
+        "switch": np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4]]),
+        "rate": np.array([0.9, 5.0, 13.0]),
+    }
+    return regime_counts, (counts,), fixed, "regime", counts.shape[1], (2,)
+
+
+def readings_case(counts):
+    rng = np.random.default_rng(5)
+    y, seen = rng.normal(size=(2, 3, 7)) * 2.0, rng.random((2, 3, 7)) > 0.3
+    fixed = {"trans": np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]]), "locs": np.array([-2.0, 0.0, 2.5])}
+    return replicated_readings, (y, seen), fixed, "s", 7, (3,)
+
+
+@pytest.mark.parametrize("case", [regime_case, readings_case])
+def test_chain_tables_give_enumerate_marginals_at_fixed_parameters(counts, case):
+    program, args, fixed, prefix, num_steps, shape = case(counts)
+    exact = ppgen.infer(program, *args, **fixed, engine="enumerate").marginals
+    structure = ppgen.inspect(program, *args)
     chains = find_chains(structure, _mcmc.enumerated_sites(structure))
-    assert [chain.label for chain in chains] == ["regime_0..regime_39"]
+    assert [chain.label for chain in chains] == [f"{prefix}_0..{prefix}_{num_steps - 1}"]
     with jax.enable_x64(True):
-        bound = _mcmc.bind_program(regime_counts, (counts,), {})
-        values = {"start": start, "switch": switch, "rate": rate}
-        ours = _chain_numpyro.exact_marginals(bound.numpyro_model(), chains, structure.max_plate_nesting, values, bound.data)
-    assert set(ours) == {f"regime_{i}" for i in range(40)}
+        bound = _mcmc.bind_program(program, args, {})
+        ours = _chain_numpyro.exact_marginals(bound.numpyro_model(), chains, structure.max_plate_nesting, fixed, bound.data)
+    assert set(ours) == set(exact) == {f"{prefix}_{t}" for t in range(num_steps)}
     for name, probs in exact.items():
-        assert ours[name].shape == (2, 3)
+        assert ours[name].shape == shape + (3,)
         np.testing.assert_allclose(ours[name], probs, atol=1e-6)
 
 
