@@ -713,6 +713,7 @@ def program_fingerprint(model: Callable, static: dict[str, Any], engine_file: st
 
     here = Path(__file__)
     files.update({str(here), str(Path(engine_file))})
+    files.update(str(path) for path in here.parent.glob("_*.py"))  # the engines' shared helpers
     files.update(str(path) for path in Path(ppgen.__file__).parent.glob("*.py"))  # the language itself
     digests = sorted((str(f), _file_digest(f)) for f in files if f)
     if any(d is None for _, d in digests):
@@ -1033,6 +1034,7 @@ def sample_program(
     stats_names: dict[str, str],
     enumerated_out: list[str],
     extra_diagnostics: dict[str, Any],
+    draw_chains: Optional[Callable[[CompiledSampler, dict, dict, int], dict[str, np.ndarray]]] = None,
 ) -> Result:
     """Everything an engine on NumPyro does around its kernel: bind the program, fetch or
     build its compiled sampler, run the chains, constrain the draws, draw the enumerated
@@ -1041,7 +1043,9 @@ def sample_program(
     ``build_functions(program, data)`` gives the potential the kernel samples (the program
     reparameterised or conditioned as the engine needs); ``options`` are the engine options
     the compiled sampler depends on; discrete sites the kernel samples itself are returned by
-    its ``info`` under ``"discrete"``.
+    its ``info`` under ``"discrete"``. ``draw_chains(sampler, continuous draws, data, seed)``
+    draws the enumerated sites of Markov chains summed out of the potential (see
+    :mod:`ppgen.inference._chain_numpyro`); the other enumerated sites are drawn given them.
     """
 
     def compile_and_run(bound: BoundProgram) -> tuple[CompiledSampler, bool, ChainRun]:
@@ -1082,8 +1086,11 @@ def sample_program(
     for name, values in run.infos.get("discrete", {}).items():
         samples[name] = _flatten_chains(values)
     continuous = {name: samples[name] for name in continuous_sites(structure) if name in samples}
+    chain_draws = draw_chains(sampler, continuous, bound.data, seed) if draw_chains is not None else {}
+    samples.update(chain_draws)
+    others = [name for name in enumerated_out if name not in chain_draws]
     samples.update(
-        discrete_draws(sampler, enumerated_out, continuous, bound.data, seed, -1 - structure.max_plate_nesting)
+        discrete_draws(sampler, others, {**continuous, **chain_draws}, bound.data, seed, -1 - structure.max_plate_nesting)
     )
     stats = stats_from_infos(run.infos, stats_names)
     diagnostics = {

@@ -12,7 +12,11 @@ What ppgen adds around NumPyro's kernels:
 
 - **Enumeration.** Finite discrete latents are summed out of p(x, z) exactly (parallel
   enumeration), then drawn from p(z_discrete | x, z_continuous) for every draw
-  (``infer_discrete``), so the Result has draws for them too.
+  (``infer_discrete``), so the Result has draws for them too. Latents that form a Markov
+  chain (a hidden Markov model: every site depends on one z_t or on a pair (z_{t-1}, z_t),
+  :mod:`~ppgen.inference._markov_chains`) are summed by a compiled forward pass over the
+  chain instead, and drawn by forward filtering, backward sampling
+  (:mod:`~ppgen.inference._chain_numpyro`).
 - **Automatic non-centring.** A latent from a location-scale family whose location or scale
   depends on other latents (a hierarchical model written the natural, centred way) is
   sampled as θ = μ + τ ε with ε standardised (Gorinova, Moore & Hoffman 2019), which removes
@@ -42,7 +46,7 @@ import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
 from ppgen.engine import Engine, missing_data, register
-from ppgen.inference import _mcmc
+from ppgen.inference import _markov_chains, _mcmc
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
@@ -207,6 +211,7 @@ class _Hamiltonian(Engine):
             for site in structure.params.values():
                 if site.distribution == "module":
                     return f"site {site.name!r} is a torch module, which runs on Pyro only (use backend='pyro')"
+            return _markov_chains.blocking_group(structure, _mcmc.enumerated_sites(structure), self.name)
         return None
 
     def _kernel_options(self) -> tuple:
@@ -234,11 +239,19 @@ class _Hamiltonian(Engine):
         return self._run_numpyro(structure, model, args, kwargs, start)
 
     def _run_numpyro(self, structure: ModelStructure, model: Callable, args: tuple, kwargs: dict, start: float) -> Result:
+        from ppgen.inference import _chain_numpyro
+
         discrete = _mcmc.enumerated_sites(structure)
         noncentred = _mcmc.location_scale_sites(structure) if self.reparam else []
+        nesting = structure.max_plate_nesting
+        chains = _markov_chains.find_chains(structure, discrete)
+        in_chains = {name for chain in chains for name in chain.latents}
+        by_funsor = [name for name in discrete if name not in in_chains]
 
         def build_functions(program: Callable, data: dict) -> _mcmc.ModelFunctions:
-            return _mcmc.model_functions(_mcmc.enumerated(_mcmc.reparameterised(program, noncentred), discrete), data)
+            summed = _chain_numpyro.summed_out(program, chains, nesting)
+            functions = _mcmc.model_functions(_mcmc.enumerated(_mcmc.reparameterised(summed, noncentred), by_funsor), data)
+            return _chain_numpyro.merged_potential(functions) if chains else functions
 
         def make_kernel(functions: _mcmc.ModelFunctions) -> _mcmc.Kernel:
             return hamiltonian_kernel(
@@ -274,7 +287,8 @@ class _Hamiltonian(Engine):
             progress=self.progress,
             stats_names=SAMPLE_STATS,
             enumerated_out=discrete,
-            extra_diagnostics={"reparameterised": noncentred},
+            extra_diagnostics={"reparameterised": noncentred, "markov_chains": [chain.label for chain in chains]},
+            draw_chains=_chain_numpyro.drawer(chains, nesting, by_funsor) if chains else None,
         )
         if self.algo == "NUTS" and "n_steps" in result.sample_stats:
             result.sample_stats["tree_depth"] = np.ceil(np.log2(result.sample_stats["n_steps"] + 1.0)).astype(np.int64)
