@@ -205,6 +205,14 @@ class _Hamiltonian(Engine):
             for site in structure.params.values():
                 if site.distribution == "module":
                     return f"site {site.name!r} is a torch module, which runs on Pyro only (use backend='pyro')"
+        else:
+            for site in structure.latent.values():
+                if site.support_parents:
+                    return (
+                        f"latent site {site.name!r} has a support that depends on {', '.join(map(repr, site.support_parents))}, "
+                        "and Pyro's HMC maps every draw through the support at its first point (wrong draws); "
+                        "run it on NumPyro (backend='numpyro'), which maps each draw through its own support"
+                    )
         return None
 
     def _kernel_options(self) -> tuple:
