@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ppgen.backend import check_precision
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.results import Result
@@ -146,6 +147,7 @@ class _Hamiltonian(Engine):
         thinning: int = 1,
         init_radius: float = 2.0,
         num_threads: Optional[int] = 1,
+        precision: str = "float64",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -189,6 +191,7 @@ class _Hamiltonian(Engine):
         self.thinning = int(thinning)
         self.init_radius = float(init_radius)
         self.num_threads = num_threads
+        self.precision = check_precision(cls, precision)
         self.seed = seed
         self.progress = progress
 
@@ -281,6 +284,8 @@ class _Hamiltonian(Engine):
             stats_names=SAMPLE_STATS,
             enumerated_out=discrete,
             extra_diagnostics={"reparameterised": noncentred},
+            precision=self.precision,
+            init_radius=self.init_radius,
         )
         if self.algo == "NUTS" and "n_steps" in result.sample_stats:
             result.sample_stats["tree_depth"] = np.ceil(np.log2(result.sample_stats["n_steps"] + 1.0)).astype(np.int64)
@@ -306,7 +311,14 @@ class NUTS(_Hamiltonian):
     backend : None (NumPyro, or Pyro for programs with torch modules), "numpyro" or "pyro".
     num_threads : torch intra-op threads on the Pyro backend (1 is fastest for small models
         on a shared machine); None leaves torch's setting alone.
-    seed, progress : random seed; show a progress bar.
+    init_radius : each chain starts at a point drawn uniformly from [−init_radius,
+        init_radius] on the unconstrained scale (inside every support), redrawn up to 100 times
+        while the log density or its gradient is not finite (Stan's rule); if none is, the run
+        stops with an ``EngineFailure`` naming the site to blame.
+    precision : "float64" (default, as Stan and PyMC) or "float32" (faster on some hardware,
+        but a covariance with a small jitter or a long recursion can lose the posterior). Set
+        for this run only: JAX's process-wide x64 flag is left as it was.
+    seed, progress : random seed (also of the initial points); show a progress bar.
 
     Examples
     --------
