@@ -157,8 +157,10 @@ def first_problem(program: Callable, data: dict, rng_key: Any, radius: float) ->
         if site["is_observed"] and not bool(jnp.all(fn.support(value))):
             return name, f"has data outside the support of its {_family(fn)} ({fn.support})"
         log_prob = fn.log_prob(value)
+        if site.get("mask") is not None:  # masked-out elements do not count
+            log_prob = jnp.where(site["mask"], log_prob, 0.0)
         if not bool(jnp.all(jnp.isfinite(log_prob))):
-            return name, f"has a log density of {_describe(log_prob)} ({_family(fn)})"
+            return name, f"has a log density of {_non_finite(log_prob)} ({_family(fn)})"
         if not site["is_observed"] and not fn.support.is_discrete:
             transform = biject_to(fn.support)
             u = transform.inv(value)
@@ -170,7 +172,7 @@ def first_problem(program: Callable, data: dict, rng_key: Any, radius: float) ->
         if not bool(jnp.all(jnp.isfinite(value))):
             return name, "has a log density whose gradient with respect to it is not finite"
     if not bool(jnp.isfinite(energy)):
-        return None, f"the total log density is {_describe(-energy)}"
+        return None, f"the total log density is {_non_finite(-energy)}"
     return None
 
 
@@ -186,9 +188,14 @@ def invalid_parameter(fn: Any) -> Optional[str]:
     for key, constraint in getattr(base, "arg_constraints", {}).items():
         if constraints.is_dependent(constraint) or key not in vars(base):  # lazily derived: checked through its source
             continue
-        value = vars(base)[key]
-        if not bool(jnp.all(constraint(value))):
-            return f"{_describe(value, constraint)} {key} parameter ({_family(fn)})"
+        value = np.asarray(vars(base)[key])
+        if bool(jnp.all(constraint(value))):
+            continue
+        if np.isnan(value).any():
+            return f"a NaN {key} parameter ({_family(fn)})"
+        if np.isinf(value).any():
+            return f"an infinite {key} parameter ({_family(fn)})"
+        return f"a {key} parameter outside {constraint} ({_family(fn)})"
     return None
 
 
@@ -199,13 +206,9 @@ def _family(fn: Any) -> str:
     return type(base).__name__
 
 
-def _describe(value: Any, constraint: Any = None) -> str:
-    """NaN, +inf, -inf, or "a value outside <constraint>"."""
+def _non_finite(value: Any) -> str:
+    """NaN, +inf or -inf: the first that ``value`` holds."""
     array = np.asarray(value)
     if np.isnan(array).any():
-        return "a NaN"
-    if np.isposinf(array).any():
-        return "an infinite" if constraint is not None else "+inf"
-    if np.isneginf(array).any():
-        return "an infinite" if constraint is not None else "-inf"
-    return f"an out-of-range ({constraint})" if constraint is not None else "not finite"
+        return "NaN"
+    return "+inf" if np.isposinf(array).any() else "-inf"
