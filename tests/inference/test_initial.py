@@ -108,7 +108,7 @@ def raw_numpyro_arma(y, seed=0):
             prediction = mu + phi * y_previous + theta * (y_previous - previous)
             return prediction, prediction
 
-        first = mu + phi * mu
+        first = jnp.asarray(mu + phi * mu)
         _, rest = jax.lax.scan(step, first, y[:-1])
         numpyro.sample("y", nd.Normal(jnp.concatenate([first[None], rest]), sigma), obs=y)
 
