@@ -21,6 +21,11 @@ What ppgen adds around NumPyro's kernels:
 - **Compile once.** The sampler is compiled once per program, argument shapes and options,
   all chains vectorised; a second run reuses it, and JAX's persistent cache
   (``~/.cache/ppgen/jax``, or ``$PPGEN_CACHE_DIR``) keeps it for the next process.
+- **Float64, initial points, supports.** Runs in float64 unless ``precision="float32"``
+  (for the run only); each chain starts inside every support at the best of ten finite
+  points drawn from the seed on [−``init_radius``, ``init_radius``] (an ``EngineFailure``
+  naming the site when none is finite); each draw is constrained through its site's support at
+  that draw, so supports that depend on other latents are respected (``_mcmc``, ``_initial``).
 
 Programs with torch modules run on Pyro's kernels instead (``backend="pyro"`` forces it).
 
