@@ -8,7 +8,7 @@ covariance that is not positive definite) is redrawn, up to :data:`MAX_TRIES` ti
 (:func:`initial_point`, per chain, from the run's seed). Unlike Stan, a chain does not start at
 the first finite point but at the most probable of the first :data:`NUM_CANDIDATES`: where part
 of the box holds finite but astronomically improbable points (an ARMA(1,1)'s moving-average
-coefficient beyond ±1 makes its 200-step error recursion explode to 10⁵⁰), a chain started there
+coefficient beyond ±1 makes its 200-step error recursion explode to 10⁶⁰), a chain started there
 has gradients so steep that warmup never brings it back, and half of all chains would start
 there. Ten candidates still spread the chains over the box, as R-hat needs.
 

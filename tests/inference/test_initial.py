@@ -20,7 +20,7 @@ from ppgen.errors import EngineFailure
 from ._mcmc_reference import assert_within
 
 
-def test_initial_point_is_finite_seeded_and_nan_when_nothing_is_finite():
+def test_initial_point_is_finite_seeded_the_best_of_several_and_nan_when_nothing_is_finite():
     import jax
     import jax.numpy as jnp
 
@@ -37,6 +37,12 @@ def test_initial_point_is_finite_seeded_and_nan_when_nothing_is_finite():
     assert len({float(p["a"]) for p in points}) == 5  # another seed, another start
     again = start(jax.random.PRNGKey(3))
     assert float(again["a"]) == float(points[3]["a"])
+
+    def cliff(z):  # finite everywhere, but astronomically improbable where a > 0
+        return jnp.where(z["a"] > 0.0, 1e30, 0.0) + jnp.sum(z["b"] ** 2) + z["a"] ** 2
+
+    best = jax.jit(lambda key: _initial.initial_point(key, cliff, prototype))
+    assert all(float(best(jax.random.PRNGKey(seed))["a"]) < 0.0 for seed in range(8))  # the first finite draw: half > 0
 
     nowhere = jax.jit(lambda key: _initial.initial_point(key, lambda z: jnp.inf * z["a"], prototype))(jax.random.PRNGKey(0))
     assert all(np.all(np.isnan(value)) for value in nowhere.values())
