@@ -13,9 +13,10 @@ parameter with a prior symmetric about 0 is a half-normal or half-Cauchy; a para
 sampling statement has a flat (improper) prior on its support, written as ``ImproperUniform``;
 ``ordered[K]`` is an ordered-vector latent with the elementwise prior added as a ``factor``.
 
-Backends: the eight-schools, arK, gp_regr and gp_pois_regr programs run on NumPyro and Pyro;
+Backends: the eight-schools, arK and gp_regr programs run on NumPyro and Pyro;
 ``kidscore_momiq`` and ``low_dim_gauss_mix`` use ``ImproperUniform``, which both backends
-provide, but are only checked on NumPyro (ppgen's default for MCMC).
+provide, but are only checked on NumPyro (ppgen's default for MCMC), as is ``gp_pois_regr``
+(whose posterior needs float64, NumPyro's default in ppgen).
 """
 
 from __future__ import annotations
