@@ -35,9 +35,10 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
-from ppgen.backend import to_numpy, use_backend
+from ppgen.backend import Precision, jax_precision, to_numpy, use_backend
 from ppgen.driver import iterate
-from ppgen.errors import EngineFailure, ReliabilityWarning
+from ppgen.errors import EngineFailure, ReliabilityWarning, user_stacklevel
+from ppgen.inference import _initial
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, _call_with_bound, bind_arguments, coupled_discrete_latent
 
@@ -262,7 +263,9 @@ def bind_program(model: Callable, args: tuple, kwargs: dict, concrete: frozenset
         if array is None:
             static[name] = value
         elif name in concrete:
-            static[name] = array
+            # a copy: JAX remembers the dtype of a NumPy constant it traced by the array object,
+            # so the caller's own array, traced here in float64, would break their float32 JAX code
+            static[name] = np.array(array, copy=True)
         else:
             data[name] = jnp.asarray(array)
     key = (
@@ -434,58 +437,66 @@ class ModelFunctions:
 
 
 def model_functions(program: Callable, data: dict[str, Any], seed: int = 0) -> ModelFunctions:
-    """Trace ``program(**data)`` with NumPyro and build its :class:`ModelFunctions`."""
-    import jax
-    from jax import random
-    from numpyro.infer.util import initialize_model
+    """Trace ``program(**data)`` with NumPyro and build its :class:`ModelFunctions`.
 
-    try:
-        info, potential_fn_gen, postprocess_fn_gen, _ = initialize_model(
-            random.PRNGKey(seed), program, model_kwargs=data, dynamic_args=True
-        )
-    except RuntimeError as error:
-        raise EngineFailure(
-            f"could not find initial values with a finite log density for {program.__name__}: {error}. "
-            "Check that the data lie in the support of their distributions, or rescale the data"
-        ) from None
-    prototype = {name: jax.ShapeDtypeStruct(np.shape(value), value.dtype) for name, value in info.z.items()}
+    What NumPyro's ``initialize_model`` builds, without its search for an initial point: the
+    chains search themselves, with the run's seed and ``init_radius`` (:mod:`._initial`), and a
+    program with no finite point is reported there, naming the site. The program is traced
+    once at a point drawn with ``seed`` (any point: only the latents' shapes and which sites
+    are enumerated are read from it), with NumPyro's argument validation off, since the point
+    may lie where the density is not finite (an overflowing recursion).
+
+    The potential is NumPyro's ``potential_energy``, which maps each unconstrained value u
+    through T = ``biject_to(support)`` of its site at every evaluation. The constraining map
+    replays the program for every draw, so each draw goes through the support its site has *at
+    that draw*: a flat prior on (0, 1 − α) moves with α. (NumPyro's own map reuses the
+    transforms of the traced point unless it recognises a support as dependent, which it does
+    not through ``IndependentConstraint``, as every ``ImproperUniform``'s is wrapped.)
+    """
+    import jax
+    import numpyro
+    from jax import random
+    from numpyro import handlers
+    from numpyro.distributions import biject_to
+    from numpyro.infer.initialization import init_to_uniform
+    from numpyro.infer.util import constrain_fn, potential_energy
+
+    with numpyro.validation_enabled(False):
+        point = handlers.substitute(handlers.seed(program, random.PRNGKey(seed)), substitute_fn=init_to_uniform)
+        model_trace = handlers.trace(point).get_trace(**data)
+    prototype, enumerate_out, nesting = {}, False, 0
+    for name, site in model_trace.items():
+        if site["type"] != "sample":
+            continue
+        nesting = max([nesting] + [-frame.dim for frame in site["cond_indep_stack"] if frame.dim is not None])
+        if site["is_observed"]:
+            continue
+        if site["fn"].support.is_discrete:
+            enumerate_out = True
+            continue
+        shape = biject_to(site["fn"].support).inverse_shape(np.shape(site["value"]))
+        prototype[name] = jax.ShapeDtypeStruct(shape, jax.numpy.result_type(site["value"]))
+    density = program
+    if enumerate_out:
+        from numpyro.contrib.funsor import config_enumerate, enum
+
+        density = enum(config_enumerate(program), -nesting - 1)
+
+    def potential_fn_gen(**data: Any) -> Callable[[dict], Any]:
+        return lambda z: potential_energy(density, (), data, z, enum=enumerate_out)
+
+    # enumerated discrete sites are sampled (any value) when replaying: their draws come from
+    # discrete_draws, conditioned on the continuous ones
+    replayed = handlers.seed(program, rng_seed=0)
+
+    def postprocess_fn_gen(**data: Any) -> Callable[[dict], dict]:
+        return lambda z: constrain_fn(replayed, (), data, z, return_deterministic=True)
+
     return ModelFunctions(potential_fn_gen, postprocess_fn_gen, prototype)
 
 
-def initial_point(rng_key: Any, potential_fn: Callable, prototype: dict[str, Any], radius: float = 2.0, max_tries: int = 100) -> dict:
-    """A point drawn uniformly from [−radius, radius] in unconstrained space where U and ∇U are
-    finite (up to ``max_tries`` draws; NumPyro's ``init_to_uniform``). Traceable."""
-    import jax
-    import jax.numpy as jnp
-    from jax import lax, random
-
-    names = sorted(prototype)
-
-    def draw(key: Any) -> dict:
-        keys = random.split(key, max(len(names), 1))
-        return {
-            name: random.uniform(k, prototype[name].shape, prototype[name].dtype, -radius, radius)
-            for k, name in zip(keys, names)
-        }
-
-    def is_valid(z: dict) -> Any:
-        energy, grad = jax.value_and_grad(potential_fn)(z)
-        finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]
-        return jnp.isfinite(energy) & jnp.all(jnp.array(finite + [True]))
-
-    def keep_looking(carry: tuple) -> Any:
-        tries, _, _, valid = carry
-        return (~valid) & (tries < max_tries)
-
-    def body(carry: tuple) -> tuple:
-        tries, key, _, _ = carry
-        key, subkey = random.split(key)
-        z = draw(subkey)
-        return tries + 1, key, z, is_valid(z)
-
-    start = draw(rng_key)
-    _, _, z, _ = lax.while_loop(keep_looking, body, (0, rng_key, start, jnp.array(False)))
-    return z
+#: Re-exported: the kernels start their chains with it.
+initial_point = _initial.initial_point
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,12 +576,19 @@ class CompiledSampler:
     # The kernel's pieces, vectorised over chains. The chain state crosses between calls as a
     # flat list of arrays, so the exported functions need no custom pytree types.
 
-    def init(self, keys: Any, data: dict) -> list:
+    def init(self, keys: Any, data: dict) -> tuple[list, Any]:
+        """Every chain's initial state, and its log density (NaN where the chain found no
+        finite initial point)."""
         import jax
 
         def build() -> Callable:
             kernel = self.kernel
-            return lambda keys, data: jax.tree.leaves(jax.vmap(kernel.init, in_axes=(0, None))(keys, data))
+
+            def init(keys: Any, data: dict) -> tuple:
+                states = jax.vmap(kernel.init, in_axes=(0, None))(keys, data)
+                return jax.tree.leaves(states), jax.vmap(kernel.info)(states)["log_density"]
+
+            return init
 
         return self.call("init", build, keys, data)
 
@@ -763,10 +781,13 @@ def run_chains(
     progress: bool,
     name: str,
     start: Optional[float] = None,
+    init_radius: float = 2.0,
 ) -> ChainRun:
     """Run ``num_chains`` chains for ``num_warmup + num_samples`` iterations and keep the last
     ``num_samples`` (every ``thinning``-th). Vectorised chains share one compiled program;
-    sequential ones reuse the program compiled for one chain."""
+    sequential ones reuse the program compiled for one chain. A chain that found no finite
+    initial point (its kernel drew them with ``init_radius``) stops the run before sampling,
+    with an :class:`EngineFailure` naming the site to blame."""
     import jax
     from jax import random
 
@@ -779,7 +800,12 @@ def run_chains(
     per_group: list[dict[str, np.ndarray]] = []
     interrupted = False
     for index, group_keys in enumerate(groups):
-        states = sampler.init(group_keys, data)
+        states, log_density = sampler.init(group_keys, data)
+        stuck = np.flatnonzero(~np.isfinite(np.asarray(log_density))) + index * len(group_keys)
+        if stuck.size:
+            chains = ", ".join(str(chain + 1) for chain in stuck)
+            who = f"{name} (chain{'s' if stuck.size > 1 else ''} {chains} of {num_chains})"
+            raise _initial.no_start(who, sampler.program, data, seed=seed, radius=init_radius)
         collected: list[dict[str, np.ndarray]] = []
 
         def step(states: Any) -> tuple[Any, float]:
@@ -940,7 +966,7 @@ def warn_if_unreliable(name: str, diagnostics: dict[str, Any], num_chains: int) 
             f"{name}: {divergences} divergent transitions after warmup; the draws may be biased. "
             "Raise target_accept, or reparameterise the model",
             ReliabilityWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     r_hat = diagnostics.get("max_r_hat", float("nan"))
     if num_chains > 1 and np.isfinite(r_hat) and r_hat > 1.01:
@@ -948,7 +974,7 @@ def warn_if_unreliable(name: str, diagnostics: dict[str, Any], num_chains: int) 
             f"{name}: max R-hat is {r_hat:.3f} (> 1.01): the chains disagree; run longer "
             "(num_warmup, num_samples) or check for multimodality",
             ReliabilityWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -1035,6 +1061,8 @@ def sample_program(
     enumerated_out: list[str],
     extra_diagnostics: dict[str, Any],
     draw_chains: Optional[Callable[[CompiledSampler, dict, dict, int], dict[str, np.ndarray]]] = None,
+    precision: Precision = "float64",
+    init_radius: float = 2.0,
 ) -> Result:
     """Everything an engine on NumPyro does around its kernel: bind the program, fetch or
     build its compiled sampler, run the chains, constrain the draws, draw the enumerated
@@ -1046,7 +1074,46 @@ def sample_program(
     its ``info`` under ``"discrete"``. ``draw_chains(sampler, continuous draws, data, seed)``
     draws the enumerated sites of Markov chains summed out of the potential (see
     :mod:`ppgen.inference._chain_numpyro`); the other enumerated sites are drawn given them.
+    Everything runs in ``precision`` (JAX's x64 flag set
+    for this scope only, see :func:`ppgen.backend.jax_precision`), which is part of the
+    compiled sampler's keys; ``init_radius`` is the one the kernel draws initial points with.
     """
+    with jax_precision(precision):
+        return _sample_program(
+            engine=engine, engine_file=engine_file, structure=structure, model=model, args=args, kwargs=kwargs,
+            start=start, build_functions=build_functions, make_kernel=make_kernel, options=options + (precision,),
+            num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
+            vectorized=vectorized, seed=seed, progress=progress, stats_names=stats_names,
+            enumerated_out=enumerated_out, extra_diagnostics={**extra_diagnostics, "precision": precision},
+            draw_chains=draw_chains, init_radius=init_radius,
+        )
+
+
+def _sample_program(
+    *,
+    engine: str,
+    engine_file: str,
+    structure: ModelStructure,
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    start: float,
+    build_functions: Callable[[Callable, dict], ModelFunctions],
+    make_kernel: Callable[[ModelFunctions], Kernel],
+    options: tuple,
+    num_chains: int,
+    num_warmup: int,
+    num_samples: int,
+    thinning: int,
+    vectorized: bool,
+    seed: int,
+    progress: bool,
+    stats_names: dict[str, str],
+    enumerated_out: list[str],
+    extra_diagnostics: dict[str, Any],
+    draw_chains: Optional[Callable[[CompiledSampler, dict, dict, int], dict[str, np.ndarray]]],
+    init_radius: float,
+) -> Result:
 
     def compile_and_run(bound: BoundProgram) -> tuple[CompiledSampler, bool, ChainRun]:
         def build() -> CompiledSampler:
@@ -1073,6 +1140,7 @@ def sample_program(
             progress=progress,
             name=engine,
             start=start,
+            init_radius=init_radius,
         )
         return sampler, reused, run
 

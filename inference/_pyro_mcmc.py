@@ -64,7 +64,7 @@ def run_hamiltonian(engine: Any, structure: ModelStructure, model: Callable, arg
     try:
         if engine.num_threads is not None:
             torch.set_num_threads(engine.num_threads)
-        with torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
+        with torch_precision(getattr(torch, engine.precision)), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(engine.seed)
             for chain in range(engine.num_chains):
                 options = dict(

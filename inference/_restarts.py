@@ -25,7 +25,6 @@ together and the run stops there, reporting convergence. Two defences, shared by
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -33,7 +32,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ppgen.errors import ConvergenceWarning
+from ppgen.errors import ConvergenceWarning, user_stacklevel
 
 INITS = ("auto", "program", "random", "kmeans++", "spectral")
 """Start kinds: ``"auto"`` (derived from the structure: spectral for pair latents, k-means++
@@ -146,14 +145,6 @@ def symmetric_sites(marginals: dict[str, Any]) -> list[str]:
     return out
 
 
-def _user_stacklevel() -> int:
-    """``stacklevel`` of the first frame outside ppgen (the user's call of a verb or engine)."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "ppgen":
-        level, frame = level + 1, frame.f_back
-    return level
-
-
 def warn_symmetric(engine: str, sites: list[str]) -> None:
     """The :class:`ConvergenceWarning` for a run that ended at a symmetric point, raised at
     the user's stack level."""
@@ -163,7 +154,7 @@ def warn_symmetric(engine: str, sites: list[str]) -> None:
         "posterior over its categories (the components are not told apart); raise num_restarts, or pass "
         "init='kmeans++' / 'spectral' / your own start",
         ConvergenceWarning,
-        stacklevel=_user_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
 
 
@@ -172,7 +163,7 @@ def warn_unconverged(engine: str, tol: float, num_steps: int) -> None:
     warnings.warn(
         f"{engine}: the objective did not converge to tol={tol} within num_steps={num_steps}; raise num_steps or loosen tol",
         ConvergenceWarning,
-        stacklevel=_user_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
 
 

@@ -27,7 +27,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median
 
 from ppgen._numpyro_distributions import missing_family
-from ppgen.backend import torch_precision, to_numpy, use_backend
+from ppgen.backend import check_precision, jax_precision, torch_precision, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
@@ -69,6 +69,7 @@ class ADVI(Engine):
     tol : stop early when the (noisy) ELBO changes by less than ``tol`` relatively; 0 runs all steps.
     backend : ``"numpyro"`` (compiled with JAX; the default for programs without torch modules)
         or ``"pyro"`` (the default for neural programs).
+    precision : "float64" (default) or "float32", on either backend, for this run only.
     seed, progress : random seed and progress bar.
 
     Returns a :class:`~ppgen.Result` with ``samples`` (continuous latents from q, discrete ones
@@ -106,6 +107,7 @@ class ADVI(Engine):
         num_elbo_evaluations: int = 100,
         tol: float = 0.0,
         backend: Optional[str] = None,
+        precision: str = "float64",
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -125,6 +127,7 @@ class ADVI(Engine):
         self.num_elbo_evaluations = num_elbo_evaluations
         self.tol = tol
         self.backend = backend
+        self.precision = check_precision("ADVI", precision)
         self.seed = seed
         self.progress = progress
 
@@ -140,7 +143,8 @@ class ADVI(Engine):
         if backend == "numpyro":
             from ._advi_numpyro import run_numpyro
 
-            return run_numpyro(self, model, structure, args, kwargs)
+            with jax_precision(self.precision):
+                return run_numpyro(self, model, structure, args, kwargs)
         return self._run_pyro(model, structure, args, kwargs)
 
     def _run_pyro(self, model: Callable, structure: ModelStructure, args: tuple, kwargs: dict) -> Result:
@@ -149,7 +153,7 @@ class ADVI(Engine):
         discrete = [name for name, site in structure.latent.items() if site.is_discrete]
         continuous = [name for name, site in structure.latent.items() if not site.is_discrete]
         nesting = structure.max_plate_nesting
-        with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
+        with use_backend("pyro"), torch_precision(getattr(torch, self.precision)), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             store = pyro.get_param_store()
             program = config_enumerate(model, default="parallel") if discrete else model

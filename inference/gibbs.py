@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
+from ppgen.backend import check_precision
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.inference.hmc import SAMPLE_STATS
@@ -193,6 +194,7 @@ class Gibbs(Engine):
         (vectorised).
     target_accept, dense_mass, max_tree_depth : of the NUTS block (see ``nuts``).
     thinning : keep every ``thinning``-th sweep.
+    init_radius, precision : initial points and floating-point precision, as for ``nuts``.
     seed, progress : random seed; show a progress bar.
 
     Examples
@@ -218,6 +220,7 @@ class Gibbs(Engine):
         max_tree_depth: int = 10,
         thinning: int = 1,
         init_radius: float = 2.0,
+        precision: str = "float64",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -239,6 +242,7 @@ class Gibbs(Engine):
         self.max_tree_depth = int(max_tree_depth)
         self.thinning = int(thinning)
         self.init_radius = float(init_radius)
+        self.precision = check_precision("Gibbs", precision)
         self.seed = seed
         self.progress = progress
 
@@ -314,5 +318,7 @@ class Gibbs(Engine):
             stats_names=SAMPLE_STATS,
             enumerated_out=[],
             extra_diagnostics={"gibbs_sites": discrete},
+            precision=self.precision,
+            init_radius=self.init_radius,
         )
         return result

@@ -25,6 +25,11 @@ What ppgen adds around NumPyro's kernels:
 - **Compile once.** The sampler is compiled once per program, argument shapes and options,
   all chains vectorised; a second run reuses it, and JAX's persistent cache
   (``~/.cache/ppgen/jax``, or ``$PPGEN_CACHE_DIR``) keeps it for the next process.
+- **Float64, initial points, supports.** Runs in float64 unless ``precision="float32"``
+  (for the run only); each chain starts inside every support at the best of ten finite
+  points drawn from the seed on [−``init_radius``, ``init_radius``] (an ``EngineFailure``
+  naming the site when none is finite); each draw is constrained through its site's support at
+  that draw, so supports that depend on other latents are respected (``_mcmc``, ``_initial``).
 
 Programs with torch modules run on Pyro's kernels instead (``backend="pyro"`` forces it).
 
@@ -45,6 +50,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
+from ppgen.backend import check_precision
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _markov_chains, _mcmc
 from ppgen.results import Result
@@ -152,6 +158,7 @@ class _Hamiltonian(Engine):
         thinning: int = 1,
         init_radius: float = 2.0,
         num_threads: Optional[int] = 1,
+        precision: str = "float64",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -195,6 +202,7 @@ class _Hamiltonian(Engine):
         self.thinning = int(thinning)
         self.init_radius = float(init_radius)
         self.num_threads = num_threads
+        self.precision = check_precision(cls, precision)
         self.seed = seed
         self.progress = progress
 
@@ -212,6 +220,14 @@ class _Hamiltonian(Engine):
                 if site.distribution == "module":
                     return f"site {site.name!r} is a torch module, which runs on Pyro only (use backend='pyro')"
             return _markov_chains.blocking_group(structure, _mcmc.enumerated_sites(structure), self.name)
+        else:
+            for site in structure.latent.values():
+                if site.support_parents:
+                    return (
+                        f"latent site {site.name!r} has a support that depends on {', '.join(map(repr, site.support_parents))}, "
+                        "and Pyro's HMC maps every draw through the support at its first point (wrong draws); "
+                        "run it on NumPyro (backend='numpyro'), which maps each draw through its own support"
+                    )
         return None
 
     def _kernel_options(self) -> tuple:
@@ -289,6 +305,8 @@ class _Hamiltonian(Engine):
             enumerated_out=discrete,
             extra_diagnostics={"reparameterised": noncentred, "markov_chains": [chain.label for chain in chains]},
             draw_chains=_chain_numpyro.drawer(chains, nesting, by_funsor) if chains else None,
+            precision=self.precision,
+            init_radius=self.init_radius,
         )
         if self.algo == "NUTS" and "n_steps" in result.sample_stats:
             result.sample_stats["tree_depth"] = np.ceil(np.log2(result.sample_stats["n_steps"] + 1.0)).astype(np.int64)
@@ -314,7 +332,14 @@ class NUTS(_Hamiltonian):
     backend : None (NumPyro, or Pyro for programs with torch modules), "numpyro" or "pyro".
     num_threads : torch intra-op threads on the Pyro backend (1 is fastest for small models
         on a shared machine); None leaves torch's setting alone.
-    seed, progress : random seed; show a progress bar.
+    init_radius : each chain starts at a point drawn uniformly from [−init_radius,
+        init_radius] on the unconstrained scale (inside every support), redrawn up to 100 times
+        while the log density or its gradient is not finite (Stan's rule); if none is, the run
+        stops with an ``EngineFailure`` naming the site to blame.
+    precision : "float64" (default, as Stan and PyMC) or "float32" (faster on some hardware,
+        but a covariance with a small jitter or a long recursion can lose the posterior). Set
+        for this run only: JAX's process-wide x64 flag is left as it was.
+    seed, progress : random seed (also of the initial points); show a progress bar.
 
     Examples
     --------

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from ppgen.backend import to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
-from ppgen.errors import ReliabilityWarning
+from ppgen.errors import ReliabilityWarning, user_stacklevel
 from ppgen.inference._discrete import in_precision, quiet_validation
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure
@@ -217,16 +217,6 @@ def _resample(log_w: torch.Tensor, values: dict[str, torch.Tensor], factorised) 
         picked = moved[index, torch.arange(index.shape[1]).unsqueeze(0)]
         out[name] = picked.movedim(1, factorised[1][name])
     return out
-
-
-def _caller_stacklevel() -> int:
-    """The stack level of the first frame outside ppgen, so a warning points at the user's call."""
-    import sys
-
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("ppgen"):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @register
@@ -430,7 +420,7 @@ class Importance(Engine):
                 f"{self.num_samples}{where}); the estimate of log p(x) and the draws are unreliable. Use a "
                 "proposal closer to the posterior (guide=...) or more samples",
                 ReliabilityWarning,
-                stacklevel=_caller_stacklevel(),
+                stacklevel=user_stacklevel(),
             )
         return Result(
             engine=self.name,

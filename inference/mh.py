@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
+from ppgen.backend import check_precision
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.results import Result
@@ -135,6 +136,7 @@ class MetropolisHastings(Engine):
     target_accept : acceptance rate the scale adapts to; None picks 0.44 in one dimension and
         0.234 above.
     thinning : keep every ``thinning``-th draw.
+    init_radius, precision : initial points and floating-point precision, as for ``nuts``.
     seed, progress : random seed; show a progress bar.
 
     Examples
@@ -158,6 +160,7 @@ class MetropolisHastings(Engine):
         target_accept: Optional[float] = None,
         thinning: int = 1,
         init_radius: float = 2.0,
+        precision: str = "float64",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -174,6 +177,7 @@ class MetropolisHastings(Engine):
         self.target_accept = target_accept
         self.thinning = int(thinning)
         self.init_radius = float(init_radius)
+        self.precision = check_precision("MetropolisHastings", precision)
         self.seed = seed
         self.progress = progress
 
@@ -224,6 +228,8 @@ class MetropolisHastings(Engine):
             stats_names=SAMPLE_STATS,
             enumerated_out=discrete,
             extra_diagnostics={},
+            precision=self.precision,
+            init_radius=self.init_radius,
         )
         result.diagnostics["acceptance_rate"] = float(np.mean(result.sample_stats["acceptance_rate"]))
         return result

@@ -1,4 +1,4 @@
-"""Six reference posteriors from posteriordb, written as ppgen programs.
+"""Seven reference posteriors from posteriordb, written as ppgen programs.
 
 posteriordb (Magnusson, Bürkner & Vehtari 2023) pairs Stan models and data with reference
 ("gold standard") posterior draws; MCMC and VI engines are checked against them. The data and
@@ -15,7 +15,8 @@ sampling statement has a flat (improper) prior on its support, written as ``Impr
 
 Backends: the eight-schools, arK and gp_regr programs run on NumPyro and Pyro;
 ``kidscore_momiq`` and ``low_dim_gauss_mix`` use ``ImproperUniform``, which both backends
-provide, but are only checked on NumPyro (ppgen's default for MCMC).
+provide, but are only checked on NumPyro (ppgen's default for MCMC), as is ``gp_pois_regr``
+(whose posterior needs float64, NumPyro's default in ppgen).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ POSTERIORS = {
     "low_dim_gauss_mix": "low_dim_gauss_mix-low_dim_gauss_mix",
     "arK": "arK-arK",
     "gp_regr": "gp_pois_regr-gp_regr",
+    "gp_pois_regr": "gp_pois_regr-gp_pois_regr",
 }
 
 
@@ -233,6 +235,40 @@ def load_gp_regr(seed: int = 0) -> Simulated:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# gp_pois_regr: Gaussian-process Poisson regression, latent function sampled
+
+
+def gp_pois_regr(x: Any, k: Optional[Any] = None) -> None:
+    """1-D GP Poisson regression with a squared-exponential kernel, non-centred.
+
+    ρ ~ Gamma(25, 4);  α ~ half-N(0, 2);  f̃ ~ N(0, I);
+    f = L f̃ with L Lᵀ = K + 10⁻¹⁰ I,  K_ij = α² exp(−(x_i − x_j)² / (2ρ²));
+    k_i ~ Poisson(exp(f_i)).
+
+    The jitter 10⁻¹⁰ is posteriordb's: for long length scales K is nearly singular, and its
+    Cholesky factor is only defined in float64 (in float32 it is NaN from ρ ≈ 7 on).
+    """
+    rho = sample("rho", dist.Gamma(25.0, 4.0))
+    alpha = sample("alpha", dist.HalfNormal(2.0))
+    n = len(x)
+    distance = x[:, None] - x[None, :]
+    covariance = alpha**2 * ops.exp(-(distance**2) / (2.0 * rho**2)) + 1e-10 * ops.eye(n)
+    with plate("N", n):
+        f_tilde = sample("f_tilde", dist.Normal(0.0, 1.0))
+        f = deterministic("f", ops.linalg.cholesky(covariance) @ f_tilde)
+        sample("k", dist.Poisson(ops.exp(f)), obs=k)
+
+
+def load_gp_pois_regr(seed: int = 0) -> Simulated:
+    """The GP Poisson data (N = 11 counts at x = −10..10) and the reference posterior means."""
+    data = _data("gp_pois_regr")
+    return Simulated(
+        {"x": np.asarray(data["x"], dtype=float), "k": np.asarray(data["k"], dtype=np.int64)},
+        _reference_means("gp_pois_regr"),
+    )
+
+
 #: Each catalogue name -> (program, loader).
 PROGRAMS = {
     "eight_schools_centered": (eight_schools_centered, load_eight_schools),
@@ -241,6 +277,7 @@ PROGRAMS = {
     "low_dim_gauss_mix": (low_dim_gauss_mix, load_low_dim_gauss_mix),
     "arK": (arK, load_arK),
     "gp_regr": (gp_regr, load_gp_regr),
+    "gp_pois_regr": (gp_pois_regr, load_gp_pois_regr),
 }
 
 _POSTERIORDB = "posteriordb reference posterior"
@@ -268,4 +305,10 @@ EXAMPLES = [
     ),
     Example("arK", arK, load_arK, f"{_POSTERIORDB}: AR(5) time series", options={"nuts": dict(_QUICK)}),
     Example("gp_regr", gp_regr, load_gp_regr, f"{_POSTERIORDB}: GP regression, function integrated out", options={"nuts": dict(_QUICK)}),
+    Example(
+        "gp_pois_regr", gp_pois_regr, load_gp_pois_regr,
+        f"{_POSTERIORDB}: GP Poisson regression, latent function sampled (float64 needed)",
+        # the reference was drawn with Stan's adapt_delta 0.99
+        options={"nuts": {**_QUICK, "target_accept": 0.99}, "hmc": {**_QUICK, "target_accept": 0.99}},
+    ),
 ]

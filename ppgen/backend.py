@@ -154,6 +154,34 @@ def torch_precision(dtype: torch.dtype = torch.float64, enabled: bool = True) ->
         torch.set_default_dtype(saved)
 
 
+Precision = Literal["float64", "float32"]
+PRECISIONS: tuple[str, ...] = ("float64", "float32")
+
+
+def check_precision(owner: str, precision: Any) -> Precision:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` naming ``owner``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{owner}: precision must be 'float64' or 'float32', got {precision!r}")
+    return precision
+
+
+@contextmanager
+def jax_precision(precision: Precision = "float64") -> Iterator[None]:
+    """Run the enclosed JAX code in ``precision``, whatever the process-wide setting.
+
+    JAX computes in float32 unless ``jax_enable_x64`` is set, and that flag is process-global.
+    Engines on NumPyro trace, compile and run inside this scope (``jax.enable_x64`` as a
+    context manager, which is thread-local and restored on exit), so a user's own float32 JAX
+    code keeps its precision, and a user who turned x64 on globally can still ask an engine
+    for float32. Functions compiled here must be called here again: JAX's jit caches, and
+    ppgen's compiled-sampler keys, include the precision.
+    """
+    import jax
+
+    with jax.enable_x64(precision == "float64"):
+        yield
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off: running a long program (tracing it, or

@@ -34,3 +34,15 @@ class EngineFailure(RuntimeError):
     def __init__(self, message: str, partial: object = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for a warning raised by the caller of this function that points at the
+    first frame outside ppgen (the user's call of a verb or engine), however deep inside ppgen
+    the warning is raised."""
+    import sys
+
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "ppgen":
+        level, frame = level + 1, frame.f_back
+    return level

@@ -77,8 +77,10 @@ class Site:
     """One named site of a program.
 
     ``plates`` lists the enclosing plates from outermost to innermost. ``parents`` are the
-    sites whose values the distribution's parameters are computed from (direct parents only);
-    ``arguments`` the model arguments they are computed from. ``distribution_args`` maps each
+    sites whose values the distribution's parameters or support are computed from (direct
+    parents only); ``support_parents`` those its support's bounds are computed from (a
+    *dependent support*, such as a flat prior on (0, 1 − a): draws must be mapped through the
+    support at each draw); ``arguments`` the model arguments they are computed from. ``distribution_args`` maps each
     distribution parameter (``concentration1``, ``loc``, ...) to the names it comes from, or to
     a short constant, for diagram labels such as ``θ ~ Beta(α, β)``.
     """
@@ -95,6 +97,7 @@ class Site:
     distribution_args: tuple[tuple[str, str], ...] = ()
     has_data: bool = True
     data_argument: Optional[str] = None
+    support_parents: tuple[str, ...] = ()
 
     @property
     def is_discrete(self) -> bool:
@@ -312,6 +315,18 @@ def _provenance(value: Any) -> frozenset:
     return frozenset()
 
 
+def _support_provenance(constraint: Any) -> frozenset:
+    """Provenance of the tensors a support is built from: the bounds of
+    ``interval(0, 1 - a)``, through ``independent``/``to_event`` wrappers."""
+    sources: frozenset = frozenset()
+    for value in vars(constraint).values() if constraint is not None else ():
+        if isinstance(value, torch.Tensor):
+            sources |= get_provenance(value)
+        elif isinstance(value, constraints.Constraint):
+            sources |= _support_provenance(value)
+    return sources
+
+
 def _declared_support(fn: Any) -> Optional[constraints.Constraint]:
     """``fn.support``, or None for a distribution that does not declare one (torch's default
     raises NotImplementedError; Pyro scores such a distribution all the same)."""
@@ -427,6 +442,7 @@ class _StructureTracer(Messenger):
             "plates": self._record_plates(msg),
             "arg_sources": arg_sources,
             "distribution_args": _distribution_args(fn) if kind != "deterministic" else {},
+            "support_sources": _support_provenance(_declared_support(fn)) if kind == "latent" else frozenset(),
             "has_data": bool(msg["is_observed"]) if kind == "observed" else True,
             "data_argument": data_argument if kind == "observed" else None,
         }
@@ -544,7 +560,8 @@ def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:
         shape = tuple(record["value"].shape) if isinstance(record.get("value"), torch.Tensor) else ()
         return Site(record["name"], "param", distribution="module" if record.get("module") else None, batch_shape=shape)
     sources = frozenset().union(*record["arg_sources"].values()) if record["arg_sources"] else frozenset()
-    parents = tuple(sorted(p for p in sources if not p.startswith(_ARG) and p != record["name"]))
+    support_parents = tuple(sorted(p for p in record.get("support_sources", ()) if not p.startswith(_ARG) and p != record["name"]))
+    parents = tuple(sorted({p for p in sources if not p.startswith(_ARG) and p != record["name"]} | set(support_parents)))
     arguments = tuple(sorted(p[1:] for p in sources if p.startswith(_ARG)))
     described = []
     for key, provenance in record["arg_sources"].items():
@@ -569,6 +586,7 @@ def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:
         distribution_args=tuple(described),
         has_data=record["has_data"],
         data_argument=record.get("data_argument"),
+        support_parents=support_parents,
     )
 
 
