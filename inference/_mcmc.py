@@ -1074,46 +1074,12 @@ def sample_program(
     its ``info`` under ``"discrete"``. ``draw_chains(sampler, continuous draws, data, seed)``
     draws the enumerated sites of Markov chains summed out of the potential (see
     :mod:`ppgen.inference._chain_numpyro`); the other enumerated sites are drawn given them.
-    Everything runs in ``precision`` (JAX's x64 flag set
-    for this scope only, see :func:`ppgen.backend.jax_precision`), which is part of the
-    compiled sampler's keys; ``init_radius`` is the one the kernel draws initial points with.
+    Everything runs in ``precision`` (JAX's x64 flag set for this scope only, see
+    :func:`ppgen.backend.jax_precision`), which is part of the compiled sampler's keys;
+    ``init_radius`` is the one the kernel draws initial points with.
     """
-    with jax_precision(precision):
-        return _sample_program(
-            engine=engine, engine_file=engine_file, structure=structure, model=model, args=args, kwargs=kwargs,
-            start=start, build_functions=build_functions, make_kernel=make_kernel, options=options + (precision,),
-            num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples, thinning=thinning,
-            vectorized=vectorized, seed=seed, progress=progress, stats_names=stats_names,
-            enumerated_out=enumerated_out, extra_diagnostics={**extra_diagnostics, "precision": precision},
-            draw_chains=draw_chains, init_radius=init_radius,
-        )
-
-
-def _sample_program(
-    *,
-    engine: str,
-    engine_file: str,
-    structure: ModelStructure,
-    model: Callable,
-    args: tuple,
-    kwargs: dict,
-    start: float,
-    build_functions: Callable[[Callable, dict], ModelFunctions],
-    make_kernel: Callable[[ModelFunctions], Kernel],
-    options: tuple,
-    num_chains: int,
-    num_warmup: int,
-    num_samples: int,
-    thinning: int,
-    vectorized: bool,
-    seed: int,
-    progress: bool,
-    stats_names: dict[str, str],
-    enumerated_out: list[str],
-    extra_diagnostics: dict[str, Any],
-    draw_chains: Optional[Callable[[CompiledSampler, dict, dict, int], dict[str, np.ndarray]]],
-    init_radius: float,
-) -> Result:
+    options = options + (precision,)
+    extra_diagnostics = {**extra_diagnostics, "precision": precision}
 
     def compile_and_run(bound: BoundProgram) -> tuple[CompiledSampler, bool, ChainRun]:
         def build() -> CompiledSampler:
@@ -1144,40 +1110,41 @@ def _sample_program(
         )
         return sampler, reused, run
 
-    bound = bind_program(model, args, kwargs)
-    try:
-        sampler, reused, run = compile_and_run(bound)
-    except concretization_errors() as error:  # e.g. a size computed from the data: bind it concrete
-        bound = rebind_concrete(bound, args, kwargs, error)
-        sampler, reused, run = compile_and_run(bound)
-    samples = constrained_draws(sampler, run, bound.data, latent_and_deterministic(structure))
-    for name, values in run.infos.get("discrete", {}).items():
-        samples[name] = _flatten_chains(values)
-    continuous = {name: samples[name] for name in continuous_sites(structure) if name in samples}
-    chain_draws = draw_chains(sampler, continuous, bound.data, seed) if draw_chains is not None else {}
-    samples.update(chain_draws)
-    others = [name for name in enumerated_out if name not in chain_draws]
-    samples.update(
-        discrete_draws(sampler, others, {**continuous, **chain_draws}, bound.data, seed, -1 - structure.max_plate_nesting)
-    )
-    stats = stats_from_infos(run.infos, stats_names)
-    diagnostics = {
-        "backend": "numpyro",
-        "enumerated": enumerated_out,
-        "compiled_sampler_reused": reused,
-        "concrete_arguments": bound.concrete,
-        "interrupted": run.interrupted,
-        **extra_diagnostics,
-    }
-    return assemble_result(
-        engine=engine,
-        structure=structure,
-        bound=bound,
-        sampler=sampler,
-        run=run,
-        samples=samples,
-        sample_stats=stats,
-        seed=seed,
-        extra_diagnostics=diagnostics,
-        seconds=time.perf_counter() - start,
-    )
+    with jax_precision(precision):
+        bound = bind_program(model, args, kwargs)
+        try:
+            sampler, reused, run = compile_and_run(bound)
+        except concretization_errors() as error:  # e.g. a size computed from the data: bind it concrete
+            bound = rebind_concrete(bound, args, kwargs, error)
+            sampler, reused, run = compile_and_run(bound)
+        samples = constrained_draws(sampler, run, bound.data, latent_and_deterministic(structure))
+        for name, values in run.infos.get("discrete", {}).items():
+            samples[name] = _flatten_chains(values)
+        continuous = {name: samples[name] for name in continuous_sites(structure) if name in samples}
+        chain_draws = draw_chains(sampler, continuous, bound.data, seed) if draw_chains is not None else {}
+        samples.update(chain_draws)
+        others = [name for name in enumerated_out if name not in chain_draws]
+        samples.update(
+            discrete_draws(sampler, others, {**continuous, **chain_draws}, bound.data, seed, -1 - structure.max_plate_nesting)
+        )
+        stats = stats_from_infos(run.infos, stats_names)
+        diagnostics = {
+            "backend": "numpyro",
+            "enumerated": enumerated_out,
+            "compiled_sampler_reused": reused,
+            "concrete_arguments": bound.concrete,
+            "interrupted": run.interrupted,
+            **extra_diagnostics,
+        }
+        return assemble_result(
+            engine=engine,
+            structure=structure,
+            bound=bound,
+            sampler=sampler,
+            run=run,
+            samples=samples,
+            sample_stats=stats,
+            seed=seed,
+            extra_diagnostics=diagnostics,
+            seconds=time.perf_counter() - start,
+        )
