@@ -106,10 +106,15 @@ def hamiltonian_kernel(
 
     def step(state: Any, data: dict) -> Any:
         if algo == "HMC" and num_leapfrog is None:
+            # each transition's length drawn from U(L/2, 3L/2) (Neal 2011, §5.4.2.2): a fixed L
+            # that is a period of the dynamics (2π for a unit-scale Gaussian after mass
+            # adaptation) returns every trajectory to its start and freezes the chain
+            rng_key, jitter_key = random.split(state.rng_key)
+            length = trajectory_length * random.uniform(jitter_key, minval=0.5, maxval=1.5)
             # L / ε leapfrog steps, at most NUTS's budget 2^max_tree_depth: an adapted step size
             # that collapses would otherwise cost thousands of gradients per draw
             cap = (2**max_tree_depth) * state.adapt_state.step_size
-            state = state._replace(trajectory_length=jnp.minimum(trajectory_length, cap))
+            state = state._replace(trajectory_length=jnp.minimum(length, cap), rng_key=rng_key)
         return sample_kernel(state, model_kwargs=data)
 
     def info(state: Any) -> dict:
@@ -357,9 +362,10 @@ class NUTS(_Hamiltonian):
 
 @register
 class HMC(_Hamiltonian):
-    """Hamiltonian Monte Carlo with a fixed trajectory length (``trajectory_length``, or
-    ``num_leapfrog`` steps), step size and mass matrix adapted in warmup; otherwise as
-    :class:`NUTS` (same options). A trajectory takes L / ε leapfrog steps, at most
+    """Hamiltonian Monte Carlo with a trajectory length around ``trajectory_length`` L (each
+    transition's drawn from U(L/2, 3L/2), so that an L that is a period of the dynamics cannot
+    freeze the chain), or exactly ``num_leapfrog`` steps, step size and mass matrix adapted in
+    warmup; otherwise as :class:`NUTS` (same options). A trajectory takes L / ε leapfrog steps, at most
     2^``max_tree_depth`` (NUTS's budget): where the adapted step size collapses, the trajectory
     is shortened rather than running thousands of gradients per draw."""
 
