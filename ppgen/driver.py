@@ -59,8 +59,8 @@ def iterate(
 
     Stops early when the objective changes by at most ``tol * max(1, |objective|)`` between two
     steps (``tol=0`` runs exactly ``num_steps``). A non-finite objective, or a step raising
-    :class:`NonFiniteStep`, raises :class:`EngineFailure` holding the last finite state; Ctrl-C stops the loop and returns
-    what was reached, marked ``interrupted``.
+    :class:`NonFiniteStep`, raises :class:`EngineFailure` holding the last finite state; Ctrl-C
+    stops the loop and returns what was reached, marked ``interrupted``.
     """
     result: Progress[State] = Progress(state)
     bar = tqdm(total=num_steps, desc=name, disable=not progress, leave=False, dynamic_ncols=True)
