@@ -29,6 +29,13 @@ MultivariateNormal     μ_r = Σ w x / Σ w,  Σ_r = Σ w (x − μ)(x − μ)�
 Applied in that order (means before scales), each given the current values of the others, the
 updates form an expectation–conditional maximisation (ECM) step, which never decreases the
 objective (Meng & Rubin 1993).
+
+*Collapse.* ``reg`` (EM's ``reg_covar``, in the data's squared units, as scikit-learn's) keeps a
+component that has shrunk onto one datum finite: its variance tends to 0 and its likelihood to
++∞ without it. A row is reported as **collapsed** (:func:`update` records it in the M-step's
+cache under ``"collapsed"``) when its responsibility mass Σ w is below one datum or its
+(smallest) variance before regularisation is at most ``reg``; with ``reg = 0`` a variance of
+zero, or a covariance that is not positive definite, raises :class:`~ppgen.driver.NonFiniteStep`.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any, Optional, Union
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 
+from ppgen.driver import NonFiniteStep
 from ppgen.inference._discrete import Enumeration, _padded, compact, given_arguments, threads_for, unwrap
 
 EPS = 10 * torch.finfo(torch.float64).eps  # as scikit-learn: keeps empty components finite
@@ -482,8 +490,13 @@ def update(
             residual = (site.value.to(dtype) - loc) ** 2
             stat = torch.stack([residual, torch.ones_like(residual)], -1)
             sums += weighted_row_sums(cell_weights(site, weights[site.name]), stat, site.arguments[key].index, num_rows)
-        variance = sums[:, 0] / (sums[:, 1] + EPS) + reg_covar
-        return _keep_old(variance.sqrt(), old_rows, sums[:, 1] > 0).reshape(current.shape)
+        raw = sums[:, 0] / (sums[:, 1] + EPS)
+        used = sums[:, 1] > 0
+        _record_collapse(cache, name, uses, current, event_shape, sums[:, 1], raw, reg_covar)
+        variance = raw + reg_covar
+        if not bool((variance[used] > 0).all()):
+            _raise_singular(name, uses, current, event_shape, ~(variance > 0) & used, "a variance of 0")
+        return _keep_old(variance.sqrt(), old_rows, used).reshape(current.shape)
 
     # multivariate normal: weighted sums of the design [x̃, x̃ x̃ᵀ (upper), 1], shared by loc and cov
     total = None
@@ -519,11 +532,47 @@ def update(
     covariance = (second_moment - cross - cross.transpose(-1, -2)) / count[:, None, None] + (
         total[:, -1] / count
     )[:, None, None] * mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    smallest = torch.linalg.eigvalsh(covariance)[:, 0]
+    _record_collapse(cache, name, uses, current, event_shape, total[:, -1], smallest, reg_covar)
     covariance = covariance + reg_covar * torch.eye(d, dtype=dtype)
+    # rows without data keep their old value; their (undefined) covariance must not stop the step
+    covariance = torch.where(used[:, None, None], covariance, torch.eye(d, dtype=dtype))
+    tril, info = torch.linalg.cholesky_ex(covariance)
+    if bool((info > 0).any()):
+        _raise_singular(name, uses, current, event_shape, info > 0, "a covariance that is not positive definite")
     if key == "scale_tril":
-        new = torch.linalg.cholesky(covariance)
+        new = tril
     elif key == "covariance_matrix":
         new = covariance
     else:
-        new = torch.cholesky_inverse(torch.linalg.cholesky(covariance))
+        new = torch.cholesky_inverse(tril)
     return _keep_old(new, old_rows, used).reshape(current.shape)
+
+
+def _components(current: torch.Tensor, event_shape: tuple[int, ...], mask: torch.Tensor) -> list[tuple[int, ...]]:
+    """The indices into ``current`` (without its event dimensions) of the rows in ``mask``."""
+    batch_shape = tuple(current.shape[: current.dim() - len(event_shape)])
+    return [tuple(int(i) for i in torch.unravel_index(torch.tensor(row), batch_shape)) for row in torch.nonzero(mask).flatten().tolist()]
+
+
+def _record_collapse(
+    cache: dict, name: str, uses: list[tuple[SiteModel, str]], current: torch.Tensor, event_shape: tuple[int, ...],
+    mass: torch.Tensor, smallest_variance: torch.Tensor, reg_covar: float,
+) -> None:
+    """Notes in ``cache["collapsed"][name]`` the rows holding less than one datum or whose
+    smallest variance, before regularisation, is at most ``reg_covar``: (observed sites,
+    component indices, their responsibility masses)."""
+    collapsed = (mass < 1.0) | (smallest_variance <= reg_covar)
+    if bool(collapsed.any()):
+        sites = sorted({site.name for site, _ in uses})
+        cache.setdefault("collapsed", {})[name] = (sites, _components(current, event_shape, collapsed), mass[collapsed].tolist())
+
+
+def _raise_singular(name: str, uses: list[tuple[SiteModel, str]], current: torch.Tensor, event_shape: tuple[int, ...], mask: torch.Tensor, what: str) -> None:
+    sites = ", ".join(repr(n) for n in sorted({site.name for site, _ in uses}))
+    components = _components(current, event_shape, mask)
+    raise NonFiniteStep(
+        f"the M-step gave {what} for component(s) {', '.join(str(list(c)) for c in components)} of {name!r}",
+        f"the component(s) of site {sites} collapsed onto single points; set reg_covar > 0 (scikit-learn's default is 1e-6, "
+        "in the data's squared units) or use fewer components",
+    )

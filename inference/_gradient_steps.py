@@ -19,12 +19,15 @@ Adam acts element by element, so the updates are the same as ``SVI``'s, bit for 
 Pyro's validation (distribution arguments and values in their support, site shapes, model and
 guide agreeing) runs on the first step only, as the caller has it set: it checks the program,
 which is the same at every step (the data were checked by ``inspect``). On later steps a
-parameter leaving its support shows as a non-finite ELBO, which the driver reports as an
-:class:`~ppgen.errors.EngineFailure` keeping the state reached.
+parameter leaving its support shows as a non-finite ELBO. A step whose ELBO or gradient is not
+finite is not applied: it raises :class:`~ppgen.driver.NonFiniteStep` naming the sites to blame
+(:mod:`ppgen.inference._nonfinite`), which the driver reports as an
+:class:`~ppgen.errors.EngineFailure` keeping the parameters from before the step.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Optional
 
@@ -32,6 +35,8 @@ import pyro
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.poutine.messenger import Messenger
+
+from ._nonfinite import elbo_fault, nonfinite_gradients
 
 OPTIMIZERS = ("adam", "clipped_adam")
 
@@ -78,15 +83,27 @@ class GradientSteps:
         if self._optimizer is not None:
             self._optimizer.zero_grad(set_to_none=False)
         touched = _TouchedParameters()
+        rng_state = torch.get_rng_state()  # to draw again what this step drew, should it fail
         with touched, self._validation():
-            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            loss = float(self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs))
         self._validated = True
+        self._check_finite(loss, touched, args, kwargs, rng_state)
         self._include(touched.tensors)
         if self._optimizer is not None:
             if len(touched.tensors) < len(self._known):
                 self._set_aside_untouched(touched.tensors)
             self._optimizer.step()
-        return -float(loss)
+        return -loss
+
+    def _check_finite(self, loss: float, touched: _TouchedParameters, args: tuple, kwargs: dict, rng_state: torch.Tensor) -> None:
+        """Raises :class:`~ppgen.driver.NonFiniteStep`, naming the sites to blame, when the loss
+        or a touched parameter's gradient is not finite: the update is not applied, so the
+        parameters stay where this step evaluated them."""
+        if math.isfinite(loss) and not nonfinite_gradients(touched.tensors):
+            return
+        names = {id(tensor): name for name, tensor in pyro.get_param_store()._params.items()}
+        parameters = {names.get(key, f"<unnamed {index}>"): tensor for index, (key, tensor) in enumerate(touched.tensors.items())}
+        raise elbo_fault(self.model, self.guide, args, kwargs, loss, parameters, rng_state)
 
     def _validation(self) -> AbstractContextManager:
         """Pyro's checks as set for the first step, off for the later ones."""

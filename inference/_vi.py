@@ -16,6 +16,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppgen.backend import to_backend, to_numpy
 from ppgen.driver import Progress, iterate
+from ppgen.errors import EngineFailure
 from ppgen.results import Estimate
 
 from ._gradient_steps import OPTIMIZERS, GradientSteps
@@ -72,7 +73,9 @@ def check_common_options(owner: str, num_steps: int, learning_rate: float, num_p
 def run_svi(steps: GradientSteps, step_args: Callable[[int], tuple[tuple, dict]], num_steps: int, tol: float, progress: bool, name: str) -> Progress:
     """``num_steps`` gradient steps through :func:`ppgen.driver.iterate`; the objective is each
     step's ELBO estimate (``step_args(i)`` gives the step's model arguments, so the caller can
-    pass minibatches)."""
+    pass minibatches). A failed step leaves the parameters where it found them; the
+    :class:`~ppgen.errors.EngineFailure`'s ``partial.state`` holds them, named as in
+    ``Result.params``."""
     counter = {"step": 0}
 
     def step(state: None) -> tuple[None, float]:
@@ -82,6 +85,9 @@ def run_svi(steps: GradientSteps, step_args: Callable[[int], tuple[tuple, dict]]
 
     try:
         return iterate(step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0)
+    except EngineFailure as failure:
+        failure.partial.state = param_values(pyro.get_param_store())
+        raise
     finally:
         steps.release_gradients()
 

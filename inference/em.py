@@ -16,7 +16,10 @@ of the objective). Each iteration
 
 So the Gaussian mixture, the Bernoulli mixture and Baum–Welch for an HMM all come out of the
 same code, and log p(x; θ) (plus log p(θ) with priors) never decreases. Degenerate components
-are regularised (``reg_covar`` added to variances, as scikit-learn does), never NaN.
+are regularised (``reg_covar`` added to variances, as scikit-learn does), never NaN: a component
+that collapses (less than one datum's responsibility, or a variance at the ``reg_covar`` floor)
+is reported with a :class:`~ppgen.errors.ConvergenceWarning` naming the site and component, and
+in ``diagnostics["collapsed"]``.
 
 References
 ----------
@@ -30,7 +33,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -41,8 +45,9 @@ from pyro.distributions import constraints
 from torch.distributions import transform_to
 
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
-from ppgen.driver import Progress, iterate
+from ppgen.driver import NonFiniteStep, Progress, iterate
 from ppgen.engine import Engine, missing_data, register
+from ppgen.errors import ConvergenceWarning, EngineFailure, user_stacklevel
 from ppgen.inference._discrete import (
     Enumeration,
     Factor,
@@ -133,6 +138,7 @@ class EMState:
     log_likelihood: float
     log_joint: float
     history: tuple[tuple[float, float], ...] = ()
+    collapsed: dict[str, tuple[list[str], list[tuple[int, ...]], list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,7 +199,12 @@ class EM(Engine):
     init_params : dict, optional
         Starting values by site name for the first start (overriding ``init`` for those sites).
     reg_covar : float
-        Added to every variance / covariance diagonal (keeps collapsing components finite).
+        Added to every variance and covariance diagonal in the M-step (scikit-learn's
+        ``reg_covar``, same default), in the data's squared units: σ² = Σ w (x − μ)² / Σ w +
+        ``reg_covar``. It keeps a component collapsing onto one datum finite (its likelihood
+        would grow without bound); such a component (less than one datum's responsibility, or
+        a variance at most ``reg_covar`` before it is added) is reported with a
+        :class:`~ppgen.errors.ConvergenceWarning`. Rescale data whose variances are near it.
     gradient_steps : int
         L-BFGS iterations per M-step for globals without a closed form.
     seed, progress : as everywhere.
@@ -202,7 +213,8 @@ class EM(Engine):
     ``map_estimate`` of the discrete latents at the estimate, ``traces["log_likelihood"]``
     (log p(x; θ) after each iteration; ``traces["log_joint"]`` adds log p(θ) when there are
     priors), ``log_evidence`` = Estimate(log p(x; θ̂), kind="exact") for programs without
-    priors, and ``diagnostics["m_step"]`` saying how each global was updated.
+    priors, ``diagnostics["m_step"]`` saying how each global was updated, and
+    ``diagnostics["collapsed"]`` (global -> indices of its collapsed components at the estimate).
 
     Examples
     --------
@@ -377,13 +389,19 @@ class EM(Engine):
     # ---------------------------------------------------------------------------------------
     # M-step
 
-    def _m_step(self, problem: _Problem, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _m_step(
+        self, problem: _Problem, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], collapsed: Optional[dict] = None
+    ) -> dict[str, torch.Tensor]:
+        """The closed-form updates, then gradient steps on the rest; the collapsed components
+        the closed forms found are added to ``collapsed``."""
         values = dict(values)
         cache: dict = {}
         for rule in ORDER:
             for name in problem.names:
                 if problem.rules[name] == rule:
                     values[name] = update(rule, name, problem.uses[name], values, weights, problem.priors.get(name), self.reg_covar, cache)
+        if collapsed is not None:
+            collapsed.update(cache.get("collapsed", {}))
         gradient = [n for n in problem.names if problem.rules[n] == "gradient"]
         if gradient:
             values = self._gradient_m_step(problem, values, weights, gradient)
@@ -462,7 +480,10 @@ class EM(Engine):
             rows = to_numpy(data)
             labels = kmeans_plus_plus(rows, latent.cardinality, rng) if mode == "kmeans++" else random_labels(rows.shape[0], latent.cardinality, rng)
             weights = _hard_weights(problem, latent, torch.as_tensor(labels))
-            values = self._m_step(problem, values, weights)
+            try:
+                values = self._m_step(problem, values, weights)
+            except NonFiniteStep as fault:
+                raise EngineFailure(f"em: {fault.what} at the {mode} start; {fault.detail}") from None
         for name, value in (given or {}).items():
             if name not in values:
                 raise ValueError(f"EM: init_params names {name!r}, which is not a param site or continuous global latent ({sorted(values)})")
@@ -476,8 +497,9 @@ class EM(Engine):
         objective = "log_joint" if problem.latents else "log_likelihood"
 
         def step(current: EMState) -> tuple[EMState, float]:
-            new_values = self._m_step(problem, current.values, current.posterior.weights)
-            new_state = self._e_step(problem, new_values, current.history)
+            collapsed: dict = {}
+            new_values = self._m_step(problem, current.values, current.posterior.weights, collapsed)
+            new_state = replace(self._e_step(problem, new_values, current.history), collapsed=collapsed)
             return new_state, new_state.log_joint
 
         return iterate(step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name, objective=objective, warn=False)
@@ -512,6 +534,9 @@ class EM(Engine):
         symmetric = symmetric_sites(marginals)
         if symmetric:
             warn_symmetric("em", symmetric)
+        collapsed = best.state.collapsed
+        if collapsed:
+            _warn_collapsed(collapsed, self.reg_covar)
         if self.tol > 0 and not best.converged and not best.interrupted:
             warn_unconverged("em", self.tol, self.num_steps)
         history = np.asarray(best.state.history[1:], dtype=np.float64).reshape(-1, 2)
@@ -539,6 +564,7 @@ class EM(Engine):
                 "log_joint": best.state.log_joint,
                 **record.diagnostics(),
                 "symmetric": symmetric,
+                "collapsed": {name: components for name, (_, components, _) in collapsed.items()},
             },
             seconds=time.perf_counter() - start,
         )
@@ -546,6 +572,21 @@ class EM(Engine):
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _warn_collapsed(collapsed: dict[str, tuple[list[str], list[tuple[int, ...]], list[float]]], reg_covar: float) -> None:
+    """One :class:`ConvergenceWarning` naming every collapsed component, at the user's call."""
+    described = []
+    for name, (sites, components, masses) in collapsed.items():
+        each = ", ".join(f"{name}{list(c)} (responsibility of {m:.3g} data)" for c, m in zip(components, masses))
+        described.append(f"site {', '.join(repr(s) for s in sites)}: {each}")
+    warnings.warn(
+        f"em: component(s) collapsed (less than one datum's responsibility, or a variance at the reg_covar floor): "
+        f"{'; '.join(described)}; they are regularised by reg_covar={reg_covar:g} (in the data's squared units). "
+        "Use fewer components, a larger reg_covar, or rescaled data",
+        ConvergenceWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _dependencies(structure: ModelStructure, globals_: set[str]) -> dict[str, set[str]]:

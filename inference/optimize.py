@@ -31,9 +31,10 @@ from pyro.poutine.messenger import Messenger
 
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, missing_data, register
-from ppgen.driver import Progress, iterate
+from ppgen.driver import NonFiniteStep, Progress, iterate
 from ppgen.errors import EngineFailure
 from ppgen.inference._no_mode import Runaway, Variable, find_runaway
+from ppgen.inference._nonfinite import point_fault
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
@@ -123,16 +124,28 @@ class _PointEstimate(Engine):
             variables = [Variable(name, u, supports[name]) for name, u in unconstrained.items()] + [
                 Variable(name, param_store._params[name], param_store._constraints.get(name)) for name in param_store.keys()
             ]
+            def fault(value: float, bad_gradients: list[str]) -> NonFiniteStep:
+                parameters = {variable.site: variable.tensor for variable in variables}
+                return point_fault(self._objective_name, value, run_program(), counted, parameters, bad_gradients)
+
+            def named(trace: Any) -> dict[str, np.ndarray]:
+                values = {name: trace.nodes[name]["value"] for name in latent_names}
+                values.update({name: param_store[name] for name in param_store.keys() if "$$$" not in name})
+                return {name: to_numpy(value) for name, value in values.items()}
+
             # inspect has checked data and parameters; a step to a non-finite point, or a run that
             # ends with a site still running to the edge of its support, is an EngineFailure
             # keeping the last finite point
             with pyro.validation_enabled(False):
-                progress = self._optimise(variables, log_objective)
+                try:
+                    progress = self._optimise(variables, log_objective, fault)
+                except EngineFailure as failure:
+                    # the variables hold the last finite point; the partial state names its values
+                    with torch.no_grad():
+                        failure.partial.state = named(run_program())
+                    raise
             with torch.no_grad():
-                final = run_program()
-                point = {name: final.nodes[name]["value"] for name in latent_names}
-                params = {name: param_store[name] for name in param_store.keys() if "$$$" not in name}
-        estimates = {name: to_numpy(value) for name, value in {**point, **params}.items()}
+                estimates = named(run_program())
         return Result(
             engine=self.name,
             params=estimates,
@@ -148,10 +161,14 @@ class _PointEstimate(Engine):
     def _objective_name(self) -> str:
         return "log_joint" if self.include_priors else "log_likelihood"
 
-    def _optimise(self, variables: list[Variable], log_objective: Callable[[], torch.Tensor]) -> Progress:
+    def _optimise(
+        self, variables: list[Variable], log_objective: Callable[[], torch.Tensor], fault: Callable[[float, list[str]], NonFiniteStep]
+    ) -> Progress:
         """Climb the objective; the state is the point reached (a copy of every variable).
-        Raises :class:`EngineFailure` when it leaves the finite region or when a site runs to
-        the boundary of its support (no mode), leaving the variables at the last finite point."""
+        Raises :class:`EngineFailure` when a step ends where the objective or its gradient is
+        not finite (``fault(value, parameters with non-finite gradients)`` names the sites), or
+        when a site runs to the boundary of its support (no mode), leaving the variables at the
+        last finite point."""
         tensors = [variable.tensor for variable in variables]
         if self.optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(
@@ -173,13 +190,25 @@ class _PointEstimate(Engine):
         with torch.no_grad():
             path = [(snapshot(), float(log_objective()))]
 
+        def restore(point: list[torch.Tensor]) -> None:
+            with torch.no_grad():
+                for tensor, value in zip(tensors, point):
+                    tensor.copy_(value)
+
         def step(state: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
             optimizer.step(closure)
-            with torch.no_grad():
-                value = float(log_objective())
+            # the objective and its gradient where the step ended; a non-finite one is not kept
+            objective = log_objective()
+            gradients = torch.autograd.grad(objective, tensors, allow_unused=True)
+            value = float(objective.detach())
+            finite = [g is None or bool(torch.isfinite(g).all()) for g in gradients]
+            if not (math.isfinite(value) and all(finite)):
+                bad = [variable.site for variable, ok in zip(variables, finite) if not ok] if math.isfinite(value) else []
+                error = fault(value, bad)
+                restore(state)
+                raise error
             point = snapshot()
-            if math.isfinite(value):
-                path.append((point, value))
+            path.append((point, value))
             return point, value
 
         try:

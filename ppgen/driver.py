@@ -20,6 +20,16 @@ from ppgen.errors import ConvergenceWarning, EngineFailure
 State = TypeVar("State")
 
 
+class NonFiniteStep(ArithmeticError):
+    """Raised by a ``step`` that found a non-finite loss or gradient before applying its update:
+    ``what`` became non-finite, ``detail`` names the sites to blame. :func:`iterate` turns it into
+    an :class:`EngineFailure` naming the iteration and keeping the state from before it."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(f"{what}; {detail}")
+        self.what, self.detail = what, detail
+
+
 @dataclass
 class Progress(Generic[State]):
     """What :func:`iterate` returns: the final state and the objective trace."""
@@ -48,9 +58,9 @@ def iterate(
     """Run ``step`` up to ``num_steps`` times.
 
     Stops early when the objective changes by at most ``tol * max(1, |objective|)`` between two
-    steps (``tol=0`` runs exactly ``num_steps``). A non-finite objective raises
-    :class:`EngineFailure` holding the last finite state; Ctrl-C stops the loop and returns
-    what was reached, marked ``interrupted``.
+    steps (``tol=0`` runs exactly ``num_steps``). A non-finite objective, or a step raising
+    :class:`NonFiniteStep`, raises :class:`EngineFailure` holding the last finite state; Ctrl-C
+    stops the loop and returns what was reached, marked ``interrupted``.
     """
     result: Progress[State] = Progress(state)
     bar = tqdm(total=num_steps, desc=name, disable=not progress, leave=False, dynamic_ncols=True)
@@ -72,6 +82,13 @@ def iterate(
             if tol > 0 and previous is not None and abs(value - previous) <= tol * max(1.0, abs(value)):
                 result.converged = True
                 break
+    except NonFiniteStep as fault:
+        failing = result.num_iterations + 1
+        raise EngineFailure(
+            f"{name}: {fault.what} at iteration {failing}; {fault.detail}. The state before iteration {failing} "
+            "is kept in EngineFailure.partial",
+            partial=result,
+        ) from None
     except KeyboardInterrupt:
         result.interrupted = True
         warnings.warn(f"{name}: interrupted after {result.num_iterations} iterations; returning the state reached", stacklevel=3)

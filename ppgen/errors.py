@@ -29,7 +29,9 @@ class ReliabilityWarning(UserWarning):
 
 class EngineFailure(RuntimeError):
     """A run failed numerically. ``partial`` holds what it had reached (a
-    :class:`ppgen.driver.Progress` for iterative engines), so a long run is not lost."""
+    :class:`ppgen.driver.Progress` for iterative engines), so a long run is not lost; for the
+    gradient engines (svi, advi, map, mle) ``partial.state`` is the parameters before the failing
+    iteration, named as in ``Result.params``."""
 
     def __init__(self, message: str, partial: object = None) -> None:
         super().__init__(message)

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import logsumexp
 from scipy.stats import norm
 
@@ -189,3 +190,91 @@ def test_generalised_em_agrees_with_closed_form():
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[:-1]))
     assert general.log_evidence.value == pytest.approx(closed.log_evidence.value, rel=1e-7)
     np.testing.assert_allclose(2 * general.params["offsets"] + 1, closed.params["locs"], atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# a component collapsing onto one datum: regularised by reg_covar (as scikit-learn), reported
+
+
+def _with_outlier(rng, clusters, dim, per_cluster, outlier):
+    centres = 4.0 * rng.normal(size=(clusters, dim))
+    points = [c + rng.normal(size=(per_cluster, dim)) for c in centres]
+    return np.vstack(points + [np.asarray(outlier, dtype=float)[None]])
+
+
+def _sklearn_from(x, covariance_type, weights, means, precisions, num_steps, reg_covar):
+    from sklearn.mixture import GaussianMixture
+
+    model = GaussianMixture(
+        len(weights), covariance_type=covariance_type, max_iter=num_steps, tol=0.0, reg_covar=reg_covar,
+        weights_init=weights, means_init=means, precisions_init=precisions,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's own "did not converge" (tol=0 runs all steps)
+        return model.fit(x)
+
+
+# Both runs apply the same EM map, num_steps times, from the same start, in float64: they differ
+# by rounding only (scikit-learn adds 10 eps to each component's mass, as ppgen does), so the
+# tolerances below are rounding-level, orders of magnitude under any EM-tolerance effect.
+_RTOL = 1e-7
+
+
+def test_a_component_collapsing_onto_an_outlier_is_regularised_as_sklearn_and_warned():
+    rng = np.random.default_rng(7)
+    x = _with_outlier(rng, clusters=2, dim=2, per_cluster=40, outlier=[30.0, -30.0])
+    K, steps = 3, 40
+    weights, locs = np.full(K, 1 / K), np.vstack([x[0], x[40], [29.0, -29.0]])
+    start = {"weights": weights, "locs": locs, "scale_trils": np.tile(np.eye(2), (K, 1, 1))}
+
+    def fit(reg_covar):
+        return ppgen.learn(mixtures.gaussian_mixture, x, K=K, engine="em", num_steps=steps, tol=0.0, reg_covar=reg_covar,
+                           init="program", init_params=start, num_restarts=1)
+
+    with pytest.raises(ppgen.errors.EngineFailure, match=r"covariance that is not positive definite for component\(s\) \[2\] of 'scale_trils' at iteration \d+; .*set reg_covar > 0"):
+        fit(0.0)  # without the regulariser the collapsed covariance is singular
+    with pytest.warns(ppgen.errors.ConvergenceWarning, match=r"em: component\(s\) collapsed .*site 'x': scale_trils\[2\] \(responsibility of 1 data\)"):
+        result = fit(1e-6)
+    assert result.diagnostics["collapsed"] == {"scale_trils": [(2,)]}
+    reference = _sklearn_from(x, "full", weights, locs, np.tile(np.eye(2), (K, 1, 1)), steps, 1e-6)
+    assert np.all(np.isfinite(result.traces["log_likelihood"]))
+    assert result.log_evidence.value == pytest.approx(reference.score(x) * len(x), rel=_RTOL)
+    np.testing.assert_allclose(result.params["weights"], reference.weights_, rtol=_RTOL)
+    np.testing.assert_allclose(result.params["locs"], reference.means_, rtol=_RTOL, atol=1e-9)
+    trils = result.params["scale_trils"]
+    np.testing.assert_allclose(trils @ trils.transpose(0, 2, 1), reference.covariances_, rtol=1e-6, atol=1e-12)
+    assert reference.covariances_[2] == pytest.approx(1e-6 * np.eye(2), abs=1e-9)  # the floor, in squared data units
+
+
+def scattered_parts(points, num_kinds=4):
+    """A user's diagonal-covariance mixture, written with its own names."""
+    n, dim = points.shape
+    share = ppgen.param("share", torch.ones(num_kinds) / num_kinds, constraint=ppgen.dist.constraints.simplex)
+    centre = ppgen.param("centre", torch.zeros(num_kinds, dim))
+    spread = ppgen.param("spread", torch.ones(num_kinds, dim), constraint=ppgen.dist.constraints.positive)
+    with ppgen.plate("parts", n):
+        kind = ppgen.sample("kind", ppgen.dist.Categorical(share))
+        ppgen.sample("measurement", ppgen.dist.Normal(centre[kind], spread[kind]).to_event(1), obs=points)
+
+
+def test_a_diagonal_3d_mixture_with_a_collapsing_kind_agrees_with_sklearn():
+    rng = np.random.default_rng(11)
+    x = _with_outlier(rng, clusters=3, dim=3, per_cluster=30, outlier=[-40.0, 35.0, 50.0])
+    K, steps, reg = 4, 30, 1e-5
+    share, centre, spread = np.full(K, 1 / K), np.vstack([x[0], x[30], x[60], x[-1] + 0.5]), np.ones((K, 3))
+    start = {"share": share, "centre": centre, "spread": spread}
+
+    def fit(reg_covar):
+        return ppgen.learn(scattered_parts, x, engine="em", num_steps=steps, tol=0.0, reg_covar=reg_covar,
+                           init="program", init_params=start, num_restarts=1)
+
+    with pytest.raises(ppgen.errors.EngineFailure, match=r"a variance of 0 for component\(s\) \[3, 0\], \[3, 1\], \[3, 2\] of 'spread'"):
+        fit(0.0)
+    with pytest.warns(ppgen.errors.ConvergenceWarning, match=r"site 'measurement': spread\[3, 0\] .*reg_covar=1e-05"):
+        result = fit(reg)
+    assert result.diagnostics["m_step"]["spread"].startswith("closed form")
+    reference = _sklearn_from(x, "diag", share, centre, 1 / spread**2, steps, reg)
+    assert result.log_evidence.value == pytest.approx(reference.score(x) * len(x), rel=_RTOL)
+    np.testing.assert_allclose(result.params["share"], reference.weights_, rtol=_RTOL)
+    np.testing.assert_allclose(result.params["centre"], reference.means_, rtol=_RTOL, atol=1e-9)
+    np.testing.assert_allclose(result.params["spread"] ** 2, reference.covariances_, rtol=1e-6, atol=1e-12)
