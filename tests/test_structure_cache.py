@@ -135,22 +135,30 @@ def one_site_per_element(y):
 
 
 def keep_positive(y):
-    kept = y[y > 0]
-    with plate("kept", kept.shape[0]):
-        sample("y", dist.Normal(0.0, 1.0), obs=kept)
+    with plate("obs", y.shape[0]):
+        sample("y", dist.Normal(0.0, 1.0), obs=y)
+    with plate("kept", y[y > 0].shape[0]):  # a shape computed from the values, read by no Python conversion
+        sample("effect", dist.Normal(0.0, 1.0))
 
 
-def test_value_dependent_control_flow_traces_every_call():
-    up, down = np.array([1.0, 2.0, -0.5]), np.array([-1.0, -2.0, 0.5])
-    assert "surplus" in inspect(branch_on_total, up).sites
-    assert "surplus" not in inspect(branch_on_total, down).sites
-    assert inspect(size_from_value, np.ones(5), np.array(3)).plates["used"].size == 3
-    assert inspect(size_from_value, np.ones(5), np.array(5)).plates["used"].size == 5
-    assert len(inspect(one_site_per_element, up).sites) == 3
-    assert len(inspect(one_site_per_element, down).sites) == 3
-    assert inspect(keep_positive, up).plates["kept"].size == 2
-    assert inspect(keep_positive, down).plates["kept"].size == 1
-    assert traces() == 8 and reuses() == 0
+UP, DOWN = np.array([1.0, 2.0, -0.5]), np.array([-1.0, -2.0, 0.5])
+
+
+@pytest.mark.parametrize(
+    "program, first, second, expect",
+    [
+        pytest.param(branch_on_total, (UP,), (DOWN,), lambda s1, s2: "surplus" in s1.sites and "surplus" not in s2.sites, id="if y.sum() > 0"),
+        pytest.param(
+            size_from_value, (np.ones(5), np.array(3)), (np.ones(5), np.array(5)),
+            lambda s1, s2: (s1.plates["used"].size, s2.plates["used"].size) == (3, 5), id="int(n.item())",
+        ),
+        pytest.param(one_site_per_element, (UP,), (DOWN,), lambda s1, s2: len(s1.sites) == len(s2.sites) == 3, id="for v in y"),
+        pytest.param(keep_positive, (UP,), (DOWN,), lambda s1, s2: (s1.plates["kept"].size, s2.plates["kept"].size) == (2, 1), id="y[y > 0]"),
+    ],
+)  # fmt: skip
+def test_value_dependent_control_flow_traces_every_call(program, first, second, expect):
+    assert expect(inspect(program, *first), inspect(program, *second))
+    assert traces() == 2 and reuses() == 0
 
 
 def test_nan_in_new_data_names_the_site():
