@@ -1,6 +1,6 @@
 """From a program to its structure: one traced run, with provenance tracking.
 
-How it works, in three steps (the whole tracing core is this file):
+How it works, in four steps (the whole tracing core is this file):
 
 1. Bind the model's arguments. Every float or array argument is wrapped in a
    :class:`ppgen.provenance.TrackedTensor` whose provenance is ``{"@name"}``.
@@ -11,6 +11,13 @@ How it works, in three steps (the whole tracing core is this file):
 3. Classify: sites into latent / observed / param / deterministic / factor; arguments into
    observed data, covariates (per-datum inputs) and hyperparameters (the rest that flow into
    a distribution); plates from each site's ``cond_indep_stack``.
+4. Reuse: the structure is kept for the next call of the same program with arguments of the
+   same signature (:mod:`ppgen.structure_cache`: shapes and dtypes of arrays, values of plain
+   arguments), unless the program read the values of its data in Python or shaped tensors by
+   them (:func:`ppgen.provenance.recording_value_reads`). Arguments whose values the trace
+   used (a distribution's parameters, a support, a mask, data that other sites read) are keyed
+   by their content; observed data are re-bound to the new call (each site's value is a view
+   of an argument) and checked again on every call.
 
 Data checks (NaN, values outside a distribution's support, data shapes that disagree with a
 plate) and parameter checks (a distribution's arguments inside their constraints) happen here
@@ -665,6 +672,12 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     Observed data are checked on the way: NaN, values outside the support of the site's
     distribution and shapes that disagree with a plate raise :class:`ppgen.DataError` naming
     the site.
+
+    A later call of the same program with arguments of the same signature reuses the traced
+    structure (step 4 above; ``structure_cache().statistics`` counts traces and reuses): its
+    data are checked again, and it is traced afresh if the program read the values of its
+    data when traced, or if the values of an argument its distributions' parameters came from
+    changed.
 
     Examples
     --------
