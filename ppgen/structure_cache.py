@@ -35,6 +35,7 @@ from ppgen.backend import to_numpy
 
 Entry = TypeVar("Entry")
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_SCALARS = frozenset(_PLAIN)
 
 
 class Unkeyable(Exception):
@@ -70,6 +71,9 @@ def signature(value: Any, traced: bool = True) -> Any:
         device = str(value.device) if isinstance(value, torch.Tensor) else None
         return (type(value), tuple(value.shape), str(value.dtype), device)
     if isinstance(value, (tuple, list)):
+        kinds = tuple(map(type, value))
+        if set(kinds) <= _SCALARS:  # a list of numbers (data given as a list): at C speed
+            return (type(value), kinds, tuple(value))
         return (type(value), tuple(signature(item, traced=False) for item in value))
     if isinstance(value, dict):
         return (type(value), tuple((signature(k, False), signature(v, False)) for k, v in value.items()))

@@ -240,3 +240,17 @@ def test_scalar_data_value_is_rebound():
     assert inspect(one_reading, np.array([0.5])).arguments["y"].value == 0.5
     assert inspect(one_reading, np.array([-1.5])).arguments["y"].value == -1.5
     assert traces() == 1
+
+
+def test_data_given_as_a_list_is_keyed_by_its_values():
+    def votes(ballots):  # a list reaches the program as it is, untracked: a constant of the trace
+        ballots = torch.as_tensor(ballots, dtype=torch.float64)
+        share = sample("share", dist.Beta(1.0, 1.0))
+        with plate("ballots", ballots.shape[0]):
+            sample("ballot", dist.Bernoulli(share), obs=ballots)
+
+    inspect(votes, [1, 0, 1])
+    inspect(votes, [1, 0, 1])
+    assert (traces(), reuses()) == (1, 1)
+    with pytest.raises(ppgen.DataError, match="site 'ballot'"):
+        inspect(votes, [1, 0, 2])
