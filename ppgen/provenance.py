@@ -16,6 +16,7 @@ its shapes, and must not be reused for other data (``ppgen.structure.inspect``).
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Iterator, Optional
@@ -75,12 +76,14 @@ _VALUE_SHAPED = frozenset({
     torch.unique, _T.unique, torch.unique_consecutive, _T.unique_consecutive, torch.bincount, _T.bincount,
     torch.repeat_interleave, _T.repeat_interleave, torch.zeros, torch.ones, torch.empty, torch.full,
     torch.arange, torch.linspace, torch.logspace, torch.eye, torch.rand, torch.randn, torch.randint,
+    torch.randperm,
 })  # fmt: skip
 # methods whose result's shape is given by their later arguments (``x.expand(n)``, ``one_hot(z, k)``)
 _SIZED_BY_LATER_ARGUMENTS = frozenset({
     _T.new_zeros, _T.new_ones, _T.new_empty, _T.new_full, _T.expand, _T.reshape, _T.view, _T.repeat,
     _T.tile, torch.tile, _T.narrow, torch.narrow, torch.broadcast_to, _T.broadcast_to, _T.split,
-    torch.split, _T.topk, torch.topk, torch.nn.functional.one_hot,
+    torch.split, _T.topk, torch.topk, torch.nn.functional.one_hot, torch.multinomial, _T.multinomial,
+    torch.histc, _T.histc,
 })  # fmt: skip
 _value_reads: ContextVar[Optional[list[str]]] = ContextVar("value_reads", default=None)
 
@@ -91,10 +94,33 @@ def recording_value_reads() -> Iterator[list[str]]:
     Python, or shaped a result by them, are appended to the list yielded."""
     reads: list[str] = []
     token = _value_reads.set(reads)
+    saved = {name: getattr(torch, name) for name in _SCALAR_FACTORIES}
+    for name, factory in saved.items():
+        setattr(torch, name, _watched(factory))
     try:
         yield reads
     finally:
+        for name, factory in saved.items():
+            setattr(torch, name, factory)
         _value_reads.reset(token)
+
+
+# factories that take a 0-d tensor as a number without dispatching to ``__torch_function__``
+# (``torch.arange(n)``): watched by a wrapper while reads are recorded
+_SCALAR_FACTORIES = ("arange", "randperm", "linspace", "logspace", "full")
+
+
+def _watched(factory: Any) -> Any:
+    @functools.wraps(factory)
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        sources: list[frozenset] = []
+        _strip(args, sources)
+        _strip(kwargs, sources)
+        if sources:
+            _note_read(factory)
+        return factory(*args, **kwargs)
+
+    return watched
 
 
 def _note_read(func: Any) -> None:

@@ -141,6 +141,13 @@ def keep_positive(y):
         sample("effect", dist.Normal(0.0, 1.0))
 
 
+def steps_from_tensor(y, n):
+    with plate("obs", y.shape[0]):
+        sample("y", dist.Normal(0.0, 1.0), obs=y)
+    with plate("steps", torch.arange(n).shape[0]):  # a 0-d tensor taken as a number by torch
+        sample("effect", dist.Normal(0.0, 1.0))
+
+
 UP, DOWN = np.array([1.0, 2.0, -0.5]), np.array([-1.0, -2.0, 0.5])
 
 
@@ -154,6 +161,10 @@ UP, DOWN = np.array([1.0, 2.0, -0.5]), np.array([-1.0, -2.0, 0.5])
         ),
         pytest.param(one_site_per_element, (UP,), (DOWN,), lambda s1, s2: len(s1.sites) == len(s2.sites) == 3, id="for v in y"),
         pytest.param(keep_positive, (UP,), (DOWN,), lambda s1, s2: (s1.plates["kept"].size, s2.plates["kept"].size) == (2, 1), id="y[y > 0]"),
+        pytest.param(
+            steps_from_tensor, (UP, np.array(2)), (UP, np.array(4)),
+            lambda s1, s2: (s1.plates["steps"].size, s2.plates["steps"].size) == (2, 4), id="torch.arange(n)",
+        ),
     ],
 )  # fmt: skip
 def test_value_dependent_control_flow_traces_every_call(program, first, second, expect):
