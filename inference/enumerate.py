@@ -11,6 +11,7 @@ summed by a vectorised forward–backward pass in O(T K²) (Viterbi for its MAP)
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Optional
 
@@ -36,7 +37,7 @@ def blocking_latent(structure: ModelStructure) -> Optional[str]:
                 f"latent site {site.name!r} is {what} ({site.support}); exact enumeration needs every latent "
                 "discrete with finite support"
             )
-        if int(np.prod(site.batch_shape, dtype=np.int64)) != site_plates_size(structure, site):
+        if math.prod(site.batch_shape) != site_plates_size(structure, site):
             return (
                 f"latent site {site.name!r} has batch shape {site.batch_shape} not covered by its plates "
                 f"{site.plates or '()'}; declare its batch dimensions with ppgen.plate"

@@ -1,6 +1,6 @@
 """From a program to its structure: one traced run, with provenance tracking.
 
-How it works, in three steps (the whole tracing core is this file):
+How it works, in four steps (the whole tracing core is this file):
 
 1. Bind the model's arguments. Every float or array argument is wrapped in a
    :class:`ppgen.provenance.TrackedTensor` whose provenance is ``{"@name"}``.
@@ -11,6 +11,13 @@ How it works, in three steps (the whole tracing core is this file):
 3. Classify: sites into latent / observed / param / deterministic / factor; arguments into
    observed data, covariates (per-datum inputs) and hyperparameters (the rest that flow into
    a distribution); plates from each site's ``cond_indep_stack``.
+4. Reuse: the structure is kept for the next call of the same program with arguments of the
+   same signature (:mod:`ppgen.structure_cache`: shapes and dtypes of arrays, values of plain
+   arguments), unless the program read the values of its data in Python or shaped tensors by
+   them (:func:`ppgen.provenance.recording_value_reads`). Arguments whose values the trace
+   used (a distribution's parameters, a support, a mask, data that other sites read) are keyed
+   by their content; observed data are re-bound to the new call (each site's value is a view
+   of an argument) and checked again on every call.
 
 Data checks (NaN, values outside a distribution's support, data shapes that disagree with a
 plate) and parameter checks (a distribution's arguments inside their constraints) happen here
@@ -24,7 +31,7 @@ import inspect as pyinspect
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Callable, Iterator, Literal, Optional
 
@@ -41,7 +48,8 @@ from torch.distributions.utils import lazy_property
 from ppgen.backend import collector_paused, to_backend, to_numpy, torch_precision, use_backend
 from ppgen.errors import DataError, ParameterError
 from ppgen.primitives import DATA_SITE
-from ppgen.provenance import track
+from ppgen.provenance import recording_value_reads, track
+from ppgen.structure_cache import StructureCache, call_key, content_digest
 
 SiteKind = Literal["latent", "observed", "param", "deterministic", "factor"]
 _ARG = "@"  # provenance prefix marking a model argument
@@ -315,6 +323,18 @@ def _provenance(value: Any) -> frozenset:
     return frozenset()
 
 
+def _wrapper_provenance(fn: Any) -> frozenset:
+    """Provenance of the tensors of ``.mask`` / ``.expand`` / ``.to_event`` wrappers (a mask
+    computed from the data)."""
+    sources: frozenset = frozenset()
+    while type(fn).__name__ in _WRAPPERS:
+        for value in vars(fn).values():
+            if isinstance(value, torch.Tensor):
+                sources |= get_provenance(value)
+        fn = fn.base_dist
+    return sources
+
+
 def _support_provenance(constraint: Any) -> frozenset:
     """Provenance of the tensors a support is built from: the bounds of
     ``interval(0, 1 - a)``, through ``independent``/``to_event`` wrappers."""
@@ -371,6 +391,8 @@ class _StructureTracer(Messenger):
         self.records: dict[str, dict[str, Any]] = {}
         self.plates: dict[str, Plate] = {}
         self._hooks: list[Any] = []
+        self.value_reads: list[str] = []  # operations that read the values of a tracked tensor
+        self.tracked: dict[str, Any] = {}  # the arguments as the program received them
 
     def register_module(self, name: str, nn_module: torch.nn.Module) -> None:
         """Called by ``ppgen.module``: make the module's outputs carry provenance ``{name}``."""
@@ -445,6 +467,8 @@ class _StructureTracer(Messenger):
             "support_sources": _support_provenance(_declared_support(fn)) if kind == "latent" else frozenset(),
             "has_data": bool(msg["is_observed"]) if kind == "observed" else True,
             "data_argument": data_argument if kind == "observed" else None,
+            "value_sources": value_provenance if kind == "observed" else frozenset(),
+            "wrapper_sources": _wrapper_provenance(fn),
         }
         if isinstance(plain_value, torch.Tensor):
             msg["value"] = track(plain_value, frozenset({name}))
@@ -455,8 +479,9 @@ class _StructureTracer(Messenger):
             module_name = name.split("$$$")[0]
             msg["value"] = track(msg["value"], frozenset({module_name}))
             return
+        sources = get_provenance(msg["value"])  # an initial value computed from the arguments
         value = detach_provenance(msg["value"])
-        self.records[name] = {"name": name, "kind": "param", "value": value, "plates": (), "arg_sources": {}}
+        self.records[name] = {"name": name, "kind": "param", "value": value, "plates": (), "arg_sources": {}, "init_sources": sources}
         msg["value"] = track(value, frozenset({name}))
 
 
@@ -479,8 +504,9 @@ def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None
             tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
             torch.manual_seed(seed)
             try:
-                with tracer:
+                with tracer, recording_value_reads() as tracer.value_reads:
                     _call_with_bound(model, tracked)
+                tracer.tracked = tracked
                 tracer.precision = str(precision).replace("torch.", "")
                 return tracer, bound
             except RuntimeError as error:
@@ -647,6 +673,12 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     distribution and shapes that disagree with a plate raise :class:`ppgen.DataError` naming
     the site.
 
+    A later call of the same program with arguments of the same signature reuses the traced
+    structure (step 4 above; ``structure_cache().statistics`` counts traces and reuses): its
+    data are checked again, and it is traced afresh if the program read the values of its
+    data when traced, or if the values of an argument its distributions' parameters came from
+    changed.
+
     Examples
     --------
     >>> from ppgen.models.basics import coin
@@ -657,8 +689,19 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
     known = _known_structure.get()
     if known is not None and _same_call(known, model, args, kwargs):
         return known[3]
+    key = call_key(model, args, kwargs)
+    entry = _STRUCTURES.get(model, key) if key is not None else None
+    if entry is not None:
+        bound = bind_arguments(model, args, kwargs)
+        with collector_paused():
+            structure = entry.reuse(bound)
+        if structure is not None:
+            _STRUCTURES.statistics.reuses += 1
+            return structure
+        _STRUCTURES.discard(model, key)
     with collector_paused():
         tracer, bound = trace_model(model, args, kwargs)
+        _STRUCTURES.statistics.traces += 1
         plates = tracer.plates
         sites: dict[str, Site] = {}
         for record in tracer.records.values():
@@ -666,7 +709,128 @@ def inspect(model: Callable, *args: Any, **kwargs: Any) -> ModelStructure:
                 _check_data(record, plates)
             sites[record["name"]] = _site_from_record(record, bound)
         arguments = _classify_arguments(sites, plates, bound)
-    return ModelStructure(_model_name(model), sites, dict(plates), arguments, tracer.precision)
+        structure = ModelStructure(_model_name(model), sites, dict(plates), arguments, tracer.precision)
+        if key is not None:
+            entry = _ReusableStructure.from_trace(structure, tracer, bound)
+            if entry is not None:
+                _STRUCTURES.put(model, key, entry)
+    return structure
+
+
+# --------------------------------------------------------------------------------------------
+# Step 4: reuse across calls
+
+
+@dataclass(frozen=True)
+class _ObservedBinding:
+    """How to find an observed site's value in a new call: the site's record, and the view
+    (size, stride, storage offset) of argument ``argument`` its value was, when the argument's
+    own layout was ``argument_layout``. ``argument`` None: the value is a constant of the call
+    signature (computed from plain arguments or in the program) and is kept in the record."""
+
+    record: dict
+    argument: Optional[str] = None
+    view: tuple = ()
+    argument_layout: tuple = ()
+
+
+@dataclass(frozen=True)
+class _ReusableStructure:
+    """A traced structure, with what a new call of the same signature must redo: the data
+    checks on the new observed values, the digest of each argument whose values the trace
+    depended on (distribution parameters, supports, masks, deterministic values, param
+    initial values, observed values that other sites read), and the arguments' classification
+    (which holds scalar values)."""
+
+    structure: ModelStructure
+    observed: tuple[_ObservedBinding, ...]
+    digests: dict[str, tuple]
+
+    @classmethod
+    def from_trace(cls, structure: ModelStructure, tracer: _StructureTracer, bound: dict[str, Any]) -> Optional["_ReusableStructure"]:
+        """The reusable form of a trace, or None when the structure depends on the values of
+        the data: the program read them in Python, or an observed value is not a view of one
+        argument (so it cannot be re-bound to new data)."""
+        if tracer.value_reads:
+            return None
+        records = tracer.records
+        consumed: set[str] = set()
+        for record in records.values():
+            for sources in record.get("arg_sources", {}).values():
+                consumed |= sources
+            consumed |= record.get("support_sources", frozenset())
+            consumed |= record.get("wrapper_sources", frozenset())
+            consumed |= record.get("init_sources", frozenset())
+        observed = []
+        for record in records.values():
+            if record["kind"] != "observed" or not record["has_data"]:
+                continue
+            arguments = {p[1:] for p in record["value_sources"] if p.startswith(_ARG)}
+            if record["value_sources"] - {_ARG + a for a in arguments}:
+                return None  # an observed value computed from other sites
+            if record["name"] in consumed:
+                consumed |= record["value_sources"]  # read by other sites: their checks saw the data
+            binding = _bind_observed(record, arguments, bound, tracer.tracked)
+            if binding is None:
+                return None
+            observed.append(binding)
+        keyed = sorted({p[1:] for p in consumed if p.startswith(_ARG) and _is_array_argument(bound.get(p[1:]))})
+        digests = {name: content_digest(bound[name]) for name in keyed}
+        return cls(structure, tuple(observed), digests)
+
+    def reuse(self, bound: dict[str, Any]) -> Optional[ModelStructure]:
+        """The structure for the call ``bound`` (same signature), its data checked; None when
+        the trace must be redone (a digested argument's values changed, or an argument's
+        memory layout did)."""
+        if any(content_digest(bound[name]) != digest for name, digest in self.digests.items()):
+            return None
+        bases: dict[str, torch.Tensor] = {}
+        plates = self.structure.plates
+        for binding in self.observed:
+            if binding.argument is None:
+                continue  # the same value as when traced, already checked
+            base = bases.get(binding.argument)
+            if base is None:
+                base = bases[binding.argument] = to_backend(bound[binding.argument], "pyro")
+                if (tuple(base.stride()), base.storage_offset()) != binding.argument_layout:
+                    return None
+            size, stride, offset = binding.view
+            _check_data({**binding.record, "value": base.as_strided(size, stride, offset)}, plates)
+        arguments = _classify_arguments(self.structure.sites, plates, bound)
+        if arguments == self.structure.arguments:
+            return self.structure
+        return replace(self.structure, arguments=arguments)
+
+
+def _is_array_argument(value: Any) -> bool:
+    """An argument traced by shape (so its values may differ between calls of one signature)."""
+    return _is_tracked(value) and not isinstance(value, float)
+
+
+def _bind_observed(record: dict, arguments: set[str], bound: dict[str, Any], tracked: dict[str, Any]) -> Optional[_ObservedBinding]:
+    if not arguments or not any(_is_array_argument(bound[a]) for a in arguments):
+        return _ObservedBinding(record)
+    value = record["value"]
+    if len(arguments) != 1 or not isinstance(value, torch.Tensor):
+        return None
+    (argument,) = arguments
+    base = detach_provenance(tracked[argument])
+    if value.dtype != base.dtype or value.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+        return None  # a copy (``y.float()``, ``y[mask]``): which elements cannot be told
+    return _ObservedBinding(
+        {**record, "value": None},  # not kept: the data of the first call
+        argument,
+        (tuple(value.shape), tuple(value.stride()), value.storage_offset()),
+        (tuple(base.stride()), base.storage_offset()),
+    )
+
+
+_STRUCTURES: StructureCache[_ReusableStructure] = StructureCache(size=4)
+
+
+def structure_cache() -> StructureCache:
+    """The cache of traced structures (``statistics``: traces and reuses; ``clear()``)."""
+    return _STRUCTURES
 
 
 def coupled_discrete_latent(structure: ModelStructure) -> Optional[str]:

@@ -48,9 +48,10 @@ def test_a_verb_traces_the_program_once(monkeypatch):
     calls = []
     original = ppgen.structure.trace_model
     monkeypatch.setattr(ppgen.structure, "trace_model", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ppgen.structure.structure_cache().clear()
     x = np.array([1.0, 0.0, 1.0, 1.0])
     result = ppgen.infer(basics.coin, x, engine="map")
     assert len(calls) == 1 and result.params["rho"] == pytest.approx(4 / 6, abs=1e-6)  # (h + a - 1) / (n + a + b - 2)
     with ppgen.structure.known_structure(ppgen.inspect(basics.coin, x), basics.coin, (x,), {}):
-        ppgen.inspect(basics.coin, x.copy())  # other data: traced again
-    assert len(calls) == 3
+        ppgen.inspect(basics.coin, x.copy())  # other data: not the known call, but the cached signature
+    assert len(calls) == 1 and ppgen.structure.structure_cache().statistics.reuses == 2
