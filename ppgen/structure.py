@@ -231,14 +231,28 @@ def _is_tracked(value: Any) -> bool:
     return False
 
 
+def _check_argument(name: str, value: Any, default: Any) -> None:
+    """``DataError`` for an argument no program can use: an array of strings, objects or
+    complex numbers, or an empty array or list (given explicitly: an empty default is the
+    program's own choice). Such data would otherwise fail deep inside the program, or, with
+    a size read from the data (``T = len(x)``), run silently on no data at all."""
+    if value is default or isinstance(value, (str, bytes)):
+        return
+    if isinstance(value, (list, tuple)) and len(value) == 0 or _is_tracked(value) and not isinstance(value, float) and np.size(to_numpy(value)) == 0:
+        raise DataError(f"argument {name!r} is empty (shape {np.shape(to_numpy(value))}); pass at least one value")
+    if isinstance(value, np.ndarray) or _is_tracked(value) and not isinstance(value, float):
+        dtype = np.asarray(to_numpy(value)).dtype if not isinstance(value, np.ndarray) else value.dtype
+        if dtype.kind not in _NUMERIC_KINDS:
+            kind = "complex numbers" if dtype.kind == "c" else f"values of dtype {dtype}"
+            raise DataError(f"argument {name!r} holds {kind}; a distribution takes an array of real numbers")
+
+
 def _track(name: str, value: Any) -> Any:
-    if isinstance(value, np.ndarray) and value.dtype.kind not in _NUMERIC_KINDS:
-        raise DataError(f"argument {name!r}: an array of dtype {value.dtype} cannot enter a distribution; pass an array of numbers")
     tensor = torch.tensor(value) if isinstance(value, float) else to_backend(value, "pyro")
     return track(tensor, frozenset({_ARG + name}))
 
 
-_NUMERIC_KINDS = "biufc"  # NumPy dtype kinds torch can hold: bool, int, unsigned, float, complex
+_NUMERIC_KINDS = "biuf"  # NumPy dtype kinds a distribution can take: bool, int, unsigned, float
 _LIST_LIKE = (list, tuple, int, float, np.number, np.bool_)  # observed data ppgen turns into arrays
 
 
@@ -540,10 +554,33 @@ def _recording_distributions() -> Iterator[None]:
 
 
 def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None, seed: int = 0):
-    """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments)."""
+    """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments).
+
+    A program that fails on malformed arguments (a NaN used as an index, an empty array, a
+    list where it expects an array) fails with an error naming the argument, not deep
+    inside the program: see :func:`_blame_arguments`.
+    """
     bound = bind_arguments(model, args, kwargs or {})
+    defaults = {name: parameter.default for name, parameter in pyinspect.signature(model).parameters.items()}
+    for name, value in bound.items():
+        _check_argument(name, value, defaults.get(name))
+    tracers: list[_StructureTracer] = []
+    try:
+        return _trace(model, bound, seed, tracers), bound
+    except (DataError, ParameterError):
+        raise
+    except Exception as error:
+        blamed = _blame_data(tracers[-1], error) if tracers else None
+        blamed = blamed or _blame_arguments(_model_name(model), bound, error)
+        if blamed is None:
+            raise
+        raise blamed from None
+
+
+def _trace(model: Callable, bound: dict[str, Any], seed: int, tracers: list) -> "_StructureTracer":
     for precision in (torch.float64, torch.get_default_dtype()):
         tracer = _StructureTracer(bound)
+        tracers.append(tracer)
         with use_backend("pyro"), _recording_distributions(), torch_precision(precision), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
             torch.manual_seed(seed)
@@ -551,14 +588,7 @@ def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None
                 with tracer:
                     _call_with_bound(model, tracked)
                 tracer.precision = str(precision).replace("torch.", "")
-                return tracer, bound
-            except ZeroDivisionError as error:
-                plate = _empty_plate(error)
-                if plate is None:
-                    raise
-                empty = [name for name, value in bound.items() if _is_empty(value)]
-                cause = f" (argument {empty[0]!r} is empty)" if empty else ""
-                raise DataError(f"{_model_name(model)}: plate {plate!r} has size 0{cause}; the program needs at least one data point") from None
+                return tracer
             except RuntimeError as error:
                 # float32 torch modules cannot take float64 inputs: run in their precision
                 if precision != torch.float64 or "dtype" not in str(error) and "Double" not in str(error):
@@ -568,7 +598,70 @@ def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None
     raise AssertionError("unreachable")
 
 
-def _empty_plate(error: ZeroDivisionError) -> Optional[str]:
+def _blame_data(tracer: "_StructureTracer", error: Exception) -> Optional[DataError]:
+    """The data error behind ``error``, which the program raised while tracing, if the data
+    observed so far explain it: a site's data fail its checks (the program used a value
+    outside the support, say as an index, before the trace ended), or a data argument holds
+    a value outside the support of a site that observes it."""
+    failure = f"{type(error).__name__}: {error}"
+    observed = [r for r in tracer.records.values() if r["kind"] == "observed" and r["has_data"]]
+    for record in observed:
+        try:
+            _check_data(record, tracer.plates)
+        except DataError as data_error:
+            return DataError(f"{data_error}; the program failed on it ({failure})")
+    for record in observed:
+        argument = record.get("data_argument")
+        support = _declared_support(record["fn"])
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        value = tracer.arguments.get(argument) if argument else None
+        if support is None or constraints.is_dependent(support) or support.event_dim or not _is_tracked(value):
+            continue
+        data = torch.as_tensor(np.asarray(to_numpy(value), dtype=np.float64))
+        inside = support.check(data)
+        if not bool(torch.all(inside)):
+            index = tuple(int(i) for i in torch.nonzero(~inside)[0]) if inside.dim() else ()
+            return DataError(
+                f"argument {argument!r} holds {float(data[index]):g} at index {index}, outside the support of site "
+                f"{record['name']!r} ({type(_unwrap(record['fn'])).__name__}, {support!r}) that observes it; the program "
+                f"failed on it ({failure})"
+            )
+    return None
+
+
+def _blame_arguments(model_name: str, bound: dict[str, Any], error: Exception) -> Optional[Exception]:
+    """The error to raise instead of ``error``, which the program raised while tracing, when
+    an argument explains it, or None: an empty array (a plate of size 0, an empty range), NaN
+    or ±inf (as an index, a size), or a list or string where the program needs an array (it
+    asked for an attribute that only arrays have)."""
+    failure = f"{type(error).__name__}: {error}"
+    for name, value in bound.items():
+        if _is_empty(value):
+            plate = _empty_plate(error)
+            where = f"plate {plate!r} has size 0: " if plate else ""
+            return DataError(f"{model_name}: {where}argument {name!r} is empty (shape {np.shape(value)}); the program needs at least one data point")
+    for name, value in bound.items():
+        if _is_tracked(value) and not isinstance(value, float):
+            array = np.asarray(to_numpy(value))
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+                what = "NaN" if np.isnan(array).any() else "inf"
+                return DataError(f"{model_name}: argument {name!r} contains {what} (first at index {index}), on which the program failed ({failure})")
+    if isinstance(error, (AttributeError, TypeError)):
+        for name, value in bound.items():
+            if isinstance(value, (list, tuple, str, dict)) and f"'{type(value).__name__}' object" in str(error):
+                return TypeError(
+                    f"{model_name}: argument {name!r} is a {type(value).__name__}, but the program uses it as an array "
+                    f"({failure}); pass a NumPy array of numbers"
+                )
+    plate = _empty_plate(error) if isinstance(error, ZeroDivisionError) else None
+    if plate is not None:
+        return DataError(f"{model_name}: plate {plate!r} has size 0; the program needs at least one data point")
+    return None
+
+
+def _empty_plate(error: Exception) -> Optional[str]:
     """The name of the plate whose size was 0, if ``error`` is Pyro's complaint about one."""
     from pyro.poutine.indep_messenger import IndepMessenger
 
