@@ -238,7 +238,7 @@ def _check_argument(name: str, value: Any, default: Any) -> None:
     a size read from the data (``T = len(x)``), run silently on no data at all."""
     if value is default or isinstance(value, (str, bytes)):
         return
-    if isinstance(value, (list, tuple)) and len(value) == 0 or _is_tracked(value) and not isinstance(value, float) and np.size(to_numpy(value)) == 0:
+    if _is_empty(value):
         raise DataError(f"argument {name!r} is empty (shape {np.shape(to_numpy(value))}); pass at least one value")
     if isinstance(value, np.ndarray) or _is_tracked(value) and not isinstance(value, float):
         dtype = np.asarray(to_numpy(value)).dtype if not isinstance(value, np.ndarray) else value.dtype
@@ -556,9 +556,11 @@ def _recording_distributions() -> Iterator[None]:
 def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None, seed: int = 0):
     """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments).
 
-    A program that fails on malformed arguments (a NaN used as an index, an empty array, a
-    list where it expects an array) fails with an error naming the argument, not deep
-    inside the program: see :func:`_blame_arguments`.
+    Arguments no program can use (empty, strings, objects, complex numbers) are refused first
+    (:func:`_check_argument`). A program that then fails on its data (a value outside the
+    support or a NaN used as an index, a list where it expects an array) fails with an error
+    naming the site or argument, not deep inside the program (:func:`_blame_data`,
+    :func:`_blame_arguments`).
     """
     bound = bind_arguments(model, args, kwargs or {})
     defaults = {name: parameter.default for name, parameter in pyinspect.signature(model).parameters.items()}
@@ -632,15 +634,10 @@ def _blame_data(tracer: "_StructureTracer", error: Exception) -> Optional[DataEr
 
 def _blame_arguments(model_name: str, bound: dict[str, Any], error: Exception) -> Optional[Exception]:
     """The error to raise instead of ``error``, which the program raised while tracing, when
-    an argument explains it, or None: an empty array (a plate of size 0, an empty range), NaN
-    or ±inf (as an index, a size), or a list or string where the program needs an array (it
-    asked for an attribute that only arrays have)."""
+    an argument explains it, or None: NaN or ±inf (used as an index, a size), a list or string
+    where the program needs an array (it asked for an attribute only arrays have), or a plate
+    of size 0 (empty data the program sized a plate from)."""
     failure = f"{type(error).__name__}: {error}"
-    for name, value in bound.items():
-        if _is_empty(value):
-            plate = _empty_plate(error)
-            where = f"plate {plate!r} has size 0: " if plate else ""
-            return DataError(f"{model_name}: {where}argument {name!r} is empty (shape {np.shape(value)}); the program needs at least one data point")
     for name, value in bound.items():
         if _is_tracked(value) and not isinstance(value, float):
             array = np.asarray(to_numpy(value))
@@ -674,6 +671,7 @@ def _empty_plate(error: Exception) -> Optional[str]:
 
 
 def _is_empty(value: Any) -> bool:
+    """An array, list or tuple without elements."""
     if isinstance(value, (list, tuple)):
         return len(value) == 0
     return _is_tracked(value) and not isinstance(value, float) and int(np.prod(np.shape(value))) == 0
