@@ -15,19 +15,56 @@ import inspect as pyinspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Union
 
+import numpy as np
+
 from ppgen.errors import EngineNotApplicable
 from ppgen.results import Result
-from ppgen.structure import ModelStructure, bind_arguments, inspect
+from ppgen.structure import ModelStructure, bind_arguments, check_model, inspect, with_array_data
 
 Task = str  # "infer", "learn", "score", "generate"
 
+#: Seeds are integers in [0, MAX_SEED). torch and NumPy take any such seed; JAX's ``PRNGKey``
+#: takes an int64; engines derive further seeds as ``seed + offset`` (restarts, chains,
+#: simulations) with offsets far below 2**32, so 2**32 keeps every derived seed valid.
+MAX_SEED = 2**32
+
+
+def check_seed(seed: Any, owner: str = "seed") -> int:
+    """``seed`` as a Python int, after checking it is an integer in [0, ``MAX_SEED``).
+
+    Python ints and NumPy integers are accepted (bools are not: ``seed=True`` is a slip);
+    anything else is a ``TypeError``, an integer out of range a ``ValueError``, both naming
+    ``owner`` (the engine or function the seed was given to).
+    """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{owner}: seed must be an integer in [0, 2**32), got {type(seed).__name__} {seed!r}")
+    if not 0 <= int(seed) < MAX_SEED:
+        raise ValueError(f"{owner}: seed must be an integer in [0, 2**32), got {int(seed)}")
+    return int(seed)
+
 
 class Engine:
-    """Base class of all engines."""
+    """Base class of all engines.
+
+    ``seed`` is a checked property: every engine stores its seed with ``self.seed = seed``, so
+    every engine, however it is built (by name, by the user, or copied and re-seeded by
+    :func:`ppgen.calibration.simulation_based_calibration`), holds a valid Python int.
+    """
 
     name: ClassVar[str] = ""
     tasks: ClassVar[frozenset[str]] = frozenset({"infer", "learn"})
     summary: ClassVar[str] = ""
+
+    @property
+    def seed(self) -> int:
+        try:
+            return self.__dict__["_seed"]
+        except KeyError:
+            raise AttributeError(f"engine {self.name!r} takes no seed") from None
+
+    @seed.setter
+    def seed(self, value: Any) -> None:
+        self.__dict__["_seed"] = check_seed(value, type(self).__name__)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         """Why this engine does not apply to ``structure`` (naming the site), or ``None``."""
@@ -104,6 +141,7 @@ def split_options(
     A name the engine accepts goes to the engine; a name the model accepts goes to the model;
     a name both accept, or neither, is an error that says so.
     """
+    check_model(model)
     accepted = engine_options(cls)
     model_parameters = pyinspect.signature(model).parameters
     takes_var_kwargs = any(p.kind == p.VAR_KEYWORD for p in model_parameters.values())
@@ -133,12 +171,16 @@ def resolve(
     args: tuple,
     options: dict[str, Any],
     task: Task,
-) -> tuple[Engine, dict[str, Any], ModelStructure]:
+) -> tuple[Engine, tuple, dict[str, Any], ModelStructure]:
     """Instantiate (or accept) ``engine``, split options, and check it applies.
 
-    Returns the engine instance, the model keyword arguments and the program's structure.
-    Raises :class:`EngineNotApplicable` naming the blocking site and the engines that apply.
+    Returns the engine instance, the model's positional and keyword arguments (data given as
+    lists converted to arrays, see :func:`ppgen.structure.with_array_data`) and the program's
+    structure. The program and its data are checked before the engine: bad data raise
+    :class:`DataError` whichever engine was asked for. Raises :class:`EngineNotApplicable`
+    naming the blocking site and the engines that apply.
     """
+    check_model(model)
     engines = registered_engines()
     if isinstance(engine, Engine):
         instance, model_kwargs = engine, dict(options)
@@ -154,6 +196,9 @@ def resolve(
         raise TypeError(f"engine must be a name or an Engine instance, got {type(engine).__name__}")
     bind_arguments(model, args, model_kwargs)
     structure = inspect(model, *args, **model_kwargs)
+    args, model_kwargs, converted = with_array_data(model, args, model_kwargs, structure)
+    if converted:  # trace again on the arrays the engine will run on
+        structure = inspect(model, *args, **model_kwargs)
     if task not in instance.tasks:
         raise EngineNotApplicable(
             f"engine {instance.name!r} does not do {task!r} (it does: {', '.join(sorted(instance.tasks))})"
@@ -165,4 +210,4 @@ def resolve(
             f"engine {instance.name!r} does not apply to {structure.name}: {reason}. "
             f"Engines that apply: {', '.join(applicable) or 'none'}"
         )
-    return instance, model_kwargs, structure
+    return instance, args, model_kwargs, structure

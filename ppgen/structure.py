@@ -203,8 +203,19 @@ class ModelStructure:
 # Step 1: arguments
 
 
+def check_model(model: Any) -> None:
+    """``TypeError`` unless ``model`` is a program: a Python callable with a signature."""
+    if not callable(model):
+        raise TypeError(f"model must be a program (a Python function using ppgen.sample), got {type(model).__name__} {model!r}")
+    try:
+        pyinspect.signature(model)
+    except (TypeError, ValueError):
+        raise TypeError(f"model {model!r} has no Python signature to bind its arguments to; wrap it in a def") from None
+
+
 def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
     """The model's arguments by name, defaults applied (``TypeError`` naming a bad one)."""
+    check_model(model)
     signature = pyinspect.signature(model)
     try:
         bound = signature.bind(*args, **kwargs)
@@ -228,9 +239,70 @@ def _is_tracked(value: Any) -> bool:
     return False
 
 
+def _check_argument(name: str, value: Any, default: Any) -> None:
+    """``DataError`` for an argument no program can use: an array of strings, objects or
+    complex numbers, or an empty array or list (given explicitly: an empty default is the
+    program's own choice). Such data would otherwise fail deep inside the program, or, with
+    a size read from the data (``T = len(x)``), run silently on no data at all."""
+    if value is default or isinstance(value, (str, bytes)):
+        return
+    if _is_empty(value):
+        raise DataError(f"argument {name!r} is empty (shape {np.shape(to_numpy(value))}); pass at least one value")
+    if isinstance(value, np.ndarray) or _is_tracked(value) and not isinstance(value, float):
+        dtype = np.asarray(to_numpy(value)).dtype if not isinstance(value, np.ndarray) else value.dtype
+        if dtype.kind not in _NUMERIC_KINDS:
+            kind = "complex numbers" if dtype.kind == "c" else f"values of dtype {dtype}"
+            raise DataError(f"argument {name!r} holds {kind}; a distribution takes an array of real numbers")
+
+
 def _track(name: str, value: Any) -> Any:
     tensor = torch.tensor(value) if isinstance(value, float) else to_backend(value, "pyro")
     return track(tensor, frozenset({_ARG + name}))
+
+
+_NUMERIC_KINDS = "biuf"  # NumPy dtype kinds a distribution can take: bool, int, unsigned, float
+_LIST_LIKE = (list, tuple, int, float, np.number, np.bool_)  # observed data ppgen turns into arrays
+
+
+def _data_argument_of(value: Any, arguments: dict[str, Any]) -> Optional[str]:
+    """The name of the model argument that *is* ``value`` (by identity), if any."""
+    return next((name for name, argument in arguments.items() if argument is value), None)
+
+
+def _observed_tensor(site: str, value: Any, argument: Optional[str]) -> torch.Tensor:
+    """Observed data given as a list, tuple or Python number, as a tensor for the trace;
+    ``DataError`` naming the site (and argument) for anything that is not numbers."""
+    source = f" (argument {argument!r})" if argument else ""
+    expected = "a NumPy array, a tensor or a (nested) list of numbers"
+    if not (isinstance(value, _LIST_LIKE) or _is_tracked(value)):
+        raise DataError(f"site {site!r}: observed data{source} must be {expected}, got {type(value).__name__} {_short(value)}")
+    try:
+        array = np.asarray(value)
+    except ValueError:  # NumPy refuses ragged lists
+        raise DataError(f"site {site!r}: observed data{source} is a ragged list; every row must have the same length") from None
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise DataError(f"site {site!r}: observed data{source} must be {expected}, got a list holding {array.dtype} values")
+    return torch.as_tensor(array)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def with_array_data(model: Callable, args: tuple, kwargs: dict, structure: "ModelStructure") -> tuple[tuple, dict, bool]:
+    """``args`` and ``kwargs`` with each observed site's data argument given as a list (or a
+    Python number) replaced by ``np.asarray`` of it, so every engine receives arrays; and
+    whether anything was converted. The tracer has already checked such data are numbers."""
+    data_arguments = {site.data_argument for site in structure.observed.values() if site.data_argument}
+    bound = bind_arguments(model, args, kwargs)
+    convert = {name for name in data_arguments if isinstance(bound.get(name), _LIST_LIKE) and not isinstance(bound.get(name), (float, np.floating))}
+    if not convert:
+        return args, kwargs, False
+    names = [n for n, p in pyinspect.signature(model).parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    args = tuple(np.asarray(value) if index < len(names) and names[index] in convert else value for index, value in enumerate(args))
+    kwargs = {key: np.asarray(value) if key in convert else value for key, value in kwargs.items()}
+    return args, kwargs, True
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,8 +458,9 @@ def support_of(fn: Any, enumerate_support: bool = True) -> Support:
 class _StructureTracer(Messenger):
     """Records sites, the provenance of their distributions' parameters, and plates."""
 
-    def __init__(self) -> None:
+    def __init__(self, arguments: Optional[dict[str, Any]] = None) -> None:
         super().__init__()
+        self.arguments = arguments or {}  # the values the program was called with, by name
         self.records: dict[str, dict[str, Any]] = {}
         self.plates: dict[str, Plate] = {}
         self._hooks: list[Any] = []
@@ -426,6 +499,16 @@ class _StructureTracer(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         fn = msg["fn"]
         if not site_is_subsample(msg):
+            if msg["name"] in self.records:
+                # Pyro would say so only later, with a trace dump; NumPyro not at all.
+                raise ValueError(
+                    f"two sites of the program are named {msg['name']!r}: every site needs its own name "
+                    f"(in a loop, number them, e.g. f\"{msg['name']}_{{i}}\")"
+                )
+            if msg["is_observed"] and not isinstance(msg["value"], torch.Tensor):
+                argument = _data_argument_of(msg["value"], self.arguments)
+                tensor = _observed_tensor(msg["name"], msg["value"], argument)
+                msg["value"] = track(tensor, frozenset({_ARG + argument})) if argument else tensor
             _check_parameters(msg["name"], fn)
         # A flat prior (ImproperUniform) cannot be sampled: trace it at a point of its support.
         if msg["value"] is None and not msg["is_observed"] and type(_unwrap(fn)).__name__ == "ImproperUniform":
@@ -496,10 +579,35 @@ def _recording_distributions() -> Iterator[None]:
 
 
 def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None, seed: int = 0):
-    """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments)."""
+    """Run ``model`` once on Pyro with provenance tracking; return (tracer, bound arguments).
+
+    Arguments no program can use (empty, strings, objects, complex numbers) are refused first
+    (:func:`_check_argument`). A program that then fails on its data (a value outside the
+    support or a NaN used as an index, a list where it expects an array) fails with an error
+    naming the site or argument, not deep inside the program (:func:`_blame_data`,
+    :func:`_blame_arguments`).
+    """
     bound = bind_arguments(model, args, kwargs or {})
+    defaults = {name: parameter.default for name, parameter in pyinspect.signature(model).parameters.items()}
+    for name, value in bound.items():
+        _check_argument(name, value, defaults.get(name))
+    tracers: list[_StructureTracer] = []
+    try:
+        return _trace(model, bound, seed, tracers), bound
+    except (DataError, ParameterError):
+        raise
+    except Exception as error:
+        blamed = _blame_data(tracers[-1], error) if tracers else None
+        blamed = blamed or _blame_arguments(_model_name(model), bound, error)
+        if blamed is None:
+            raise
+        raise blamed from None
+
+
+def _trace(model: Callable, bound: dict[str, Any], seed: int, tracers: list) -> "_StructureTracer":
     for precision in (torch.float64, torch.get_default_dtype()):
-        tracer = _StructureTracer()
+        tracer = _StructureTracer(bound)
+        tracers.append(tracer)
         with use_backend("pyro"), _recording_distributions(), torch_precision(precision), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             tracked = {name: (_track(name, value) if _is_tracked(value) else value) for name, value in bound.items()}
             torch.manual_seed(seed)
@@ -508,7 +616,7 @@ def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None
                     _call_with_bound(model, tracked)
                 tracer.tracked = tracked
                 tracer.precision = str(precision).replace("torch.", "")
-                return tracer, bound
+                return tracer
             except RuntimeError as error:
                 # float32 torch modules cannot take float64 inputs: run in their precision
                 if precision != torch.float64 or "dtype" not in str(error) and "Double" not in str(error):
@@ -516,6 +624,83 @@ def trace_model(model: Callable, args: tuple = (), kwargs: Optional[dict] = None
             finally:
                 tracer.remove_hooks()
     raise AssertionError("unreachable")
+
+
+def _blame_data(tracer: "_StructureTracer", error: Exception) -> Optional[DataError]:
+    """The data error behind ``error``, which the program raised while tracing, if the data
+    observed so far explain it: a site's data fail its checks (the program used a value
+    outside the support, say as an index, before the trace ended), or a data argument holds
+    a value outside the support of a site that observes it."""
+    failure = f"{type(error).__name__}: {error}"
+    observed = [r for r in tracer.records.values() if r["kind"] == "observed" and r["has_data"]]
+    for record in observed:
+        try:
+            _check_data(record, tracer.plates)
+        except DataError as data_error:
+            return DataError(f"{data_error}; the program failed on it ({failure})")
+    for record in observed:
+        argument = record.get("data_argument")
+        support = _declared_support(record["fn"])
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        value = tracer.arguments.get(argument) if argument else None
+        if support is None or constraints.is_dependent(support) or support.event_dim or not _is_tracked(value):
+            continue
+        data = torch.as_tensor(np.asarray(to_numpy(value), dtype=np.float64))
+        inside = support.check(data)
+        if not bool(torch.all(inside)):
+            index = tuple(int(i) for i in torch.nonzero(~inside)[0]) if inside.dim() else ()
+            return DataError(
+                f"argument {argument!r} holds {float(data[index]):g} at index {index}, outside the support of site "
+                f"{record['name']!r} ({type(_unwrap(record['fn'])).__name__}, {support!r}) that observes it; the program "
+                f"failed on it ({failure})"
+            )
+    return None
+
+
+def _blame_arguments(model_name: str, bound: dict[str, Any], error: Exception) -> Optional[Exception]:
+    """The error to raise instead of ``error``, which the program raised while tracing, when
+    an argument explains it, or None: NaN or ±inf (used as an index, a size), a list or string
+    where the program needs an array (it asked for an attribute only arrays have), or a plate
+    of size 0 (empty data the program sized a plate from)."""
+    failure = f"{type(error).__name__}: {error}"
+    for name, value in bound.items():
+        if _is_tracked(value) and not isinstance(value, float):
+            array = np.asarray(to_numpy(value))
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+                what = "NaN" if np.isnan(array).any() else "inf"
+                return DataError(f"{model_name}: argument {name!r} contains {what} (first at index {index}), on which the program failed ({failure})")
+    if isinstance(error, (AttributeError, TypeError)):
+        for name, value in bound.items():
+            if isinstance(value, (list, tuple, str, dict)) and f"'{type(value).__name__}' object" in str(error):
+                return TypeError(
+                    f"{model_name}: argument {name!r} is a {type(value).__name__}, but the program uses it as an array "
+                    f"({failure}); pass a NumPy array of numbers"
+                )
+    plate = _empty_plate(error) if isinstance(error, ZeroDivisionError) else None
+    if plate is not None:
+        return DataError(f"{model_name}: plate {plate!r} has size 0; the program needs at least one data point")
+    return None
+
+
+def _empty_plate(error: Exception) -> Optional[str]:
+    """The name of the plate whose size was 0, if ``error`` is Pyro's complaint about one."""
+    from pyro.poutine.indep_messenger import IndepMessenger
+
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is IndepMessenger.__init__.__code__:
+            return str(frame.tb_frame.f_locals.get("name"))
+        frame = frame.tb_next
+    return None
+
+
+def _is_empty(value: Any) -> bool:
+    """An array, list or tuple without elements."""
+    if isinstance(value, (list, tuple)):
+        return len(value) == 0
+    return _is_tracked(value) and not isinstance(value, float) and int(np.prod(np.shape(value))) == 0
 
 
 def _call_with_bound(model: Callable, bound: dict[str, Any]) -> Any:
@@ -543,10 +728,26 @@ def _check_data(record: dict, plates: dict[str, Plate]) -> None:
     name, fn, value = record["name"], record["fn"], record["value"]
     if not isinstance(value, torch.Tensor):
         return
-    if value.is_floating_point() and torch.isnan(value).any():
-        index = tuple(int(i) for i in torch.nonzero(torch.isnan(value))[0])
-        raise DataError(f"site {name!r}: observed data contains NaN (first at index {index})")
+    if value.dtype == torch.bool or value.is_complex():
+        kind = "bool" if value.dtype == torch.bool else "complex"
+        raise DataError(
+            f"site {name!r}: observed data are {kind} ({value.dtype}); {type(_unwrap(fn)).__name__} scores real "
+            f"numbers: pass x.astype(float)" + (" (or its real part)" if kind == "complex" else "")
+        )
+    if value.numel() == 0:
+        raise DataError(f"site {name!r}: observed data are empty (shape {tuple(value.shape)}); pass at least one value")
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        # No distribution scores ±inf: a Normal's support check (x == x) lets it through,
+        # and the engine would then fail with a NaN far from the cause.
+        what, bad = ("NaN", torch.isnan(value)) if torch.isnan(value).any() else ("inf", torch.isinf(value))
+        index = tuple(int(i) for i in torch.nonzero(bad)[0]) if value.dim() else ()
+        raise DataError(f"site {name!r}: observed data contains {what} (first at index {index})")
     expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    missing = _missing_plate_dims(value, fn, record["plates"], plates)
+    if missing:
+        raise DataError(
+            f"site {name!r}: data of shape {tuple(value.shape)} does not match the site's shape {expected}; {missing}"
+        )
     if tuple(value.shape) != expected:
         try:
             broadcast = torch.broadcast_shapes(value.shape, expected) == expected
@@ -578,6 +779,22 @@ def _check_data(record: dict, plates: dict[str, Plate]) -> None:
             f"site {name!r}: observed value {float(offending):g} at index {index} is outside the support "
             f"of {type(_unwrap(fn)).__name__} ({fn.support!r})"
         )
+
+
+def _missing_plate_dims(value: torch.Tensor, fn: Any, plate_names: tuple[str, ...], plates: dict[str, Plate]) -> Optional[str]:
+    """Why ``value`` only fits a site inside a plate by broadcasting along the plate (a single
+    value where the plate needs one per element), or None. Such data would be silently
+    repeated across the plate."""
+    event_dims = len(fn.event_shape)
+    for plate_name in plate_names:
+        plate = plates[plate_name]
+        size = plate.subsample_size or plate.size
+        if plate.dim is None or size == 1:
+            continue
+        position = plate.dim - event_dims
+        if value.dim() < -position or value.shape[position] == 1:
+            return f"plate {plate_name!r} has size {size} but the data have no dimension {position} of that size"
+    return None
 
 
 def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:

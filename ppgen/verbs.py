@@ -20,7 +20,7 @@ from ppgen.structure import known_structure
 
 
 def _run(task: str, model: Callable, args: tuple, engine: Union[str, Engine], options: dict) -> Result:
-    instance, model_kwargs, structure = resolve(engine, model, args, options, task)
+    instance, args, model_kwargs, structure = resolve(engine, model, args, options, task)
     start = time.perf_counter()
     with known_structure(structure, model, args, model_kwargs):
         result = instance.run(model, *args, **model_kwargs)
