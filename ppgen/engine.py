@@ -133,6 +133,36 @@ def engine_options(cls: type[Engine]) -> set[str]:
     return {name for name in parameters if name != "self"}
 
 
+def check_option_types(cls: type[Engine], engine_kwargs: dict[str, Any]) -> None:
+    """Each option against its annotation in ``cls.__init__``: an ``int`` option takes an integer
+    (not a bool, a float or a string: ``num_samples="10"`` or ``10.5`` is a slip, never coerced),
+    a ``float`` option a real number, a ``bool`` option a bool; ``Optional[...]`` also takes None.
+    Options annotated otherwise (unions, strings, callables) are checked by the engine itself,
+    and ``seed`` by :func:`check_seed`."""
+    import typing
+    from numbers import Integral, Real
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that does not resolve: leave it to the engine
+        return
+    kinds: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+        int: ("an integer", lambda v: isinstance(v, Integral) and not isinstance(v, (bool, np.bool_))),
+        float: ("a real number", lambda v: isinstance(v, Real) and not isinstance(v, (bool, np.bool_))),
+        bool: ("True or False", lambda v: isinstance(v, (bool, np.bool_))),
+    }
+    for key, value in engine_kwargs.items():
+        hint, optional = hints.get(key), False
+        if typing.get_origin(hint) is Union and type(None) in typing.get_args(hint):
+            rest = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint, optional = (rest[0] if len(rest) == 1 else None), True
+        if key == "seed" or hint not in kinds or (optional and value is None):
+            continue
+        expected, accepts = kinds[hint]
+        if not accepts(value):
+            raise TypeError(f"engine {cls.name!r}: option {key!r} must be {expected}, got {type(value).__name__} {value!r}")
+
+
 def split_options(
     model: Callable, cls: type[Engine], options: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -191,6 +221,7 @@ def resolve(
             )
         cls = engines[engine]
         engine_kwargs, model_kwargs = split_options(model, cls, options)
+        check_option_types(cls, engine_kwargs)
         instance = cls(**engine_kwargs)
     else:
         raise TypeError(f"engine must be a name or an Engine instance, got {type(engine).__name__}")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from ppgen.engine import Engine, registered_engines, resolve
+from ppgen.engine import Engine, check_option_types, registered_engines, resolve
 from ppgen.errors import EngineNotApplicable
 from ppgen.results import Estimate, Result
 from ppgen.structure import known_structure
@@ -82,7 +82,8 @@ def generate(
             args, kwargs = posterior.model_args, dict(posterior.model_kwargs)
     if model is None:
         raise ValueError("generate: the Result does not carry its model; pass the model too")
-    prior_engine = registered_engines()["prior"](
-        num_samples=num_samples, seed=seed, temperature=temperature, posterior=posterior
-    )
+    options = dict(num_samples=num_samples, seed=seed, temperature=temperature, posterior=posterior)
+    prior = registered_engines()["prior"]
+    check_option_types(prior, options)
+    prior_engine = prior(**options)
     return prior_engine.run(model, *args, **kwargs).samples

@@ -174,6 +174,10 @@ ISSUE_CASES = [
     pytest.param(lambda: ppgen.infer(rainfall, np.ones(3), engine="importance", seed=2.0), TypeError, r"Importance: seed .* got float 2.0", id="seed-float"),
     pytest.param(lambda: ppgen.infer(rainfall, np.ones(3), engine="nuts", seed=2**40), ValueError, r"NUTS: seed .* got 1099511627776", id="seed-too-big"),
     pytest.param(lambda: ppgen.generate(rainfall, seed=True), TypeError, r"Prior: seed .* got bool True", id="seed-bool-generate"),
+    pytest.param(lambda: ppgen.infer(rainfall, np.ones(3), engine="nuts", num_samples="500"), TypeError, r"engine 'nuts': option 'num_samples' must be an integer, got str '500'", id="count-string"),
+    pytest.param(lambda: ppgen.infer(rainfall, np.ones(3), engine="svi", num_steps=200.5), TypeError, r"engine 'svi': option 'num_steps' must be an integer, got float 200.5", id="count-float"),
+    pytest.param(lambda: ppgen.infer(rainfall, np.ones(3), engine="map", progress="no"), TypeError, r"engine 'map': option 'progress' must be True or False", id="flag-string"),
+    pytest.param(lambda: ppgen.generate(rainfall, num_samples="3"), TypeError, r"engine 'prior': option 'num_samples' must be an integer, got str '3'", id="generate-count-string"),
     pytest.param(lambda: ppgen.engines_for("rainfall"), TypeError, r"model must be a program .* got str 'rainfall'", id="model-name-not-program"),
 ]
 
