@@ -18,8 +18,9 @@ an :class:`~ppgen.errors.EngineFailure` naming the site, keeping the last finite
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pyro
@@ -30,6 +31,8 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.poutine.messenger import Messenger
 
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.driver import Progress, iterate
 from ppgen.errors import EngineFailure
@@ -71,7 +74,10 @@ class _PointEstimate(Engine):
         progress: bool = False,
         optimizer: str = "lbfgs",
         learning_rate: Optional[float] = None,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 100,
     ) -> None:
+        check_checkpoint_options(self.name, checkpoint, checkpoint_every)
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"{self.name}: optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
         if num_steps < 1:
@@ -82,6 +88,8 @@ class _PointEstimate(Engine):
         self.progress = progress
         self.optimizer = optimizer
         self.learning_rate = learning_rate
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         reason = missing_data(structure) or _blocking_discrete(structure)
@@ -101,6 +109,7 @@ class _PointEstimate(Engine):
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         counted = self._objective_sites(structure)
         latent_names = list(structure.latent)
+        checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             with torch.no_grad():
@@ -127,7 +136,7 @@ class _PointEstimate(Engine):
             # ends with a site still running to the edge of its support, is an EngineFailure
             # keeping the last finite point
             with pyro.validation_enabled(False):
-                progress = self._optimise(variables, log_objective)
+                progress = self._optimise(variables, log_objective, checkpoint)
             with torch.no_grad():
                 final = run_program()
                 point = {name: final.nodes[name]["value"] for name in latent_names}
@@ -141,6 +150,7 @@ class _PointEstimate(Engine):
             traces={self._objective_name: np.asarray(progress.objectives)},
             converged=progress.converged,
             num_iterations=progress.num_iterations,
+            interrupted=progress.interrupted,
             seconds=time.perf_counter() - start,
         )
 
@@ -148,9 +158,9 @@ class _PointEstimate(Engine):
     def _objective_name(self) -> str:
         return "log_joint" if self.include_priors else "log_likelihood"
 
-    def _optimise(self, variables: list[Variable], log_objective: Callable[[], torch.Tensor]) -> Progress:
+    def _optimise(self, variables: list[Variable], log_objective: Callable[[], torch.Tensor], checkpoint: Optional[Checkpoint] = None) -> Progress:
         """Climb the objective; the state is the point reached (a copy of every variable).
-        Raises :class:`EngineFailure` when it leaves the finite region or when a site runs to
+        A ``checkpoint`` keeps the point, the optimiser's state and the path. Raises :class:`EngineFailure` when it leaves the finite region or when a site runs to
         the boundary of its support (no mode), leaving the variables at the last finite point."""
         tensors = [variable.tensor for variable in variables]
         if self.optimizer == "lbfgs":
@@ -182,10 +192,21 @@ class _PointEstimate(Engine):
                 path.append((point, value))
             return point, value
 
+        def capture() -> dict[str, Any]:
+            return {"point": snapshot(), "optimizer": optimizer.state_dict(), "path": [list(entry) for entry in path]}
+
+        def restore(saved: dict[str, Any]) -> None:
+            with torch.no_grad():
+                for tensor, value in zip(tensors, saved["point"]):
+                    tensor.copy_(value)
+            optimizer.load_state_dict(saved["optimizer"])
+            path[:] = [tuple(entry) for entry in saved["path"]]
+
+        section = checkpoint.section("start 0", capture, restore) if checkpoint is not None else None
         try:
             progress = iterate(
                 step, path[0][0], num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name,
-                objective=self._objective_name,
+                objective=self._objective_name, checkpoint=section,
             )
         except EngineFailure as failure:
             runaway = find_runaway(variables, path, log_objective)
