@@ -62,7 +62,20 @@ def _initial_value(site: dict) -> torch.Tensor:
 
 
 class _PointEstimate(Engine):
-    """Shared optimiser for MAP and MLE; subclasses choose which log densities count."""
+    """Shared optimiser for MAP and MLE; subclasses choose which log densities count.
+
+    Parameters
+    ----------
+    num_steps : optimiser iterations at most (an L-BFGS iteration runs up to 20 evaluations).
+    tol : stop when the objective changes by at most ``tol * max(1, |objective|)``.
+    seed, progress : random seed and progress bar.
+    optimizer : ``"lbfgs"`` (strong-Wolfe line search) or ``"adam"``.
+    learning_rate : step size (default 1 for L-BFGS, 0.01 for Adam).
+    checkpoint, checkpoint_every : a file (path) the run's state (point, optimiser state, path
+        of objectives) is saved to every ``checkpoint_every`` iterations, on SIGINT / SIGTERM
+        (the run then returns the point reached with ``interrupted=True``) and at the end; the
+        same call again resumes from it (see :mod:`ppgen.checkpoint`).
+    """
 
     include_priors = True
 

@@ -143,9 +143,9 @@ compared bit for bit as everywhere."""
 
 
 def _child(script, mode: str, directory: str) -> subprocess.Popen:
-    # one thread everywhere, and no persistent compilation cache shared with other processes
+    # one thread everywhere; compiled code cached beside the checkpoints, not in the user's cache
     environment = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-                   "JAX_ENABLE_COMPILATION_CACHE": "false", "OMP_NUM_THREADS": "1"}
+                   "PPGEN_CACHE_DIR": str(script.parent / "cache"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, str(script), mode, directory, *SIGNALS],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
@@ -260,6 +260,12 @@ def test_checkpoint_options_are_validated():
         ppgen.infer(beam, np.ones(3), engine="svi", checkpoint="x.ckpt", checkpoint_every=0)
     with pytest.raises(TypeError, match="EM: checkpoint must be a path"):
         ppgen.engine.registered_engines()["em"](checkpoint=3)
+
+
+def test_pyro_mcmc_refuses_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="NUTS: checkpoint is supported on the NumPyro backend only"):
+        ppgen.infer(beam, np.array([2.9, 3.4]), engine="nuts", backend="pyro", checkpoint=tmp_path / "x.ckpt", num_samples=5, num_warmup=5)
+    assert not (tmp_path / "x.ckpt").exists()
 
 
 def test_state_codec_round_trips_bitwise():
