@@ -236,7 +236,12 @@ class Checkpoint:
         self.stop = _StopFlag()
         self.sections: dict[str, Any] = {}
         if self.path.exists():
-            stored = load(self.path)
+            try:
+                stored = load(self.path)
+            except Exception as error:  # not a torch file, or one holding pickled objects
+                raise ValueError(f"checkpoint {str(self.path)!r} is not a ppgen checkpoint ({type(error).__name__}); delete it or pass another path") from None
+            if not isinstance(stored, dict):
+                raise ValueError(f"checkpoint {str(self.path)!r} is not a ppgen checkpoint; delete it or pass another path")
             self._check_header(stored.get("header", {}))
             self.sections = dict(stored.get("sections", {}))
 
@@ -254,7 +259,7 @@ class Checkpoint:
         for key, what in (("engine", "engine"), ("program", "program"), ("data", "data"), ("options", "engine options")):
             if stored.get(key) != self.header[key]:
                 raise ValueError(
-                    f"checkpoint {str(self.path)!r} was written by another call (its {what} differ: "
+                    f"checkpoint {str(self.path)!r} was written by another call (different {what}: "
                     f"{stored.get(key)} there, {self.header[key]} here); delete the file or pass another checkpoint path"
                 )
 

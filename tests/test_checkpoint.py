@@ -227,16 +227,20 @@ def test_checkpoint_of_another_call_is_refused(tmp_path):
     path = tmp_path / "beam.ckpt"
     load = np.array([2.9, 3.4, 3.1, 2.6])
     _svi(path, load)
-    with pytest.raises(ValueError, match=r"written by another call \(its data differ"):
+    with pytest.raises(ValueError, match=r"written by another call \(different data:"):
         _svi(path, load + 0.1)
-    with pytest.raises(ValueError, match=r"written by another call \(its data differ"):
+    with pytest.raises(ValueError, match=r"written by another call \(different data:"):
         _svi(path, np.append(load, 3.0))
-    with pytest.raises(ValueError, match=r"written by another call \(its engine options differ"):
+    with pytest.raises(ValueError, match=r"written by another call \(different engine options:"):
         _svi(path, load, learning_rate=0.02)
-    with pytest.raises(ValueError, match=r"written by another call \(its program differ"):
+    with pytest.raises(ValueError, match=r"written by another call \(different program:"):
         ppgen.infer(other_beam, load, engine="svi", num_steps=6, num_samples=5, num_elbo_evaluations=2, checkpoint=path, checkpoint_every=2)
-    with pytest.raises(ValueError, match=r"written by another call \(its engine differ"):
+    with pytest.raises(ValueError, match=r"written by another call \(different engine:"):
         ppgen.infer(beam, load, engine="advi", num_steps=6, num_samples=5, num_elbo_evaluations=2, checkpoint=path, checkpoint_every=2)
+    garbage = tmp_path / "notes.ckpt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not a ppgen checkpoint"):
+        _svi(garbage, load)
     # the same call resumes (here: the finished run, unchanged)
     assert _svi(path, load).traces["elbo"].tolist() == _svi(None, load).traces["elbo"].tolist()
 
