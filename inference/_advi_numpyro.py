@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ppgen.backend import to_backend, to_numpy, use_backend
+from ppgen.checkpoint import Checkpoint
 from ppgen.driver import iterate
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure
@@ -170,9 +171,10 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
             new, loss_value = compiled.update(current, arrays)
             return new, -float(loss_value)
 
+        checkpoint = Checkpoint.for_engine(engine, model, args, kwargs)
         progress = iterate(
             step, state, num_steps=engine.num_steps, tol=engine.tol, progress=engine.progress, name=engine.name,
-            objective="elbo", warn=engine.tol > 0,
+            objective="elbo", warn=engine.tol > 0, checkpoint=checkpoint.section("start 0", jax_state=True) if checkpoint is not None else None,
         )
         params = svi.get_params(progress.state)
 
@@ -211,6 +213,7 @@ def run_numpyro(engine: Any, model: Callable, structure: ModelStructure, args: t
         traces={"elbo": np.asarray(progress.objectives)},
         converged=progress.converged if engine.tol > 0 else None,
         num_iterations=progress.num_iterations,
+        interrupted=progress.interrupted,
         diagnostics={
             "guide": "AutoNormal", "backend": "numpyro", "enumerated": discrete, "elbo_stderr": stderr,
             **({"discrete_draws": discrete_note} if discrete_note else {}),

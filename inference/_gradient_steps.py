@@ -105,6 +105,36 @@ class GradientSteps:
         parameters = {names.get(key, f"<unnamed {index}>"): tensor for index, (key, tensor) in enumerate(touched.tensors.items())}
         raise elbo_fault(self.model, self.guide, args, kwargs, loss, parameters, rng_state)
 
+    def state_dict(self, names: dict[int, str]) -> dict[str, Any]:
+        """The optimiser's state (Adam's moments and step counts), its parameter groups as
+        lists of parameter-store names (``names``: id of an unconstrained tensor -> its name).
+        Tensors no longer in the store are left out: a guide that sets itself up on the first
+        step (``AutoNormal`` without a prior run) replaces the tensors that step touched, and
+        they are never stepped again."""
+        if self._optimizer is None:
+            return {"groups": [], "optimizer": None}
+        full = self._optimizer.state_dict()
+        groups, kept_groups, kept_state = [], [], {}
+        for group, saved in zip(self._optimizer.param_groups, full["param_groups"]):
+            kept = [(names[id(tensor)], index) for tensor, index in zip(group["params"], saved["params"]) if id(tensor) in names]
+            if not kept:
+                continue
+            groups.append([name for name, _ in kept])
+            renumbered = list(range(len(kept_state), len(kept_state) + len(kept)))
+            kept_state.update({new: full["state"][old] for new, (_, old) in zip(renumbered, kept) if old in full["state"]})
+            kept_groups.append({**saved, "params": renumbered})
+        return {"groups": groups, "optimizer": {"state": kept_state, "param_groups": kept_groups}}
+
+    def load_state_dict(self, saved: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Rebuilds the optimiser over ``tensors`` (name -> unconstrained tensor) as
+        :meth:`state_dict` recorded it, group by group, and loads its state."""
+        if saved["optimizer"] is None:
+            return
+        for group in saved["groups"]:
+            self._include({id(tensors[name]): tensors[name] for name in group})
+        self._optimizer.load_state_dict(saved["optimizer"])
+        self._validated = True
+
     def _validation(self) -> AbstractContextManager:
         """Pyro's checks as set for the first step, off for the later ones."""
         return pyro.validation_enabled(False) if self._validated else nullcontext()

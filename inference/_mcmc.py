@@ -29,6 +29,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -36,6 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 from ppgen.backend import Precision, jax_precision, to_numpy, use_backend
+from ppgen.checkpoint import Checkpoint
 from ppgen.driver import iterate
 from ppgen.errors import EngineFailure, ReliabilityWarning, user_stacklevel
 from ppgen.inference import _initial
@@ -782,12 +784,14 @@ def run_chains(
     name: str,
     start: Optional[float] = None,
     init_radius: float = 2.0,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> ChainRun:
     """Run ``num_chains`` chains for ``num_warmup + num_samples`` iterations and keep the last
     ``num_samples`` (every ``thinning``-th). Vectorised chains share one compiled program;
     sequential ones reuse the program compiled for one chain. A chain that found no finite
     initial point (its kernel drew them with ``init_radius``) stops the run before sampling,
-    with an :class:`EngineFailure` naming the site to blame."""
+    with an :class:`EngineFailure` naming the site to blame. A ``checkpoint`` keeps, per group
+    of chains, the chain states after the last finished chunk and the iterations so far."""
     import jax
     from jax import random
 
@@ -816,9 +820,15 @@ def run_chains(
             collected.append(info)
             return states, float(np.mean(info["log_density"][-1]))
 
+        def restore(saved: dict[str, Any], collected: list = collected) -> None:
+            collected[:] = saved["collected"]
+
+        section = None
+        if checkpoint is not None:
+            section = checkpoint.section(f"chains {index}", lambda collected=collected: {"collected": collected}, restore, jax_state=True)
         label = name if len(groups) == 1 else f"{name} chain {index + 1}/{len(groups)}"
         outcome = iterate(
-            step, states, num_steps=num_chunks, tol=0.0, progress=progress, name=label, objective="log_density"
+            step, states, num_steps=num_chunks, tol=0.0, progress=progress, name=label, objective="log_density", checkpoint=section
         )
         if not collected:
             break
@@ -1063,6 +1073,7 @@ def sample_program(
     draw_chains: Optional[Callable[[CompiledSampler, dict, dict, int], dict[str, np.ndarray]]] = None,
     precision: Precision = "float64",
     init_radius: float = 2.0,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> Result:
     """Everything an engine on NumPyro does around its kernel: bind the program, fetch or
     build its compiled sampler, run the chains, constrain the draws, draw the enumerated
@@ -1076,7 +1087,8 @@ def sample_program(
     :mod:`ppgen.inference._chain_numpyro`); the other enumerated sites are drawn given them.
     Everything runs in ``precision`` (JAX's x64 flag set for this scope only, see
     :func:`ppgen.backend.jax_precision`), which is part of the compiled sampler's keys;
-    ``init_radius`` is the one the kernel draws initial points with.
+    ``init_radius`` is the one the kernel draws initial points with; a ``checkpoint`` saves
+    and resumes the chains (see :func:`run_chains`).
     """
     options = options + (precision,)
     extra_diagnostics = {**extra_diagnostics, "precision": precision}
@@ -1107,6 +1119,7 @@ def sample_program(
             name=engine,
             start=start,
             init_radius=init_radius,
+            checkpoint=checkpoint,
         )
         return sampler, reused, run
 
@@ -1133,10 +1146,9 @@ def sample_program(
             "enumerated": enumerated_out,
             "compiled_sampler_reused": reused,
             "concrete_arguments": bound.concrete,
-            "interrupted": run.interrupted,
             **extra_diagnostics,
         }
-        return assemble_result(
+        result = assemble_result(
             engine=engine,
             structure=structure,
             bound=bound,
@@ -1148,3 +1160,4 @@ def sample_program(
             extra_diagnostics=diagnostics,
             seconds=time.perf_counter() - start,
         )
+        return dataclasses.replace(result, interrupted=run.interrupted)

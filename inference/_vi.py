@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from numbers import Number
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyro
@@ -15,6 +15,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ppgen.backend import to_backend, to_numpy
+from ppgen.checkpoint import Checkpoint
 from ppgen.driver import Progress, iterate
 from ppgen.errors import EngineFailure
 from ppgen.results import Estimate
@@ -70,21 +71,61 @@ def check_common_options(owner: str, num_steps: int, learning_rate: float, num_p
         raise ValueError(f"{owner}: num_samples must be a positive integer, got {num_samples!r}")
 
 
-def run_svi(steps: GradientSteps, step_args: Callable[[int], tuple[tuple, dict]], num_steps: int, tol: float, progress: bool, name: str) -> Progress:
+def run_svi(
+    steps: GradientSteps,
+    step_args: Callable[[int], tuple[tuple, dict]],
+    num_steps: int,
+    tol: float,
+    progress: bool,
+    name: str,
+    checkpoint: Optional[Checkpoint] = None,
+    key: str = "start 0",
+) -> Progress:
     """``num_steps`` gradient steps through :func:`ppgen.driver.iterate`; the objective is each
     step's ELBO estimate (``step_args(i)`` gives the step's model arguments, so the caller can
-    pass minibatches). A failed step leaves the parameters where it found them; the
-    :class:`~ppgen.errors.EngineFailure`'s ``partial.state`` holds them, named as in
-    ``Result.params``."""
+    pass minibatches; a ``step_args.order`` dict, if any, is its state to checkpoint). A failed
+    step leaves the parameters where it found them; the :class:`~ppgen.errors.EngineFailure`'s
+    ``partial.state`` holds them, named as in ``Result.params``.
+
+    With a ``checkpoint``, section ``key`` holds the parameter store (unconstrained values),
+    the optimiser's state and the minibatch order beside the step count."""
     counter = {"step": 0}
+    store = pyro.get_param_store()
+    order = getattr(step_args, "order", {})
+
+    def capture() -> dict[str, Any]:
+        names = {id(tensor): name for name, tensor in store._params.items()}
+        return {
+            "params": {name: tensor.detach() for name, tensor in store._params.items()},
+            "optimizer": steps.state_dict(names),
+            "order": dict(order),
+        }
+
+    def restore(saved: dict[str, Any]) -> None:
+        args, kwargs = step_args(0)
+        with torch.no_grad(), poutine.block():  # creates every param site (values overwritten)
+            guide_trace = poutine.trace(steps.guide).get_trace(*args, **kwargs)
+            poutine.replay(steps.model, trace=guide_trace)(*args, **kwargs)
+        missing = set(saved["params"]) - set(store._params)
+        if missing:
+            raise ValueError(f"{name}: the checkpoint holds param sites {sorted(missing)} this program does not create")
+        with torch.no_grad():
+            for param, value in saved["params"].items():
+                store._params[param].copy_(value)
+        steps.load_state_dict(saved["optimizer"], dict(store._params))
+        order.update(saved["order"])
+        counter["step"] = len(section.owner.sections[key]["objectives"])
 
     def step(state: None) -> tuple[None, float]:
         args, kwargs = step_args(counter["step"])
         counter["step"] += 1
         return state, steps.step(*args, **kwargs)
 
+    section = checkpoint.section(key, capture, restore) if checkpoint is not None else None
     try:
-        return iterate(step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0)
+        return iterate(
+            step, None, num_steps=num_steps, tol=tol, progress=progress, name=name, objective="elbo", warn=tol > 0, checkpoint=section
+        )
     except EngineFailure as failure:
         failure.partial.state = param_values(pyro.get_param_store())
         raise

@@ -15,8 +15,9 @@ jointly (variational EM).
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pyro
@@ -28,6 +29,8 @@ from pyro.infer.autoguide.initialization import init_to_median
 
 from ppgen._numpyro_distributions import missing_family
 from ppgen.backend import check_precision, jax_precision, torch_precision, to_numpy, use_backend
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
@@ -71,6 +74,10 @@ class ADVI(Engine):
         or ``"pyro"`` (the default for neural programs).
     precision : "float64" (default) or "float32", on either backend, for this run only.
     seed, progress : random seed and progress bar.
+    checkpoint, checkpoint_every : a file (path) the run's state is saved to every
+        ``checkpoint_every`` steps, on SIGINT / SIGTERM (the run then returns the state reached
+        with ``interrupted=True``) and at the end; the same call again resumes from it (see
+        :mod:`ppgen.checkpoint`).
 
     Returns a :class:`~ppgen.Result` with ``samples`` (continuous latents from q, discrete ones
     from their exact conditional given each draw), ``params`` (``"<site>.loc"`` and
@@ -110,8 +117,11 @@ class ADVI(Engine):
         precision: str = "float64",
         seed: int = 0,
         progress: bool = False,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 100,
     ) -> None:
         check_common_options("ADVI", num_steps, learning_rate, num_particles, optimizer, num_samples)
+        check_checkpoint_options("ADVI", checkpoint, checkpoint_every)
         if backend not in (None, "pyro", "numpyro"):
             raise ValueError(f"ADVI: backend must be None (automatic), 'pyro' or 'numpyro', got {backend!r}")
         if not init_scale > 0:
@@ -130,6 +140,8 @@ class ADVI(Engine):
         self.precision = check_precision("ADVI", precision)
         self.seed = seed
         self.progress = progress
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         return advi_reason(structure)
@@ -153,6 +165,7 @@ class ADVI(Engine):
         discrete = [name for name, site in structure.latent.items() if site.is_discrete]
         continuous = [name for name, site in structure.latent.items() if not site.is_discrete]
         nesting = structure.max_plate_nesting
+        checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(getattr(torch, self.precision)), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             store = pyro.get_param_store()
@@ -163,7 +176,7 @@ class ADVI(Engine):
             else:
                 loss = Trace_ELBO(num_particles=self.num_particles)
             steps = GradientSteps(program, guide, loss, optimizer_factory(self.optimizer, self.learning_rate))
-            progress = run_svi(steps, lambda _: (args, kwargs), self.num_steps, self.tol, self.progress, self.name)
+            progress = run_svi(steps, lambda _: (args, kwargs), self.num_steps, self.tol, self.progress, self.name, checkpoint)
             estimate = estimate_elbo(loss, program, guide, args, kwargs, self.num_elbo_evaluations)
             samples = {}
             if continuous:
@@ -180,6 +193,7 @@ class ADVI(Engine):
             traces={"elbo": np.asarray(progress.objectives)},
             converged=progress.converged if self.tol > 0 else None,
             num_iterations=progress.num_iterations,
+            interrupted=progress.interrupted,
             diagnostics={"guide": "AutoNormal", "backend": "pyro", "enumerated": discrete, "elbo_stderr": estimate.stderr},
             seconds=time.perf_counter() - start,
         )

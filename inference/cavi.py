@@ -27,6 +27,7 @@ does not decrease.
 from __future__ import annotations
 
 import inspect as pyinspect
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ppgen.backend import torch_precision, to_numpy, use_backend
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.driver import iterate
 from ppgen.engine import Engine, missing_data, register
 from ppgen.errors import EngineFailure, EngineNotApplicable
@@ -246,6 +249,10 @@ class CAVI(Engine):
     blocks : join a Normal latent with the Gamma precision its scale depends on into one
         Normal–Gamma factor q(μ, τ) (the conjugate Normal–Gamma prior); ``False`` factorises them.
     seed, progress : random seed (starts, draws) and progress bar.
+    checkpoint, checkpoint_every : a file (path) the run's state is saved to every
+        ``checkpoint_every`` sweeps, on SIGINT / SIGTERM (the run then returns the state
+        reached with ``interrupted=True``) and at the end; the same call again resumes from it
+        (see :mod:`ppgen.checkpoint`).
 
     Returns a :class:`~ppgen.Result` with ``samples`` drawn from q, ``params`` (the variational
     parameters: ``"mu.loc"``, ``"mu.scale"``, ``"pi.concentration"``, ``"z.probs"``, ...),
@@ -283,7 +290,10 @@ class CAVI(Engine):
         blocks: bool = True,
         seed: int = 0,
         progress: bool = False,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 10,
     ) -> None:
+        check_checkpoint_options("CAVI", checkpoint, checkpoint_every)
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"CAVI: num_steps must be a positive integer, got {num_steps!r}")
         if not tol >= 0:
@@ -299,6 +309,8 @@ class CAVI(Engine):
         self.blocks = blocks
         self.seed = seed
         self.progress = progress
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         return missing_data(structure) or structural_reason(structure)
@@ -320,7 +332,8 @@ class CAVI(Engine):
                 raise EngineNotApplicable(f"engine 'cavi' does not apply to {structure.name}: {error}") from None
             compiled = time.perf_counter()
             updater = _Updater(graph)
-            record, starts_seconds = self._restarts(graph, updater, model, args, kwargs)
+            checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
+            record, starts_seconds, interrupted = self._restarts(graph, updater, model, args, kwargs, checkpoint)
             progress = record.best
             swept = time.perf_counter()
             result = self._result(graph, progress.state, progress, structure)
@@ -340,11 +353,14 @@ class CAVI(Engine):
             "symmetric": symmetric,
         }
         result["converged"] = progress.converged and not symmetric
+        result["interrupted"] = interrupted
         return Result(**{**result, "diagnostics": diagnostics, "seconds": time.perf_counter() - start})
 
-    def _restarts(self, graph: ConjugateGraph, updater: _Updater, model: Callable, args: tuple, kwargs: dict) -> tuple[StartRecord, float]:
-        """Run every start to convergence; the record of their final ELBOs, the best run, and
-        the time spent making starts."""
+    def _restarts(
+        self, graph: ConjugateGraph, updater: _Updater, model: Callable, args: tuple, kwargs: dict, checkpoint: Optional[Checkpoint] = None
+    ) -> tuple[StartRecord, float, bool]:
+        """Run every start to convergence; the record of their final ELBOs, the best run, the
+        time spent making starts, and whether the last start was interrupted."""
         count, until_agree = resolve_restarts(self.num_restarts, bool(updater.categorical))
         first = "given" if isinstance(self.init, dict) else self.init
         starts = CategoricalStarts(graph)
@@ -370,12 +386,13 @@ class CAVI(Engine):
             state = updater.initial_state(probs)
             seconds += time.perf_counter() - began
             progress = iterate(
-                step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name="cavi", objective="elbo", warn=False
+                step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name="cavi", objective="elbo", warn=False,
+                checkpoint=checkpoint.section(f"start {index}") if checkpoint is not None else None,
             )
             record.add(kind, progress.state.elbo, progress)
             if progress.interrupted or (until_agree and record.agree(max(self.tol, 1e-6) * max(1.0, abs(progress.state.elbo)))):
                 break
-        return record, seconds
+        return record, seconds, progress.interrupted
 
     def _initial_probabilities(self, graph: ConjugateGraph, model: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
         """``init`` by site, callables evaluated on the model's arguments (by parameter name),

@@ -32,10 +32,11 @@ estimation via the ECM algorithm", Biometrika 80(2). D. Arthur, S. Vassilvitskii
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pyro
@@ -45,6 +46,8 @@ from pyro.distributions import constraints
 from torch.distributions import transform_to
 
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
+from ppgen.checkpoint import Checkpoint, Section
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.driver import NonFiniteStep, Progress, iterate
 from ppgen.engine import Engine, missing_data, register
 from ppgen.errors import ConvergenceWarning, EngineFailure, user_stacklevel
@@ -208,6 +211,10 @@ class EM(Engine):
     gradient_steps : int
         L-BFGS iterations per M-step for globals without a closed form.
     seed, progress : as everywhere.
+    checkpoint, checkpoint_every : a file (path) the run's state is saved to every
+        ``checkpoint_every`` iterations, on SIGINT / SIGTERM (the run then returns the state
+        reached with ``interrupted=True``) and at the end; the same call again resumes from it
+        (see :mod:`ppgen.checkpoint`).
 
     Returns a :class:`~ppgen.Result` with ``params`` (every global), ``marginals`` and
     ``map_estimate`` of the discrete latents at the estimate, ``traces["log_likelihood"]``
@@ -241,7 +248,10 @@ class EM(Engine):
         gradient_steps: int = 20,
         seed: int = 0,
         progress: bool = False,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 10,
     ) -> None:
+        check_checkpoint_options("EM", checkpoint, checkpoint_every)
         if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
             raise ValueError(f"EM: num_steps must be a positive integer, got {num_steps!r}")
         if not tol >= 0:
@@ -262,6 +272,8 @@ class EM(Engine):
         self.gradient_steps = int(gradient_steps)
         self.seed = seed
         self.progress = progress
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         self._checked = structure  # the verbs check, then run the same call: reuse the trace
@@ -492,7 +504,7 @@ class EM(Engine):
 
     # ---------------------------------------------------------------------------------------
 
-    def _fit(self, problem: _Problem, values: dict[str, torch.Tensor]) -> Progress[EMState]:
+    def _fit(self, problem: _Problem, values: dict[str, torch.Tensor], checkpoint: Optional[Section] = None) -> Progress[EMState]:
         state = self._e_step(problem, values)
         objective = "log_joint" if problem.latents else "log_likelihood"
 
@@ -502,7 +514,10 @@ class EM(Engine):
             new_state = replace(self._e_step(problem, new_values, current.history), collapsed=collapsed)
             return new_state, new_state.log_joint
 
-        return iterate(step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name, objective=objective, warn=False)
+        return iterate(
+            step, state, num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name, objective=objective, warn=False,
+            checkpoint=checkpoint,
+        )
 
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
@@ -513,6 +528,7 @@ class EM(Engine):
 
             raise EngineNotApplicable(f"engine 'em' does not apply to {structure.name}: {reason}")
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
+        checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation(), small_ops():
             torch.manual_seed(self.seed)
             problem, program_values = self._setup(model, args, kwargs, structure)
@@ -520,7 +536,8 @@ class EM(Engine):
             count, until_agree = resolve_restarts(self.num_restarts, differ)
             record = StartRecord()
             for restart, kind in enumerate(start_kinds(self.init, count)):
-                progress = self._fit(problem, self._initial_values(problem, program_values, restart, kind))
+                section = checkpoint.section(f"start {restart}") if checkpoint is not None else None
+                progress = self._fit(problem, self._initial_values(problem, program_values, restart, kind), section)
                 bound = progress.state.log_joint
                 record.add(kind, bound, progress)
                 if progress.interrupted or (until_agree and record.agree(max(self.tol, 1e-6) * max(1.0, abs(bound)))):
@@ -556,6 +573,7 @@ class EM(Engine):
             traces=traces,
             converged=best.converged and not symmetric,
             num_iterations=best.num_iterations,
+            interrupted=progress.interrupted,
             diagnostics={
                 "m_step": {n: problem.reasons[n] for n in problem.names},
                 "e_step": posterior.method,

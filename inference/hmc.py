@@ -44,13 +44,16 @@ Gorinova, Moore & Hoffman (2019), Automatic reparameterisation of probabilistic 
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
 from ppgen.backend import check_precision
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _markov_chains, _mcmc
 from ppgen.results import Result
@@ -166,8 +169,11 @@ class _Hamiltonian(Engine):
         precision: str = "float64",
         seed: int = 0,
         progress: bool = True,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 1,
     ) -> None:
         cls = type(self).__name__
+        check_checkpoint_options(cls, checkpoint, checkpoint_every)
         for option, value, minimum in (
             ("num_samples", num_samples, 1),
             ("num_warmup", num_warmup, 0),
@@ -210,6 +216,8 @@ class _Hamiltonian(Engine):
         self.precision = check_precision(cls, precision)
         self.seed = seed
         self.progress = progress
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         reason = missing_data(structure) or _mcmc.blocking_site(structure, self.name)
@@ -256,6 +264,11 @@ class _Hamiltonian(Engine):
         if choose_backend(structure, self.backend) == "pyro":
             from ppgen.inference import _pyro_mcmc
 
+            if self.checkpoint is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: checkpoint is supported on the NumPyro backend only, and this program runs on Pyro "
+                    "(Pyro's MCMC keeps its sampler state inside its own loop); pass checkpoint=None"
+                )
             return _pyro_mcmc.run_hamiltonian(self, structure, model, args, kwargs, start)
         return self._run_numpyro(structure, model, args, kwargs, start)
 
@@ -312,6 +325,7 @@ class _Hamiltonian(Engine):
             draw_chains=_chain_numpyro.drawer(chains, nesting, by_funsor) if chains else None,
             precision=self.precision,
             init_radius=self.init_radius,
+            checkpoint=Checkpoint.for_engine(self, model, args, kwargs),
         )
         if self.algo == "NUTS" and "n_steps" in result.sample_stats:
             result.sample_stats["tree_depth"] = np.ceil(np.log2(result.sample_stats["n_steps"] + 1.0)).astype(np.int64)
@@ -345,6 +359,10 @@ class NUTS(_Hamiltonian):
         but a covariance with a small jitter or a long recursion can lose the posterior). Set
         for this run only: JAX's process-wide x64 flag is left as it was.
     seed, progress : random seed (also of the initial points); show a progress bar.
+    checkpoint, checkpoint_every : a file (path) the chains' states and draws are saved to
+        every ``checkpoint_every`` chunks of iterations (NumPyro backend only), on SIGINT /
+        SIGTERM (the run then returns the draws kept so far with ``interrupted=True``) and at
+        the end; the same call again resumes from it (see :mod:`ppgen.checkpoint`).
 
     Examples
     --------

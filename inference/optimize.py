@@ -18,8 +18,9 @@ an :class:`~ppgen.errors.EngineFailure` naming the site, keeping the last finite
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pyro
@@ -30,6 +31,8 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.poutine.messenger import Messenger
 
 from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.driver import NonFiniteStep, Progress, iterate
 from ppgen.errors import EngineFailure
@@ -60,7 +63,20 @@ def _initial_value(site: dict) -> torch.Tensor:
 
 
 class _PointEstimate(Engine):
-    """Shared optimiser for MAP and MLE; subclasses choose which log densities count."""
+    """Shared optimiser for MAP and MLE; subclasses choose which log densities count.
+
+    Parameters
+    ----------
+    num_steps : optimiser iterations at most (an L-BFGS iteration runs up to 20 evaluations).
+    tol : stop when the objective changes by at most ``tol * max(1, |objective|)``.
+    seed, progress : random seed and progress bar.
+    optimizer : ``"lbfgs"`` (strong-Wolfe line search) or ``"adam"``.
+    learning_rate : step size (default 1 for L-BFGS, 0.01 for Adam).
+    checkpoint, checkpoint_every : a file (path) the run's state (point, optimiser state, path
+        of objectives) is saved to every ``checkpoint_every`` iterations, on SIGINT / SIGTERM
+        (the run then returns the point reached with ``interrupted=True``) and at the end; the
+        same call again resumes from it (see :mod:`ppgen.checkpoint`).
+    """
 
     include_priors = True
 
@@ -72,7 +88,10 @@ class _PointEstimate(Engine):
         progress: bool = False,
         optimizer: str = "lbfgs",
         learning_rate: Optional[float] = None,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 100,
     ) -> None:
+        check_checkpoint_options(self.name, checkpoint, checkpoint_every)
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"{self.name}: optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
         if num_steps < 1:
@@ -83,6 +102,8 @@ class _PointEstimate(Engine):
         self.progress = progress
         self.optimizer = optimizer
         self.learning_rate = learning_rate
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         reason = missing_data(structure) or _blocking_discrete(structure)
@@ -102,6 +123,7 @@ class _PointEstimate(Engine):
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         counted = self._objective_sites(structure)
         latent_names = list(structure.latent)
+        checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
             with torch.no_grad():
@@ -124,6 +146,7 @@ class _PointEstimate(Engine):
             variables = [Variable(name, u, supports[name]) for name, u in unconstrained.items()] + [
                 Variable(name, param_store._params[name], param_store._constraints.get(name)) for name in param_store.keys()
             ]
+
             def fault(value: float, bad_gradients: list[str]) -> NonFiniteStep:
                 parameters = {variable.site: variable.tensor for variable in variables}
                 return point_fault(self._objective_name, value, run_program(), counted, parameters, bad_gradients)
@@ -138,7 +161,7 @@ class _PointEstimate(Engine):
             # keeping the last finite point
             with pyro.validation_enabled(False):
                 try:
-                    progress = self._optimise(variables, log_objective, fault)
+                    progress = self._optimise(variables, log_objective, fault, checkpoint)
                 except EngineFailure as failure:
                     # the variables hold the last finite point; the partial state names its values
                     with torch.no_grad():
@@ -154,6 +177,7 @@ class _PointEstimate(Engine):
             traces={self._objective_name: np.asarray(progress.objectives)},
             converged=progress.converged,
             num_iterations=progress.num_iterations,
+            interrupted=progress.interrupted,
             seconds=time.perf_counter() - start,
         )
 
@@ -162,11 +186,16 @@ class _PointEstimate(Engine):
         return "log_joint" if self.include_priors else "log_likelihood"
 
     def _optimise(
-        self, variables: list[Variable], log_objective: Callable[[], torch.Tensor], fault: Callable[[float, list[str]], NonFiniteStep]
+        self,
+        variables: list[Variable],
+        log_objective: Callable[[], torch.Tensor],
+        fault: Callable[[float, list[str]], NonFiniteStep],
+        checkpoint: Optional[Checkpoint] = None,
     ) -> Progress:
         """Climb the objective; the state is the point reached (a copy of every variable).
-        Raises :class:`EngineFailure` when a step ends where the objective or its gradient is
-        not finite (``fault(value, parameters with non-finite gradients)`` names the sites), or
+        A ``checkpoint`` keeps the point, the optimiser's state and the path. Raises
+        :class:`EngineFailure` when a step ends where the objective or its gradient is not
+        finite (``fault(value, parameters with non-finite gradients)`` names the sites), or
         when a site runs to the boundary of its support (no mode), leaving the variables at the
         last finite point."""
         tensors = [variable.tensor for variable in variables]
@@ -211,10 +240,19 @@ class _PointEstimate(Engine):
             path.append((point, value))
             return point, value
 
+        def capture() -> dict[str, Any]:
+            return {"point": snapshot(), "optimizer": optimizer.state_dict(), "path": [list(entry) for entry in path]}
+
+        def resume(saved: dict[str, Any]) -> None:
+            restore(saved["point"])
+            optimizer.load_state_dict(saved["optimizer"])
+            path[:] = [tuple(entry) for entry in saved["path"]]
+
+        section = checkpoint.section("start 0", capture, resume) if checkpoint is not None else None
         try:
             progress = iterate(
                 step, path[0][0], num_steps=self.num_steps, tol=self.tol, progress=self.progress, name=self.name,
-                objective=self._objective_name,
+                objective=self._objective_name, checkpoint=section,
             )
         except EngineFailure as failure:
             runaway = find_runaway(variables, path, log_objective)

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pyro
@@ -36,6 +37,8 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
 from pyro.poutine.messenger import Messenger
 
 from ppgen.backend import to_numpy, torch_precision, use_backend
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
@@ -134,6 +137,10 @@ class SVI(Engine):
         starts are prior draws. A guide program starts from its own parameters, differently
         seeded per start.
     tol, seed, progress : early stopping on the (noisy) ELBO (0: run all steps), seed, progress bar.
+    checkpoint, checkpoint_every : a file (path) the run's state is saved to every
+        ``checkpoint_every`` steps, on SIGINT / SIGTERM (the run then returns the state reached
+        with ``interrupted=True``) and at the end; the same call again resumes from it (see
+        :mod:`ppgen.checkpoint`).
 
     Returns a :class:`~ppgen.Result` with ``params`` (the parameter store: guide and model
     parameters, modules as ``name$$$weight``), ``samples`` (latents drawn from the guide on the
@@ -176,8 +183,11 @@ class SVI(Engine):
         tol: float = 0.0,
         seed: int = 0,
         progress: bool = False,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 100,
     ) -> None:
         check_common_options("SVI", num_steps, learning_rate, num_particles, optimizer, num_samples)
+        check_checkpoint_options("SVI", checkpoint, checkpoint_every)
         if guide is not None and not callable(guide):
             raise TypeError(f"SVI: guide must be a program, ppgen.amortize(encoder) or None, got {type(guide).__name__}")
         if subsample_size is not None and (not isinstance(subsample_size, (int, np.integer)) or subsample_size < 1):
@@ -208,6 +218,8 @@ class SVI(Engine):
         self.tol = tol
         self.seed = seed
         self.progress = progress
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         reason = missing_data(structure)
@@ -274,13 +286,14 @@ class SVI(Engine):
         structure = inspect(model, *args, **kwargs)
         discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
         count, until_agree = resolve_restarts(self.num_restarts, bool(discrete_latents) and self.copy_modules)
+        checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
             store = pyro.get_param_store()
             record = StartRecord()
             for index, kind in enumerate(start_kinds(self.init, count, derived="random")):
                 store.clear()
                 torch.manual_seed(self.seed + index)
-                fit = self._fit(model, structure, discrete_latents, args, kwargs, kind)
+                fit = self._fit(model, structure, discrete_latents, args, kwargs, kind, checkpoint, f"start {index}")
                 bound = fit.estimate
                 record.add(kind, bound.value, fit)
                 if fit.progress.interrupted or (until_agree and record.agree(_AGREEMENT * bound.stderr * math.sqrt(2))):
@@ -306,6 +319,7 @@ class SVI(Engine):
             traces={"elbo": np.asarray(fit.progress.objectives)},
             converged=False if symmetric else converged,
             num_iterations=fit.progress.num_iterations,
+            interrupted=fit.progress.interrupted,
             diagnostics={
                 "guide": fit.guide_name,
                 "elbo": type(fit.loss).__name__,
@@ -321,7 +335,10 @@ class SVI(Engine):
             seconds=time.perf_counter() - start,
         )
 
-    def _fit(self, model: Callable, structure: ModelStructure, discrete_latents: list[str], args: tuple, kwargs: dict, kind: str) -> _Fit:
+    def _fit(
+        self, model: Callable, structure: ModelStructure, discrete_latents: list[str], args: tuple, kwargs: dict, kind: str,
+        checkpoint: Optional[Checkpoint] = None, key: str = "start 0",
+    ) -> _Fit:
         """One start: fresh module copies and guide, trained; its full-data ELBO estimate and
         the parameter store it reached."""
         copies: dict[int, torch.nn.Module] = {}
@@ -347,7 +364,7 @@ class SVI(Engine):
             steps = GradientSteps(_scaled(program, plate, factor), scaled_guide, loss, optimizer)
         training_start = time.perf_counter()
         try:
-            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name)
+            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name, checkpoint, key)
         finally:
             minibatch["index"] = None
         training_seconds = time.perf_counter() - training_start
@@ -426,6 +443,7 @@ class SVI(Engine):
                 {k: self._sliced(v, index, size) for k, v in kwargs.items()},
             )
 
+        step_args.order = order  # the epoch's permutation, saved with a checkpoint
         return step_args, plate, size / batch
 
     @staticmethod

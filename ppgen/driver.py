@@ -3,7 +3,8 @@
 An engine supplies ``step(state) -> (state, objective)``, blackjax-style; :func:`iterate` owns
 the iteration count, the convergence test on the objective, the progress bar, and what happens
 when a run is interrupted (Ctrl-C keeps the state reached so far) or fails (the error carries
-the last good state).
+the last good state), and, given a checkpoint section (:mod:`ppgen.checkpoint`), saving and
+resuming the loop.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from tqdm.auto import tqdm
 
+from ppgen.checkpoint import Section
 from ppgen.errors import ConvergenceWarning, EngineFailure
 
 State = TypeVar("State")
@@ -54,6 +56,7 @@ def iterate(
     name: str,
     objective: str = "objective",
     warn: bool = True,
+    checkpoint: Optional[Section] = None,
 ) -> Progress[State]:
     """Run ``step`` up to ``num_steps`` times.
 
@@ -61,11 +64,22 @@ def iterate(
     steps (``tol=0`` runs exactly ``num_steps``). A non-finite objective, or a step raising
     :class:`NonFiniteStep`, raises :class:`EngineFailure` holding the last finite state; Ctrl-C
     stops the loop and returns what was reached, marked ``interrupted``.
+
+    With a ``checkpoint`` section the loop first resumes from it (a finished loop returns at
+    once), saves every ``checkpoint.every`` steps and at the end, and SIGINT / SIGTERM stop it
+    after the current step, saved and marked ``interrupted``.
     """
     result: Progress[State] = Progress(state)
-    bar = tqdm(total=num_steps, desc=name, disable=not progress, leave=False, dynamic_ncols=True)
+    if checkpoint is not None:
+        resumed = checkpoint.resume(state)
+        if resumed is not None:
+            result.state, result.objectives, result.converged, finished = resumed
+            if finished:
+                return result
+    bar = tqdm(total=num_steps, initial=result.num_iterations, desc=name, disable=not progress, leave=False, dynamic_ncols=True)
+    restore_signals = checkpoint.defer_signals() if checkpoint is not None else None
     try:
-        for _ in range(num_steps):
+        for _ in range(num_steps - result.num_iterations):
             new_state, value = step(result.state)
             value = float(value)
             if not math.isfinite(value):
@@ -82,6 +96,10 @@ def iterate(
             if tol > 0 and previous is not None and abs(value - previous) <= tol * max(1.0, abs(value)):
                 result.converged = True
                 break
+            if checkpoint is not None and checkpoint.stop_after(result.state, result.objectives, num_steps):
+                result.interrupted = True
+                warnings.warn(f"{name}: stopped by signal {checkpoint.stop.signal} after {result.num_iterations} iterations; saved, returning the state reached", stacklevel=3)
+                break
     except NonFiniteStep as fault:
         failing = result.num_iterations + 1
         raise EngineFailure(
@@ -94,6 +112,10 @@ def iterate(
         warnings.warn(f"{name}: interrupted after {result.num_iterations} iterations; returning the state reached", stacklevel=3)
     finally:
         bar.close()
+        if restore_signals is not None:
+            restore_signals()
+    if checkpoint is not None:
+        checkpoint.save(result.state, result.objectives, result.converged, finished=not result.interrupted)
     if warn and tol > 0 and not result.converged and not result.interrupted:
         warnings.warn(
             f"{name}: {objective} did not converge to tol={tol} within num_steps={num_steps}; "

@@ -47,6 +47,9 @@ class Result:
     diagnostics : engine-specific; MCMC uses ``divergences``, ``r_hat``, ``ess_bulk``.
     traces : per-iteration objectives, e.g. ``{"log_likelihood": array}`` for EM.
     converged, num_iterations : for iterative engines.
+    interrupted : the run was stopped early (Ctrl-C, or SIGINT / SIGTERM with a
+        ``checkpoint``) and holds the last state reached; the same call with the same
+        ``checkpoint`` resumes it.
     sample_stats : per-draw statistics (MCMC), each of shape (num_draws,).
     log_likelihood : observed site -> per-draw pointwise log-likelihood (num_draws, *site_shape).
     observed : observed site -> its data.
@@ -64,6 +67,7 @@ class Result:
     traces: dict[str, np.ndarray] = field(default_factory=dict)
     converged: Optional[bool] = None
     num_iterations: Optional[int] = None
+    interrupted: bool = False
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     log_likelihood: dict[str, np.ndarray] = field(default_factory=dict)
     observed: dict[str, np.ndarray] = field(default_factory=dict)
