@@ -24,13 +24,16 @@ marginal densities. Hoffman & Gelman (2014) for the NUTS block.
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
 from ppgen.backend import check_precision
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.inference.hmc import SAMPLE_STATS
@@ -195,6 +198,9 @@ class Gibbs(Engine):
     target_accept, dense_mass, max_tree_depth : of the NUTS block (see ``nuts``).
     thinning : keep every ``thinning``-th sweep.
     init_radius, precision : initial points and floating-point precision, as for ``nuts``.
+    checkpoint, checkpoint_every : a file (path) the chains' states and draws are saved to
+        every ``checkpoint_every`` chunks of iterations, on SIGINT / SIGTERM and at the end;
+        the same call again resumes from it (see :mod:`ppgen.checkpoint`).
     seed, progress : random seed; show a progress bar.
 
     Examples
@@ -221,9 +227,12 @@ class Gibbs(Engine):
         thinning: int = 1,
         init_radius: float = 2.0,
         precision: str = "float64",
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 1,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
+        check_checkpoint_options("Gibbs", checkpoint, checkpoint_every)
         for option, value, minimum in (
             ("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0), ("num_chains", num_chains, 1),
             ("max_tree_depth", max_tree_depth, 1), ("thinning", thinning, 1),
@@ -243,6 +252,8 @@ class Gibbs(Engine):
         self.thinning = int(thinning)
         self.init_radius = float(init_radius)
         self.precision = check_precision("Gibbs", precision)
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
         self.seed = seed
         self.progress = progress
 
@@ -320,5 +331,6 @@ class Gibbs(Engine):
             extra_diagnostics={"gibbs_sites": discrete},
             precision=self.precision,
             init_radius=self.init_radius,
+            checkpoint=Checkpoint.for_engine(self, model, args, kwargs),
         )
         return result

@@ -22,13 +22,16 @@ adaptive Metropolis algorithm. Andrieu & Thoms (2008), A tutorial on adaptive MC
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
 from ppgen._numpyro_distributions import missing_family
 from ppgen.backend import check_precision
+from ppgen.checkpoint import Checkpoint
+from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.inference import _mcmc
 from ppgen.results import Result
@@ -137,6 +140,9 @@ class MetropolisHastings(Engine):
         0.234 above.
     thinning : keep every ``thinning``-th draw.
     init_radius, precision : initial points and floating-point precision, as for ``nuts``.
+    checkpoint, checkpoint_every : a file (path) the chains' states and draws are saved to
+        every ``checkpoint_every`` chunks of iterations, on SIGINT / SIGTERM and at the end;
+        the same call again resumes from it (see :mod:`ppgen.checkpoint`).
     seed, progress : random seed; show a progress bar.
 
     Examples
@@ -161,9 +167,12 @@ class MetropolisHastings(Engine):
         thinning: int = 1,
         init_radius: float = 2.0,
         precision: str = "float64",
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 1,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
+        check_checkpoint_options("MetropolisHastings", checkpoint, checkpoint_every)
         for option, value, minimum in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0), ("num_chains", num_chains, 1), ("thinning", thinning, 1)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"MetropolisHastings: {option} must be an integer >= {minimum}, got {value!r}")
@@ -178,6 +187,8 @@ class MetropolisHastings(Engine):
         self.thinning = int(thinning)
         self.init_radius = float(init_radius)
         self.precision = check_precision("MetropolisHastings", precision)
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
         self.seed = seed
         self.progress = progress
 
@@ -230,6 +241,7 @@ class MetropolisHastings(Engine):
             extra_diagnostics={},
             precision=self.precision,
             init_radius=self.init_radius,
+            checkpoint=Checkpoint.for_engine(self, model, args, kwargs),
         )
         result.diagnostics["acceptance_rate"] = float(np.mean(result.sample_stats["acceptance_rate"]))
         return result

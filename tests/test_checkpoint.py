@@ -101,6 +101,8 @@ CHILD = textwrap.dedent(
                                             num_elbo_evaluations=3, checkpoint=ck, checkpoint_every=10),
         "nuts": lambda ck: ppgen.infer(rainfall, depth, engine="nuts", num_warmup=40, num_samples=110, num_chains=2,
                                        progress=False, checkpoint=ck, checkpoint_every=1),
+        "mh": lambda ck: ppgen.infer(rainfall, depth, engine="mh", num_warmup=40, num_samples=110, num_chains=2,
+                                     progress=False, checkpoint=ck, checkpoint_every=1),
     }
     def outcome(result):
         digest = hashlib.sha256()
@@ -132,6 +134,7 @@ SIGNALS = {
     "advi": signal.SIGINT,
     "advi-pyro": signal.SIGTERM,
     "nuts": signal.SIGINT,
+    "mh": signal.SIGTERM,
 }
 
 
