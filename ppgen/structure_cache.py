@@ -14,8 +14,11 @@ a value in Python (reads are caught by :func:`ppgen.provenance.recording_value_r
 * anything else: no signature, and the structure is not reused.
 
 The program enters by identity (weakly: the cache does not keep a program alive), together
-with its code, the contents of its closure and its defaults, so a redefined or rebound
-function is traced afresh. Global variables the program reads are not part of the key. Positional and keyword arguments are kept apart as given.
+with its code, the contents of its closure, its defaults and the global variables its code
+names (numbers, strings, arrays by content, containers; functions and classes by identity;
+modules and other objects are left out), so a redefined or rebound function, or a global
+``K = 5`` changed between calls, is traced afresh. Globals read only by other functions the
+program calls are not part of the key. Positional and keyword arguments are kept apart as given.
 """
 
 from __future__ import annotations
@@ -103,7 +106,24 @@ def program_signature(model: Callable) -> tuple:
         closure.append(contents if isinstance(contents, types.FunctionType) else signature(contents, traced=False))
     defaults = signature(function.__defaults__, traced=False)
     keyword_defaults = signature(function.__kwdefaults__, traced=False)
-    return (function.__code__, tuple(closure), defaults, keyword_defaults)
+    return (function.__code__, tuple(closure), defaults, keyword_defaults, _globals_signature(function))
+
+
+def _globals_signature(function: types.FunctionType) -> tuple:
+    """The global variables ``function``'s code names, each by its signature (those that have
+    one: modules and arbitrary objects are left out)."""
+    out = []
+    for name in function.__code__.co_names:
+        if name not in function.__globals__:
+            continue
+        value = function.__globals__[name]
+        if isinstance(value, types.ModuleType):
+            continue
+        try:
+            out.append((name, signature(value, traced=False)))
+        except Unkeyable:
+            continue
+    return tuple(out)
 
 
 def call_key(model: Callable, args: tuple, kwargs: dict) -> Optional[tuple]:

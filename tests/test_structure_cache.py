@@ -101,6 +101,26 @@ def test_a_plain_int_argument_is_part_of_the_key():
     assert traces() == 2
 
 
+NUM_SHELVES = 3
+SHELF_PRIOR = np.array([2.0, 1.0])
+
+
+def stocked_shelves():
+    """Reads its sizes and prior from globals, as in a notebook."""
+    with plate("shelf", NUM_SHELVES):
+        sample("stock", dist.Beta(float(SHELF_PRIOR[0]), float(SHELF_PRIOR[1])))
+
+
+def test_globals_the_program_reads_are_part_of_the_key(monkeypatch):
+    assert inspect(stocked_shelves).plates["shelf"].size == 3
+    assert inspect(stocked_shelves).plates["shelf"].size == 3 and traces() == 1
+    monkeypatch.setitem(stocked_shelves.__globals__, "NUM_SHELVES", 5)
+    assert inspect(stocked_shelves).plates["shelf"].size == 5 and traces() == 2
+    monkeypatch.setitem(stocked_shelves.__globals__, "SHELF_PRIOR", np.array([1.0, 4.0]))  # same shape, new values
+    inspect(stocked_shelves)
+    assert traces() == 3
+
+
 def test_a_new_program_traces_again():
     def make(scale):
         def noisy(y):
