@@ -18,22 +18,10 @@ import torch
 from ppgen import dist, module, plate, sample
 from ppgen.amortize import amortize
 from ppgen.catalogue import Example, Simulated
+from ppgen.models._figures import image_grid
+from ppgen.models._networks import seeded_mlp
 
 NUM_PIXELS = 64
-
-
-def _mlp(sizes: list[int], generator: torch.Generator) -> torch.nn.Sequential:
-    layers: list[torch.nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        linear = torch.nn.Linear(fan_in, fan_out, dtype=torch.float64)
-        with torch.no_grad():  # seeded He-uniform initialisation, independent of the global RNG
-            bound = 1.0 / np.sqrt(fan_in)
-            linear.weight.uniform_(-bound, bound, generator=generator)
-            linear.bias.uniform_(-bound, bound, generator=generator)
-        layers.append(linear)
-        if index < len(sizes) - 2:
-            layers.append(torch.nn.Softplus())
-    return torch.nn.Sequential(*layers)
 
 
 class Decoder(torch.nn.Module):
@@ -41,7 +29,7 @@ class Decoder(torch.nn.Module):
 
     def __init__(self, latent_dim: int = 2, hidden: int = 128, num_pixels: int = NUM_PIXELS, seed: int = 0) -> None:
         super().__init__()
-        self.net = _mlp([latent_dim, hidden, hidden, num_pixels], torch.Generator().manual_seed(seed))
+        self.net = seeded_mlp([latent_dim, hidden, hidden, num_pixels], torch.Generator().manual_seed(seed))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -53,7 +41,7 @@ class Encoder(torch.nn.Module):
     def __init__(self, latent_dim: int = 2, hidden: int = 128, num_pixels: int = NUM_PIXELS, seed: int = 1) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        self.net = _mlp([num_pixels, hidden, hidden, 2 * latent_dim], torch.Generator().manual_seed(seed))
+        self.net = seeded_mlp([num_pixels, hidden, hidden, 2 * latent_dim], torch.Generator().manual_seed(seed))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw_scale = self.net(x).split(self.latent_dim, -1)
@@ -108,17 +96,6 @@ def simulate_digits(latent_dim: int = 2, seed: int = 0) -> Simulated:
 # what the tour shows
 
 
-def _image_grid(axis: Any, images: np.ndarray, rows: int, title: str) -> None:
-    columns = int(np.ceil(len(images) / rows))
-    canvas = np.zeros((rows * 9 - 1, columns * 9 - 1))
-    for index, image in enumerate(images):
-        r, c = divmod(index, columns)
-        canvas[r * 9:r * 9 + 8, c * 9:c * 9 + 8] = image.reshape(8, 8)
-    axis.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    axis.set_title(title, fontsize=9)
-    axis.axis("off")
-
-
 def report(example: Example, simulated: Simulated, result: Any) -> list[Any]:
     """Figures for the tour: generated digits, reconstructions and the latent space."""
     import matplotlib
@@ -137,15 +114,15 @@ def report(example: Example, simulated: Simulated, result: Any) -> list[Any]:
         z = torch.randn(48, latent_dim, generator=generator, dtype=torch.float64)
         generated = torch.sigmoid(decoder(z)).numpy()
         figure, axis = plt.subplots(figsize=(6, 4.2))
-        _image_grid(axis, generated, 6, "digits generated from the prior: E[x | z], z ~ N(0, I)")
+        image_grid(axis, generated, 6, "digits generated from the prior: E[x | z], z ~ N(0, I)")
         figures.append(figure)
         if encoder is not None:
             x_test = torch.as_tensor(simulated.truth["x_test"][:16])
             loc, _ = encoder(x_test)
             reconstructed = torch.sigmoid(decoder(loc)).numpy()
             figure, axes = plt.subplots(1, 2, figsize=(8, 2.6))
-            _image_grid(axes[0], x_test.numpy(), 2, "held-out digits")
-            _image_grid(axes[1], reconstructed, 2, "reconstructions E[x | z = μ_φ(x)]")
+            image_grid(axes[0], x_test.numpy(), 2, "held-out digits")
+            image_grid(axes[1], reconstructed, 2, "reconstructions E[x | z = μ_φ(x)]")
             figures.append(figure)
             if latent_dim == 2:
                 loc, _ = encoder(torch.as_tensor(simulated.data["x"]))
