@@ -7,7 +7,15 @@ T, so the optimum is the mode in the natural parameterisation: for the coin with
 prior, MAP gives (h + a − 1)/(n + a + b − 2), not the mode of the logit. Each point maps u
 through the support the program gives *at that point*, so a support that depends on another
 latent (β flat on (0, 1 − α)) is respected everywhere. L-BFGS with a strong-Wolfe line search
-by default; Adam for neural programs.
+by default; Adam for neural programs (programs registering ``ppgen.module``).
+
+Minibatches (``subsample_size=B``): each Adam step evaluates the program on B data drawn without
+replacement within an epoch from the data plate (the largest plate holding observed data),
+with the log density of every site in that plate multiplied by N / B, so the step's objective
+is an unbiased estimate of the full-data one. This is how ``mle`` trains a neural
+autoregressive model by exact maximum likelihood; the objective trace then holds the
+minibatch estimates, and the run stops after ``num_steps`` (a noisy objective never meets
+``tol``). The no-mode check below needs the objective on the full data and is not run.
 
 Where no mode exists (the objective still rising as a site runs to the boundary of its
 support: a hierarchical scale collapsing to 0, a variance fitted to one datum) the run ends in
@@ -41,6 +49,9 @@ from ppgen.inference._nonfinite import point_fault
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
+from ._vi import Info
+from .svi import SVI, _scaled
+
 
 def _blocking_discrete(structure: ModelStructure) -> Optional[str]:
     for site in structure.latent.values():
@@ -70,8 +81,10 @@ class _PointEstimate(Engine):
     num_steps : optimiser iterations at most (an L-BFGS iteration runs up to 20 evaluations).
     tol : stop when the objective changes by at most ``tol * max(1, |objective|)``.
     seed, progress : random seed and progress bar.
-    optimizer : ``"lbfgs"`` (strong-Wolfe line search) or ``"adam"``.
+    optimizer : ``"lbfgs"`` (strong-Wolfe line search) or ``"adam"``; default: Adam for
+        neural programs and with minibatches, L-BFGS otherwise.
     learning_rate : step size (default 1 for L-BFGS, 0.01 for Adam).
+    subsample_size : minibatch size B over the data plate (None: full data). Needs Adam.
     checkpoint, checkpoint_every : a file (path) the run's state (point, optimiser state, path
         of objectives) is saved to every ``checkpoint_every`` iterations, on SIGINT / SIGTERM
         (the run then returns the point reached with ``interrupted=True``) and at the end; the
@@ -86,14 +99,21 @@ class _PointEstimate(Engine):
         tol: float = 1e-9,
         seed: int = 0,
         progress: bool = False,
-        optimizer: str = "lbfgs",
+        optimizer: Optional[str] = None,
         learning_rate: Optional[float] = None,
+        subsample_size: Optional[int] = None,
         checkpoint: Optional[Union[str, os.PathLike]] = None,
         checkpoint_every: int = 100,
     ) -> None:
         check_checkpoint_options(self.name, checkpoint, checkpoint_every)
-        if optimizer not in ("lbfgs", "adam"):
+        if optimizer not in (None, "lbfgs", "adam"):
             raise ValueError(f"{self.name}: optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
+        if subsample_size is not None and (isinstance(subsample_size, bool) or not isinstance(subsample_size, (int, np.integer)) or subsample_size < 1):
+            raise ValueError(f"{self.name}: subsample_size must be a positive integer or None, got {subsample_size!r}")
+        if subsample_size is not None and optimizer == "lbfgs":
+            raise ValueError(f"{self.name}: subsample_size needs optimizer='adam' (L-BFGS's line search needs the full-data objective)")
+        if subsample_size is not None and checkpoint is not None:
+            raise ValueError(f"{self.name}: checkpoint is not available with subsample_size; pass one of them")
         if num_steps < 1:
             raise ValueError(f"{self.name}: num_steps must be >= 1, got {num_steps}")
         self.num_steps = num_steps
@@ -102,6 +122,7 @@ class _PointEstimate(Engine):
         self.progress = progress
         self.optimizer = optimizer
         self.learning_rate = learning_rate
+        self.subsample_size = None if subsample_size is None else int(subsample_size)
         self.checkpoint = checkpoint
         self.checkpoint_every = int(checkpoint_every)
 
@@ -142,6 +163,8 @@ class _PointEstimate(Engine):
             def log_objective() -> torch.Tensor:
                 return run_program().log_prob_sum(site_filter=lambda name, site: name in counted)
 
+            minibatch_objective = self._minibatch_objective(structure, constrained(model), args, kwargs, counted)
+
             log_objective()  # creates param sites in the (scoped) store
             variables = [Variable(name, u, supports[name]) for name, u in unconstrained.items()] + [
                 Variable(name, param_store._params[name], param_store._constraints.get(name)) for name in param_store.keys()
@@ -161,7 +184,11 @@ class _PointEstimate(Engine):
             # keeping the last finite point
             with pyro.validation_enabled(False):
                 try:
-                    progress = self._optimise(variables, log_objective, fault, checkpoint)
+                    optimizer = self.optimizer or ("adam" if structure.has_modules or minibatch_objective else "lbfgs")
+                    if minibatch_objective is not None:
+                        progress = self._optimise_minibatches(variables, minibatch_objective, fault)
+                    else:
+                        progress = self._optimise(variables, log_objective, fault, optimizer, checkpoint)
                 except EngineFailure as failure:
                     # the variables hold the last finite point; the partial state names its values
                     with torch.no_grad():
@@ -169,6 +196,7 @@ class _PointEstimate(Engine):
                     raise
             with torch.no_grad():
                 estimates = named(run_program())
+            modules = SVI._named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
         return Result(
             engine=self.name,
             params=estimates,
@@ -178,6 +206,7 @@ class _PointEstimate(Engine):
             converged=progress.converged,
             num_iterations=progress.num_iterations,
             interrupted=progress.interrupted,
+            diagnostics={"modules": Info(modules), "subsample_size": self.subsample_size} if modules else {},
             seconds=time.perf_counter() - start,
         )
 
@@ -190,6 +219,7 @@ class _PointEstimate(Engine):
         variables: list[Variable],
         log_objective: Callable[[], torch.Tensor],
         fault: Callable[[float, list[str]], NonFiniteStep],
+        optimizer_name: str,
         checkpoint: Optional[Checkpoint] = None,
     ) -> Progress:
         """Climb the objective; the state is the point reached (a copy of every variable).
@@ -199,7 +229,7 @@ class _PointEstimate(Engine):
         when a site runs to the boundary of its support (no mode), leaving the variables at the
         last finite point."""
         tensors = [variable.tensor for variable in variables]
-        if self.optimizer == "lbfgs":
+        if optimizer_name == "lbfgs":
             optimizer = torch.optim.LBFGS(
                 tensors, lr=self.learning_rate or 1.0, max_iter=20, line_search_fn="strong_wolfe",
                 tolerance_grad=1e-12, tolerance_change=1e-14, history_size=20,
@@ -262,6 +292,71 @@ class _PointEstimate(Engine):
         runaway = find_runaway(variables, path, log_objective)
         if runaway is not None:
             raise EngineFailure(self._no_mode_message(runaway, path, variables), partial=progress)
+        return progress
+
+    def _minibatch_objective(
+        self, structure: ModelStructure, program: Callable, args: tuple, kwargs: dict, counted: set[str]
+    ) -> Optional[Callable[[int], torch.Tensor]]:
+        """With ``subsample_size`` B < N: step -> the objective on that step's minibatch, its
+        data-plate sites weighted N / B (a fresh permutation every epoch). None otherwise."""
+        if self.subsample_size is None:
+            return None
+        plates = {p for site in structure.observed.values() for p in site.plates}
+        if not plates:
+            raise ValueError(f"{self.name}: subsample_size needs a plate holding observed data; the program has none")
+        plate = max(plates, key=lambda name: structure.plates[name].size)
+        size = structure.plates[plate].size
+        batch = min(self.subsample_size, size)
+        if batch == size:
+            return None
+        if not any(isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == size for a in list(args) + list(kwargs.values())):
+            raise ValueError(f"{self.name}: no argument has plate {plate!r}'s size {size} as its leading dimension to subsample")
+        per_epoch = size // batch
+        order = {"permutation": torch.randperm(size)}
+        scaled = _scaled(program, plate, size / batch)
+
+        def sliced(value: Any, index: torch.Tensor) -> Any:
+            return value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size else value
+
+        def objective(step: int) -> torch.Tensor:
+            position = step % per_epoch
+            if position == 0 and step > 0:
+                order["permutation"] = torch.randperm(size)
+            index = order["permutation"][position * batch:(position + 1) * batch]
+            step_args = tuple(sliced(a, index) for a in args)
+            step_kwargs = {k: sliced(v, index) for k, v in kwargs.items()}
+            trace = poutine.trace(scaled).get_trace(*step_args, **step_kwargs)
+            return trace.log_prob_sum(site_filter=lambda name, site: name in counted)
+
+        return objective
+
+    def _optimise_minibatches(
+        self,
+        variables: list[Variable],
+        objective: Callable[[int], torch.Tensor],
+        fault: Callable[[float, list[str]], NonFiniteStep],
+    ) -> Progress:
+        """Adam on minibatch estimates of the objective, one evaluation per step. A step whose
+        estimate or gradient is not finite is not applied (:class:`EngineFailure` naming the
+        sites, the variables left where the step evaluated them)."""
+        tensors = [variable.tensor for variable in variables]
+        optimizer = torch.optim.Adam(tensors, lr=self.learning_rate or 0.01)
+        counter = {"step": 0}
+
+        def step(state: None) -> tuple[None, float]:
+            optimizer.zero_grad(set_to_none=False)
+            value = objective(counter["step"])
+            (-value).backward()
+            counter["step"] += 1
+            number = float(value.detach())
+            finite = [t.grad is None or bool(torch.isfinite(t.grad).all()) for t in tensors]
+            if not (math.isfinite(number) and all(finite)):
+                raise fault(number, [variable.site for variable, ok in zip(variables, finite) if not ok])
+            optimizer.step()
+            return None, number
+
+        progress = iterate(step, None, num_steps=self.num_steps, tol=0.0, progress=self.progress, name=self.name, objective=self._objective_name)
+        optimizer.zero_grad(set_to_none=True)
         return progress
 
     def _no_mode_message(self, runaway: Runaway, path: list, variables: list[Variable]) -> str:
