@@ -2,7 +2,8 @@
 
 Every sampled site, observed ones included, is drawn from its conditional given its parents;
 with a posterior :class:`~ppgen.Result`, latents are fixed to posterior draws first (posterior
-predictive). Draws are vectorised over an outer plate, with a sequential fallback for programs
+predictive). Sampling warpers (:mod:`ppgen.warpers`: top-k, top-p, min-p, after the
+temperature) act on every sampled finite discrete site. Draws are vectorised over an outer plate, with a sequential fallback for programs
 whose Python control flow depends on sampled values.
 """
 
@@ -23,6 +24,7 @@ from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
+from ppgen.warpers import Warp, warpers
 
 
 def temper(fn: Any, temperature: float, site: str) -> Any:
@@ -70,6 +72,9 @@ class Prior(Engine):
         temperature: float = 1.0,
         posterior: Optional[Result] = None,
         progress: bool = False,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"Prior: num_samples must be a positive integer, got {num_samples}")
@@ -79,6 +84,9 @@ class Prior(Engine):
         self.seed = seed
         self.temperature = temperature
         self.posterior = posterior
+        # temperature stays with _Temperature (it also tempers continuous sites); the truncating
+        # warpers come after it, in Hugging Face's order
+        self.warpers = warpers(top_k=top_k, top_p=top_p, min_p=min_p)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         improper = improper_latent(structure) if self.posterior is None else None
@@ -104,6 +112,8 @@ class Prior(Engine):
                 program = poutine.substitute(program, data=params)
         if self.temperature != 1.0:
             program = _Temperature(self.temperature)(program)
+        if self.warpers:
+            program = Warp(self.warpers)(program)
         return program
 
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:

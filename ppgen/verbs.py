@@ -66,13 +66,18 @@ def generate(
     num_samples: int = 1,
     seed: int = 0,
     temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
     posterior: Optional[Result] = None,
     **kwargs: Any,
 ) -> dict[str, np.ndarray]:
     """Draw ``num_samples`` runs of the program: ancestral sampling from the prior, or
     posterior-predictive sampling when given a :class:`Result` (as ``posterior=`` or in place of
     the model). ``temperature`` T rescales each sampled site: logits / T for discrete sites,
-    scale * sqrt(T) for Gaussian ones.
+    scale * sqrt(T) for Gaussian ones. ``top_k`` (k ≥ 1), ``top_p`` (in (0, 1]) and ``min_p``
+    (in [0, 1)) truncate every sampled finite discrete site after the temperature, in that
+    order (Hugging Face's; see :mod:`ppgen.warpers`); continuous sites are left alone.
 
     Returns site -> array of shape (num_samples, *site_shape).
     """
@@ -82,7 +87,7 @@ def generate(
             args, kwargs = posterior.model_args, dict(posterior.model_kwargs)
     if model is None:
         raise ValueError("generate: the Result does not carry its model; pass the model too")
-    options = dict(num_samples=num_samples, seed=seed, temperature=temperature, posterior=posterior)
+    options = dict(num_samples=num_samples, seed=seed, temperature=temperature, posterior=posterior, top_k=top_k, top_p=top_p, min_p=min_p)
     prior = registered_engines()["prior"]
     check_option_types(prior, options)
     prior_engine = prior(**options)
