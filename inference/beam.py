@@ -36,6 +36,7 @@ from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
 _BEAMS = "_beams"
+_NOT_SITES = ("Unit", "_Subsample")  # plates' index sites and empty factors
 
 
 class _Reached(Exception):
@@ -55,7 +56,7 @@ class _Decide(Messenger):
         self.decided = decided
 
     def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"] or type(msg["fn"]).__name__ == "Unit":
+        if msg["is_observed"] or type(msg["fn"]).__name__ in _NOT_SITES:
             return
         value = self.decided.get(msg["name"])
         if value is None:
@@ -161,7 +162,7 @@ class Beam(Engine):
                 trace = tracer.msngr.trace
                 log_density = torch.zeros(num_beams, dtype=torch.get_default_dtype())
                 for node in trace.nodes.values():
-                    if node["type"] == "sample" and type(node["fn"]).__name__ != "Unit" and not node["name"].startswith(_BEAMS):
+                    if node["type"] == "sample" and type(node["fn"]).__name__ not in _NOT_SITES:
                         log_prob = node["fn"].log_prob(node["value"]) * node["scale"]
                         plates = tuple(range(max(log_prob.dim() - nesting, 0), log_prob.dim()))
                         log_prob = log_prob.sum(plates) if plates else log_prob  # left: the beams' dim, if any

@@ -143,14 +143,20 @@ def make_network(name: str, D: int = NUM_PIXELS, seed: int = 0, **sizes: int) ->
 # the programs
 
 
-def _chain(x: Optional[Any], n: int, D: int, network: torch.nn.Module, categorical: bool) -> None:
-    """Sites x_0 … x_{D-1} in plate N, each given the network's state after the earlier ones."""
+def _chain(x: Optional[Any], n: int, D: int, network: torch.nn.Module, categorical: bool, prompt: Optional[Any] = None) -> None:
+    """Sites x_0 … x_{D-1} in plate N, each given the network's state after the earlier ones.
+    With a ``prompt`` (N, P), x_0 … x_{P-1} are observed and the rest are latent sites."""
     with plate("N", n):
         state = network.initial((n,))
         for i in range(D):
             logits = network.logits(state, i)
             fn = dist.Categorical(logits=logits) if categorical else dist.Bernoulli(logits=logits)
-            value = sample(f"x_{i}", fn, obs=None if x is None else x[..., i])
+            if prompt is None:
+                value = sample(f"x_{i}", fn, obs=None if x is None else x[..., i])
+            elif i < prompt.shape[-1]:
+                value = sample(f"x_{i}", fn, obs=prompt[..., i])
+            else:
+                value = sample(f"x_{i}", fn)
             if i + 1 < D:
                 state = network.update(state, i, value)
 
@@ -200,7 +206,9 @@ def nade(x: Optional[Any] = None, num_data: int = 100, D: int = NUM_PIXELS, netw
     _chain(x, num_data if x is None else x.shape[0], D if x is None else x.shape[-1], network, categorical=False)
 
 
-def char_model(x: Optional[Any] = None, num_data: int = 1, length: int = 64, network: Optional[torch.nn.Module] = None) -> None:
+def char_model(
+    x: Optional[Any] = None, num_data: int = 1, length: int = 64, network: Optional[torch.nn.Module] = None, prompt: Optional[Any] = None
+) -> None:
     """Character-level GRU: x_t ~ Categorical(softmax(U h_t + d)), h_{t+1} = GRU(e(x_t), h_t).
 
     Parameters
@@ -208,10 +216,25 @@ def char_model(x: Optional[Any] = None, num_data: int = 1, length: int = 64, net
     x : integer array of shape (N, length), codes into :data:`ALPHABET` (see :func:`encode`),
         or None to generate ``num_data`` strings of ``length`` characters.
     network : a :class:`CharNetwork` (``make_network("char")``), trained in place.
+    prompt : integer array (num_data, P), P < length, or None: the first P characters as observed
+        data and the other ``length - P`` as latent sites, which ``engine="beam"`` decodes
+        (``ppgen.infer(char_model, prompt=p, length=L, network=net, engine="beam")``).
+
+    Examples
+    --------
+    >>> import ppgen
+    >>> from ppgen.models.autoregressive import char_model, decode, encode, make_network
+    >>> net = make_network("char", hidden=16)
+    >>> best = ppgen.infer(char_model, prompt=encode("def")[None], length=6, network=net, engine="beam", num_beams=2)
+    >>> len(decode([best.map_estimate[f"x_{t}"] for t in range(3, 6)]))
+    3
     """
+    if x is not None and prompt is not None:
+        raise ValueError("char_model: pass x (data to score or learn from) or prompt (to decode from), not both")
     network = _network("char_model", network, x, "char", length)
     module("char", network)
-    _chain(x, num_data if x is None else x.shape[0], length if x is None else x.shape[-1], network, categorical=True)
+    n = num_data if x is None and prompt is None else (x if x is not None else prompt).shape[0]
+    _chain(x, n, length if x is None else x.shape[-1], network, categorical=True, prompt=prompt)
 
 
 # --------------------------------------------------------------------------------------------
