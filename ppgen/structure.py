@@ -379,7 +379,7 @@ def _describe_constant(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:g}"
     if isinstance(value, torch.Tensor) and value.numel() > 0:
-        value = detach_provenance(value)
+        value = detach_provenance(value).detach()  # a network output may require grad
         first = value.reshape(-1)[0]
         if bool((value == first).all()):
             return f"{float(first):g}"
