@@ -203,7 +203,7 @@ class _PointEstimate(Engine):
             map_estimate={name: estimates[name] for name in latent_names},
             samples={name: estimates[name][None] for name in latent_names},
             traces={self._objective_name: np.asarray(progress.objectives)},
-            converged=progress.converged,
+            converged=None if self.subsample_size is not None else progress.converged,  # a fixed budget of noisy steps
             num_iterations=progress.num_iterations,
             interrupted=progress.interrupted,
             diagnostics={"modules": Info(modules), "subsample_size": self.subsample_size} if modules else {},
