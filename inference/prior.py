@@ -116,6 +116,27 @@ class Prior(Engine):
             program = Warp(self.warpers)(program)
         return program
 
+    def _vectorised(self, program: Callable, structure: ModelStructure, args: tuple, kwargs: dict) -> Optional[dict[str, np.ndarray]]:
+        """All draws from one run of the program under a plate of ``num_samples`` left of its
+        own plates (a program of L sites runs its L sites once, e.g. a sampled sequence keeps
+        its network's state from one symbol to the next); None when the program does not
+        broadcast over that plate (Python control flow on sampled values)."""
+        try:
+            with pyro.plate("_num_samples", self.num_samples, dim=-(structure.max_plate_nesting + 1)):
+                trace = poutine.trace(program).get_trace(*args, **kwargs)
+            samples = {}
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or name not in structure.sites or type(site["fn"]).__name__ == "Unit":
+                    continue
+                shape = tuple(structure.sites[name].batch_shape) + tuple(structure.sites[name].event_shape)
+                value = site["value"]
+                if value.numel() != self.num_samples * math.prod(shape):
+                    return None
+                samples[name] = to_numpy(value).reshape((self.num_samples,) + shape)
+            return samples
+        except (RuntimeError, ValueError, IndexError):
+            return None
+
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         structure = inspect(model, *args, **kwargs)
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
@@ -123,6 +144,11 @@ class Prior(Engine):
         draws = self._posterior_draws()
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
             torch.manual_seed(self.seed)
+            if not draws:
+                vectorised = self._vectorised(program, structure, args, kwargs)
+                if vectorised is not None:
+                    return Result(engine=self.name, samples=vectorised)
+                torch.manual_seed(self.seed)
             trace = poutine.trace(program).get_trace(*args, **kwargs)
             return_sites = [
                 name
