@@ -148,3 +148,13 @@ def test_digits_held_out_nll_orders_nade_fvsbn_independent_pixels():
     p = x_train.mean(0).clip(0.5 / len(x_train), 1 - 0.5 / len(x_train))  # independent Bernoulli pixels, MLE
     nll["independent"] = -(x_test * np.log(p) + (1 - x_test) * np.log1p(-p)).sum(1).mean()
     assert nll["nade"] < nll["fvsbn"] < nll["independent"], nll
+
+
+def test_diagram_draws_the_chain_of_sites_as_one_node():
+    from ppgen.diagram import diagram_spec
+
+    x = np.zeros((5, 9))
+    spec = diagram_spec(ppgen.inspect(fvsbn, x, network=make_network("fvsbn", 9, seed=0)))
+    chain = [name for name in spec["nodes"] if name.startswith("x_")]
+    assert chain == ["x_t"] and spec["nodes"]["x_t"]["chain_length"] == 9
+    assert ("x_t", "x_t", "t−1 → t") in [(e["source"], e["target"], e.get("label")) for e in spec["edges"]]
