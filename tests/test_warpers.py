@@ -22,6 +22,8 @@ def _logits_with_ties() -> torch.Tensor:
     logits[1, 2:5] = -0.25  # a tie in the middle, where k and p cut
     logits[2] = 0.0  # all tied
     logits[3, 7] = 8.0  # one dominant value
+    # probabilities 2^-1 … 2^-8, 2^-8: masses from below land on 1 − p exactly (p = 0.5, 0.75)
+    logits[4] = torch.log(torch.tensor([2.0**-k for k in range(1, 9)] + [2.0**-8]))
     return logits
 
 
@@ -36,7 +38,7 @@ def test_top_k_matches_transformers(k):
     _same(TopK(k)(logits), transformers.TopKLogitsWarper(k)(None, logits.clone()))
 
 
-@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.8, 0.95, 1.0])
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.75, 0.8, 0.95, 1.0])
 def test_top_p_matches_transformers(p):
     logits = _logits_with_ties()
     _same(TopP(p)(logits), transformers.TopPLogitsWarper(p)(None, logits.clone()))
