@@ -3,9 +3,10 @@
 Two quantities, by the task that produced the fit:
 
 * a ``learn`` result: log p(x_new; θ̂) with the learned ``param`` sites and torch modules fixed
-  at their fitted values. Without latent sites this is one exact evaluation; with latents, an
-  engine that scores under given parameters (``enumerate``, ``importance``: those taking
-  ``params=``) marginalises them.
+  at their fitted values, and latents the fit estimated as points (``map`` / ``mle``'s
+  ``map_estimate``) fixed there too (the plug-in density). With nothing left to marginalise
+  this is one exact evaluation; otherwise an engine that scores under given parameters
+  (``enumerate``, ``importance``: those taking ``params=``) marginalises the latents.
 * an ``infer`` result: the log posterior-predictive density through the posterior draws θ_s,
   s = 1..S (learned ``param`` sites, if any, fixed):
 
@@ -202,6 +203,17 @@ def _model_params(fit: Result, structure: ModelStructure) -> dict[str, Any]:
     return {name: fit.params[name] for name, site in structure.params.items() if site.distribution != "module" and name in fit.params}
 
 
+def _point_estimates(fit: Result, structure: ModelStructure) -> dict[str, np.ndarray]:
+    """Latents the fit estimated as points (MAP / MLE ``map_estimate``) with the shape they have
+    on the new data, as one "draw" each (site -> array (1, *shape))."""
+    out = {}
+    for name, site in structure.latent.items():
+        value = fit.map_estimate.get(name)
+        if value is not None and np.shape(value) == tuple(site.batch_shape) + tuple(site.event_shape):
+            out[name] = np.asarray(value)[None]
+    return out
+
+
 def _slice_datum(arguments: dict[str, Any], structure: ModelStructure, plate: str, index: int) -> dict[str, Any]:
     """The arguments with the observed data (and per-datum covariates) cut to datum ``index`` of
     ``plate`` (kept as a plate of size 1)."""
@@ -254,9 +266,16 @@ def score_fitted(
         stderr = float(weights.std(ddof=1) / (weights.mean() * np.sqrt(len(weights)))) if len(weights) > 1 else 0.0
         return Estimate(float(_log_mean_exp(per_draw)), stderr, "estimate" if draws else "exact")
 
-    if not structure.latent:  # nothing to marginalise: one exact evaluation
-        values = observed_log_likelihood(model, arguments, structure, params, {}, plate)[0]
+    point = _point_estimates(fit, structure)
+    if len(point) == len(structure.latent):  # nothing left to marginalise: one exact evaluation
+        values = observed_log_likelihood(model, arguments, structure, params, point, plate)[0]
         return values if pointwise else Estimate(float(values), 0.0, "exact")
+    if point:
+        rest = next(name for name in structure.latent if name not in point)
+        raise EngineNotApplicable(
+            f"score(fit, ...): the fit has point estimates of {sorted(point)} but latent site {rest!r} must be "
+            "marginalised; scoring with some latents fixed at their estimates and others summed out is not supported"
+        )
     if instance is None:
         raise EngineNotApplicable(
             f"score(fit, ...): latent site {next(iter(structure.latent))!r} must be marginalised; pass engine= "

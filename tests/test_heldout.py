@@ -124,3 +124,13 @@ def test_pointwise_for_a_model_with_per_datum_latents_only():
     pointwise = ppgen.score(two_clusters, readings, engine="enumerate", pointwise=True)
     expected = np.log(np.mean(norm.pdf(readings[:, None], np.linspace(-3.0, 3.0, 3), 1.0), axis=1))
     assert pointwise == pytest.approx(expected, rel=1e-9)
+
+
+def test_map_point_estimate_of_a_global_latent_is_plugged_in():
+    rng = np.random.default_rng(6)
+    train, new = rng.normal(1.0, 0.8, 15), rng.normal(1.0, 0.8, 4)
+    fit = ppgen.learn(heights, train, engine="map")
+    centre = (train.sum() / 0.8**2) / (1 / 3.0**2 + len(train) / 0.8**2)  # the posterior mode
+    assert fit.map_estimate["centre"] == pytest.approx(centre, rel=1e-5)
+    expected = norm.logpdf(new, fit.map_estimate["centre"], 0.8)
+    assert ppgen.score(fit, new, pointwise=True) == pytest.approx(expected, rel=1e-9)

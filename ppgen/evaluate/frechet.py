@@ -75,8 +75,9 @@ def frechet_distance(a: Any, b: Any, features: Optional[FeatureMap] = None) -> f
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> round(frechet_distance(rng.normal(size=(4000, 2)), rng.normal(2.0, 1.0, size=(4000, 2))), 1)
-    8.0
+    >>> d2 = frechet_distance(rng.normal(size=(4000, 2)), rng.normal(2.0, 1.0, size=(4000, 2)))
+    >>> bool(abs(d2 - 8.0) < 0.3)  # ‖μ_a − μ_b‖² = 8, equal covariances
+    True
 
     References
     ----------
