@@ -203,11 +203,24 @@ def _model_params(fit: Result, structure: ModelStructure) -> dict[str, Any]:
     return {name: fit.params[name] for name, site in structure.params.items() if site.distribution != "module" and name in fit.params}
 
 
+def _per_datum_latents(structure: ModelStructure) -> set[str]:
+    """Latent sites inside the outer data plate: one per datum, so the fit's values belong to
+    the training data and never carry over to new data (even of the same size)."""
+    try:
+        plate = outer_data_plate(structure)
+    except ValueError:
+        return set()
+    return {name for name, site in structure.latent.items() if plate in site.plates}
+
+
 def _point_estimates(fit: Result, structure: ModelStructure) -> dict[str, np.ndarray]:
     """Latents the fit estimated as points (MAP / MLE ``map_estimate``) with the shape they have
     on the new data, as one "draw" each (site -> array (1, *shape))."""
     out = {}
+    per_datum = _per_datum_latents(structure)
     for name, site in structure.latent.items():
+        if name in per_datum:  # estimated for the training data, not for the new data
+            continue
         value = fit.map_estimate.get(name)
         if value is not None and np.shape(value) == tuple(site.batch_shape) + tuple(site.event_shape):
             out[name] = np.asarray(value)[None]
@@ -250,13 +263,19 @@ def score_fitted(
 
     if fit.task == "infer":
         draws = {}
+        per_datum = _per_datum_latents(structure)
         for name, site in structure.latent.items():
             value = fit.samples.get(name)
+            if name in per_datum:
+                raise EngineNotApplicable(
+                    f"score(fit, ...): latent site {name!r} is a per-datum latent (in the data plate): its draws belong to "
+                    "the training data; the posterior predictive here needs every latent to be global"
+                )
             if value is None or np.shape(value)[1:] != tuple(site.batch_shape) + tuple(site.event_shape):
                 raise EngineNotApplicable(
-                    f"score(fit, ...): latent site {name!r} of the program on the new data has no posterior draws of its "
-                    f"shape {tuple(site.batch_shape) + tuple(site.event_shape)} (a per-datum latent); the posterior predictive "
-                    "here needs every latent to be global"
+                    f"score(fit, ...): latent site {name!r} has no posterior draws of its shape "
+                    f"{tuple(site.batch_shape) + tuple(site.event_shape)} on the new data; the posterior predictive here "
+                    "needs draws of every (global) latent"
                 )
             draws[name] = np.asarray(value)
         per_draw = observed_log_likelihood(model, arguments, structure, params, draws, plate)

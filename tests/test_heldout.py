@@ -1,6 +1,8 @@
 """score(fit, x_new): held-out log-densities under a fitted Result, total and pointwise,
 against closed forms (conjugate posterior predictive, mixture densities under fitted values)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -108,7 +110,7 @@ def test_refusals_name_the_problem():
     with pytest.raises(EngineNotApplicable, match="latent site 'cluster' must be marginalised; pass engine="):
         ppgen.score(fit, rng.normal(size=5))
     posterior = ppgen.infer(two_clusters, rng.normal(size=30), engine="enumerate")
-    with pytest.raises(EngineNotApplicable, match="latent site 'cluster' .* has no posterior draws"):
+    with pytest.raises(EngineNotApplicable, match="latent site 'cluster' is a per-datum latent"):
         ppgen.score(posterior, rng.normal(size=5))
     with pytest.raises(ValueError, match="latent site 'centre' is shared by all data"):
         ppgen.score(heights, rng.normal(size=5), engine="importance", pointwise=True)
@@ -134,3 +136,18 @@ def test_map_point_estimate_of_a_global_latent_is_plugged_in():
     assert fit.map_estimate["centre"] == pytest.approx(centre, rel=1e-5)
     expected = norm.logpdf(new, fit.map_estimate["centre"], 0.8)
     assert ppgen.score(fit, new, pointwise=True) == pytest.approx(expected, rel=1e-9)
+
+
+def test_per_datum_latents_of_the_training_data_are_never_reused():
+    def noisy_means(y):
+        centre = ppgen.sample("centre", ppgen.dist.Normal(0.0, 2.0))
+        with ppgen.plate("obs", len(y)):
+            own = ppgen.sample("own", ppgen.dist.Normal(centre, 1.0))
+            ppgen.sample("y", ppgen.dist.Normal(own, 0.5), obs=y)
+
+    rng = np.random.default_rng(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ppgen.ReliabilityWarning)  # the draws' quality does not matter here
+        posterior = ppgen.infer(noisy_means, rng.normal(size=6), engine="importance", num_samples=200)
+    with pytest.raises(EngineNotApplicable, match="latent site 'own' .* a per-datum latent"):
+        ppgen.score(posterior, rng.normal(size=6))  # same size as the training data
