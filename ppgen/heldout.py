@@ -317,7 +317,8 @@ def score_by_engine(
         if plate not in site.plates:
             raise ValueError(
                 f"score(pointwise=True): latent site {name!r} is shared by all data (outside plate {plate!r}), so "
-                "log p(x) does not split into per-datum terms; score a fitted Result instead (score(fit, x_new, pointwise=True))"
+                "log p(x) does not split into per-datum terms (the posterior predictive of an infer Result does: "
+                "score(posterior, x_new, pointwise=True))"
             )
     values = []
     for index in range(structure.plates[plate].size):
