@@ -14,7 +14,8 @@ Two quantities, by the task that produced the fit:
       \\log p(x_{new} \\mid x) \\approx \\log \\frac{1}{S} \\sum_s p(x_{new} \\mid θ_s)
 
   returned as an ``estimate`` with the delta-method standard error sd(w) / (mean(w) √S) of
-  w_s = p(x_new | θ_s) (draws treated as independent). Every latent of the program run on
+  w_s = p(x_new | θ_s) (draws treated as independent), and a ``ReliabilityWarning`` when a few
+  draws carry the mean (effective sample size of w below 1 % of S). Every latent of the program run on
   x_new must be among the draws, with the same shape (global latents); per-datum latents of
   new data are not marginalised here.
 
@@ -32,13 +33,14 @@ from __future__ import annotations
 
 import copy
 import inspect as pyinspect
+import warnings
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from ppgen.backend import to_backend, torch_precision, use_backend
 from ppgen.engine import Engine, check_option_types, registered_engines, split_options
-from ppgen.errors import EngineNotApplicable
+from ppgen.errors import EngineNotApplicable, ReliabilityWarning, user_stacklevel
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, bind_arguments, inspect
 
@@ -165,6 +167,26 @@ def _site_sums(trace: Any, structure: ModelStructure, plate: Optional[str]) -> n
     return np.asarray(total, dtype=np.float64)
 
 
+#: Below this share of the draws as effective sample size, a posterior-predictive estimate warns.
+_MIN_ESS_FRACTION = 0.01
+
+
+def _warn_if_few_draws_count(weights: np.ndarray) -> None:
+    """Warn when p(x_new | θ_s) is dominated by a few draws (ESS = (Σw)² / Σw² < 1 % of S, at
+    least 2): the mean over draws is then a poor estimate of the predictive density."""
+    if len(weights) < 2:
+        return
+    ess = float(weights.sum() ** 2 / np.sum(weights**2))
+    if ess < max(2.0, _MIN_ESS_FRACTION * len(weights)):
+        warnings.warn(
+            f"score(fit, ...): the posterior-predictive density of the new data is carried by {ess:.1f} of "
+            f"{len(weights)} posterior draws (effective sample size); the estimate is unreliable: use more draws, "
+            "or pointwise=True for per-datum predictive densities, which depend far less on single draws",
+            ReliabilityWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 def _log_mean_exp(values: np.ndarray, axis: int = 0) -> np.ndarray:
     top = np.max(values, axis=axis, keepdims=True)
     return np.squeeze(top, axis) + np.log(np.mean(np.exp(values - top), axis=axis))
@@ -283,6 +305,7 @@ def score_fitted(
             return _log_mean_exp(per_draw, axis=0)
         weights = np.exp(per_draw - per_draw.max())
         stderr = float(weights.std(ddof=1) / (weights.mean() * np.sqrt(len(weights)))) if len(weights) > 1 else 0.0
+        _warn_if_few_draws_count(weights)
         return Estimate(float(_log_mean_exp(per_draw)), stderr, "estimate" if draws else "exact")
 
     point = _point_estimates(fit, structure)

@@ -151,3 +151,14 @@ def test_per_datum_latents_of_the_training_data_are_never_reused():
         posterior = ppgen.infer(noisy_means, rng.normal(size=6), engine="importance", num_samples=200)
     with pytest.raises(EngineNotApplicable, match="latent site 'own' .* a per-datum latent"):
         ppgen.score(posterior, rng.normal(size=6))  # same size as the training data
+
+
+def test_posterior_predictive_carried_by_few_draws_warns():
+    # many new data far in the tail: p(x_new | θ_s) is dominated by the most extreme draw
+    rng = np.random.default_rng(8)
+    posterior = ppgen.infer(heights, rng.normal(0.0, 0.8, 10), engine="cavi", num_samples=500)
+    with pytest.warns(ppgen.ReliabilityWarning, match="carried by .* of 500 posterior draws"):
+        ppgen.score(posterior, np.full(400, 3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ppgen.ReliabilityWarning)
+        ppgen.score(posterior, rng.normal(0.0, 0.8, 3))
