@@ -55,6 +55,8 @@ class Result:
     observed : observed site -> its data.
     num_chains : chains concatenated in ``samples``.
     seconds : wall time of the run.
+    task : the verb that ran the engine ("infer", "learn", "score"), set by the verbs;
+        ``score(result, x_new)`` reads it (posterior predictive for infer, fitted values for learn).
     """
 
     engine: str
@@ -73,6 +75,7 @@ class Result:
     observed: dict[str, np.ndarray] = field(default_factory=dict)
     num_chains: int = 1
     seconds: float = 0.0
+    task: Optional[str] = None
     model: Optional[Callable] = field(default=None, repr=False, compare=False)
     model_args: tuple = field(default=(), repr=False, compare=False)
     model_kwargs: dict = field(default_factory=dict, repr=False, compare=False)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from ppgen.engine import Engine, check_option_types, registered_engines, resolve
+from ppgen.structure import bind_arguments
 from ppgen.errors import EngineNotApplicable
 from ppgen.results import Estimate, Result
 from ppgen.structure import known_structure
@@ -27,6 +28,7 @@ def _run(task: str, model: Callable, args: tuple, engine: Union[str, Engine], op
     return replace(
         result,
         seconds=result.seconds or time.perf_counter() - start,
+        task=task,
         model=model,
         model_args=args,
         model_kwargs=model_kwargs,
@@ -51,9 +53,51 @@ def learn(model: Callable, *args: Any, engine: Union[str, Engine], **options: An
     return _run("learn", model, args, engine, options)
 
 
-def score(model: Callable, *args: Any, engine: Union[str, Engine], **options: Any) -> Estimate:
+def score(
+    model: Union[Callable, Result],
+    *args: Any,
+    engine: Optional[Union[str, Engine]] = None,
+    pointwise: bool = False,
+    **options: Any,
+) -> Union[Estimate, np.ndarray]:
     """``log p(x)`` of the observed sites of ``model(*args)``: exact, a lower bound or an
-    estimate with standard error, as the engine can."""
+    estimate with standard error, as the engine can.
+
+    Given a fitted :class:`Result` in place of the model, scores new data (``args`` /
+    ``options`` replace the fit's data, by position or by name; its other arguments are kept):
+    under the learned ``param`` sites and modules for a ``learn`` result, and as the log
+    posterior-predictive density log (1/S) Σ_s p(x_new | θ_s) over the posterior draws for an
+    ``infer`` result (see :mod:`ppgen.heldout`).
+
+    ``pointwise=True`` returns an array with one log-density per datum of the outer data plate
+    instead of an :class:`Estimate` (for a model, one engine run per datum: every latent must
+    sit in that plate).
+
+    Examples
+    --------
+    >>> import numpy as np, ppgen
+    >>> def gaussian(x):
+    ...     loc = ppgen.param("loc", 0.0)
+    ...     with ppgen.plate("data", len(x)):
+    ...         ppgen.sample("x", ppgen.dist.Normal(loc, 1.0), obs=x)
+    >>> fit = ppgen.learn(gaussian, np.array([1.0, 3.0]), engine="mle")
+    >>> round(float(score(fit, np.array([2.0]))), 4)  # log N(2; 2, 1)
+    -0.9189
+    """
+    if not isinstance(pointwise, (bool, np.bool_)):
+        raise TypeError(f"score: pointwise must be True or False, got {type(pointwise).__name__} {pointwise!r}")
+    if isinstance(model, Result):
+        from ppgen.heldout import score_fitted
+
+        return score_fitted(model, args, engine, options, bool(pointwise))
+    if engine is None:
+        raise TypeError("score: engine= is required when scoring a model (e.g. engine='enumerate' or 'importance')")
+    if pointwise:
+        from ppgen.heldout import outer_data_plate, score_by_engine
+
+        instance, args, model_kwargs, structure = resolve(engine, model, args, options, "score")
+        arguments = bind_arguments(model, args, model_kwargs)
+        return score_by_engine(model, arguments, structure, instance, outer_data_plate(structure))
     result = _run("score", model, args, engine, options)
     if result.log_evidence is None:
         raise EngineNotApplicable(f"engine {result.engine!r} does not compute log p(x)")
