@@ -482,7 +482,7 @@ def gaussian_elbo(x0: Any, mean: Any, covariance: Any, num_timesteps: int, sched
 # the tour's example
 
 
-def simulate_toy(name: str = "moons", num_data: int = 2000, num_timesteps: int = 100, seed: int = 0) -> Simulated:
+def simulate_toy(name: str = "moons", num_data: int = 1000, num_timesteps: int = 50, seed: int = 0) -> Simulated:
     """A 2-D toy set (:func:`ppgen.models._toy2d.sample_toy2d`) and a fresh denoiser."""
     from ppgen.models._toy2d import sample_toy2d
 
@@ -528,7 +528,7 @@ def report(example: Example, simulated: Simulated, result: Any) -> list[Any]:
             axis.set_title(f"x_{t}" if t else "x_0 (samples)", fontsize=9)
             axis.set_xticks([])
             axis.set_yticks([])
-        figure.suptitle("ancestral sampling along the reverse chain x_T → x_0", fontsize=10)
+        figure.suptitle("ancestral sampling along the reverse chain x_T → x_0", fontsize=10, y=1.04)
         figures.append(figure)
         noise = torch.randn(1000, 2, dtype=torch.float64)
         counts = sorted({s for s in (5, 10, 20, num_timesteps) if s <= num_timesteps})
@@ -548,16 +548,16 @@ def report(example: Example, simulated: Simulated, result: Any) -> list[Any]:
     return figures
 
 
-#: The tour's noising-process guide (T = 100 steps on a 2-D toy set).
-TOUR_GUIDE = forward_process(100)
+#: The tour's noising-process guide (T = 50 steps on a 2-D toy set).
+TOUR_GUIDE = forward_process(50)
 
 EXAMPLES = [
     Example(
         "ddpm",
         ddpm,
         simulate_toy,
-        "denoising diffusion (DDPM, T = 100) on the two-moons toy set, noising process as the guide, MLP denoiser",
-        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 256, "num_steps": 1500, "learning_rate": 3e-3, "num_samples": 10, "num_elbo_evaluations": 2}},
+        "denoising diffusion (DDPM, T = 50) on the two-moons toy set, noising process as the guide, MLP denoiser",
+        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 256, "num_steps": 800, "learning_rate": 3e-3, "num_samples": 10, "num_elbo_evaluations": 2}},
         skip=("advi", "map", "mle", "importance", "nuts", "hmc", "gibbs", "mh", "meanfield", "cavi", "enumerate", "em"),
         report=report,
     ),

@@ -248,3 +248,70 @@ def test_bad_input_names_what_was_expected():
         ppgen.inspect(ddpm, x=np.zeros((3, 2)), num_timesteps=5)
     with pytest.raises(ValueError, match="weighting must be one of"):
         ppgen.learn(ddpm, x=np.zeros((3, 2)), num_timesteps=5, denoiser=make_denoiser(2), engine="svi", guide=forward_process(5), weighting="snr")
+
+
+# ---- one step against diffusers' schedulers -----------------------------------------------------
+
+
+def _step_distribution(program, first_site, iteration, value, **kwargs):
+    """The distribution of the site the program's ``iteration``-th markov step samples, with
+    the chain's first site set to ``value`` (only that iteration runs)."""
+    from ppgen.primitives import markov_window
+
+    with use_backend("pyro"), torch.no_grad(), markov_window(iteration, iteration + 1):
+        trace = poutine.trace(poutine.condition(program, data={first_site: value})).get_trace(**kwargs)
+    site = [node for name, node in trace.nodes.items() if node["type"] == "sample" and name != first_site][-1]
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    if type(fn).__name__ == "Delta":  # a deterministic step (DDIM with η = 0)
+        return fn.v, torch.zeros(())
+    return fn.loc, fn.scale
+
+
+def _in_float64(scheduler, betas):
+    """diffusers keeps its schedule in float32; the same arithmetic in float64 for exact comparison."""
+    scheduler.betas = betas.clone()
+    scheduler.alphas = 1 - betas
+    scheduler.alphas_cumprod = torch.cumprod(1 - betas, 0)
+    return scheduler
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_one_ddpm_step_equals_diffusers_ddpm_scheduler(schedule):
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.utils.torch_utils import randn_tensor
+
+    steps, width = 30, 4
+    betas = noise_schedule(steps, schedule)
+    scheduler = _in_float64(diffusers.DDPMScheduler(num_train_timesteps=steps, trained_betas=betas.numpy(), variance_type="fixed_large", clip_sample=False), betas)
+    net = make_denoiser(width, hidden=16, seed=3)
+    x_t = torch.randn(5, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t in (steps, 17, 2, 1):
+        loc, scale = _step_distribution(ddpm, f"x_{steps}", steps - t, x_t, num_data=5, dim=width, num_timesteps=steps, denoiser=net, schedule=schedule)
+        with torch.no_grad():
+            epsilon = net(x_t, torch.full((5,), t))
+        output = scheduler.step(epsilon, t - 1, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+        noise = randn_tensor(x_t.shape, generator=torch.Generator().manual_seed(t), dtype=x_t.dtype) if t > 1 else torch.zeros_like(x_t)
+        torch.testing.assert_close(loc + scale * noise, output, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_one_ddim_step_equals_diffusers_ddim_scheduler(eta):
+    diffusers = pytest.importorskip("diffusers")
+
+    steps, sampled, width = 100, 10, 3
+    betas = noise_schedule(steps)
+    scheduler = _in_float64(diffusers.DDIMScheduler(num_train_timesteps=steps, trained_betas=betas.numpy(), clip_sample=False, set_alpha_to_one=True), betas)
+    scheduler.set_timesteps(sampled)
+    net = make_denoiser(width, hidden=16, seed=5)
+    taus = sampling_steps(steps, sampled)
+    assert [t - 1 for t in reversed(taus)] == scheduler.timesteps.tolist()
+    x_t = torch.randn(6, width, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    z = torch.randn(6, width, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for k, t in enumerate(reversed(taus)):
+        loc, scale = _step_distribution(ddim, f"x_{taus[-1]}", k, x_t, num_data=6, dim=width, num_timesteps=steps, denoiser=net, num_sampling_steps=sampled, eta=eta)
+        with torch.no_grad():
+            epsilon = net(x_t, torch.full((6,), t))
+        output = scheduler.step(epsilon, t - 1, x_t, eta=eta, variance_noise=z).prev_sample
+        torch.testing.assert_close(loc + scale * z, output, rtol=1e-9, atol=1e-9)
