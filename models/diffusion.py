@@ -488,7 +488,7 @@ def simulate_toy(name: str = "moons", num_data: int = 1000, num_timesteps: int =
 
     x = sample_toy2d(name, num_data, seed=seed)
     return Simulated(
-        {"x": x, "num_timesteps": num_timesteps, "denoiser": make_denoiser(2, hidden=64, seed=seed)},
+        {"x": x, "num_timesteps": num_timesteps, "denoiser": make_denoiser(2, hidden=128, seed=seed)},
         {"dataset": name},
     )
 
@@ -557,7 +557,7 @@ EXAMPLES = [
         ddpm,
         simulate_toy,
         "denoising diffusion (DDPM, T = 50) on the two-moons toy set, noising process as the guide, MLP denoiser",
-        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 256, "num_steps": 800, "learning_rate": 3e-3, "num_samples": 10, "num_elbo_evaluations": 2}},
+        options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 256, "num_steps": 800, "learning_rate": 1e-2, "num_samples": 10, "num_elbo_evaluations": 2}},
         skip=("advi", "map", "mle", "importance", "nuts", "hmc", "gibbs", "mh", "meanfield", "cavi", "enumerate", "em"),
         report=report,
     ),
