@@ -43,6 +43,7 @@ from ppgen.engine import Engine, missing_data, register
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
 
+from ._chain_elbo import WEIGHTINGS, ChainELBO, closed_form_chain
 from ._gradient_steps import GradientSteps, optimizer_factory
 from ._restarts import INITS, Restarts, StartRecord, check_restart_options, resolve_restarts, start_kinds, symmetric_sites, warn_symmetric
 from ._vi import Info, check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi
@@ -123,6 +124,11 @@ class SVI(Engine):
     elbo : ``"auto"`` (enumeration when needed, analytic KL for amortised guides, else Monte
         Carlo), ``"trace"`` or ``"meanfield"`` (analytic KL; for guides whose sites are plain
         distributions with a registered KL to the prior).
+    weighting : for a guide with closed-form Gaussian marginals q(x_t | x_0) over a chain (a
+        diffusion program's ``forward_process``), whose ELBO svi estimates from one sampled step
+        per gradient step instead of all T (:mod:`ppgen.inference._chain_elbo`): ``"simple"``
+        trains on Ho et al.'s reweighted loss ‖ε − ε_θ‖², ``"elbo"`` on the bound itself. Either
+        way the reported objective and ``log_evidence`` are the ELBO.
     num_samples : draws from the guide returned in ``Result.samples``.
     num_elbo_evaluations : full-data ELBO estimates averaged for ``log_evidence``.
     copy_modules : train copies of the torch modules passed as arguments and of the encoder
@@ -174,6 +180,7 @@ class SVI(Engine):
         subsample_plate: Optional[str] = None,
         num_particles: int = 1,
         elbo: str = "auto",
+        weighting: str = "simple",
         num_samples: int = 1000,
         num_elbo_evaluations: int = 10,
         clip_norm: float = 10.0,
@@ -196,6 +203,8 @@ class SVI(Engine):
             raise ValueError(f"SVI: elbo must be one of {ELBOS}, got {elbo!r}")
         if not isinstance(num_elbo_evaluations, int) or num_elbo_evaluations < 1:
             raise ValueError(f"SVI: num_elbo_evaluations must be a positive integer, got {num_elbo_evaluations!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"SVI: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         check_restart_options("SVI", num_restarts, init, _INITS)
         if not copy_modules and num_restarts not in ("auto", 1):
             raise ValueError(f"SVI: num_restarts={num_restarts!r} needs copy_modules=True (every start trains fresh copies of the modules)")
@@ -211,6 +220,7 @@ class SVI(Engine):
         self.subsample_plate = subsample_plate
         self.num_particles = int(num_particles)
         self.elbo = elbo
+        self.weighting = weighting
         self.num_samples = int(num_samples)
         self.num_elbo_evaluations = num_elbo_evaluations
         self.clip_norm = clip_norm
@@ -301,7 +311,9 @@ class SVI(Engine):
             fit = record.best
             store.clear()
             store.set_state(fit.store)
-            latent = {name: fit.guided[name] for name in structure.latent if name in fit.guided}
+            # a noising chain's T latents per datum are q's own noise, not worth drawing
+            chain_guide = closed_form_chain(fit.guide) is not None
+            latent = {} if chain_guide else {name: fit.guided[name] for name in structure.latent if name in fit.guided}
             samples = draw_from_guide(fit.guide, fit.args, fit.kwargs, self.num_samples, latent, fit.batch_rank) if latent else {}
             params = param_values(store)
             modules = self._named_modules(fit.guide, fit.copies, fit.args, fit.kwargs, store)
@@ -353,7 +365,8 @@ class SVI(Engine):
         if missing:
             raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
         program = config_enumerate(model, default="parallel") if enumerated else model
-        loss = self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
+        chain = closed_form_chain(guide)
+        loss = ChainELBO(chain, self.weighting, self.num_particles) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
         step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
         if plate is None:

@@ -24,7 +24,7 @@ def families() -> list[str]:
     return [name for name in names if hasattr(importlib.import_module(f"ppgen.models.{name}"), "EXAMPLES")]
 
 
-ORDER: tuple[str, ...] = ("basics", "mixtures", "factor", "sequences", "graphs", "vae", "posteriordb")
+ORDER: tuple[str, ...] = ("basics", "mixtures", "factor", "sequences", "graphs", "vae", "diffusion", "posteriordb")
 
 
 @dataclass(frozen=True)

@@ -140,19 +140,21 @@ def step_groups(names: Iterable[str]) -> dict[str, dict[int, str]]:
 
 
 def collapse_chains(spec: dict[str, Any]) -> dict[str, Any]:
-    """Draw the steps ``name_0, ..., name_{T-1}`` of a sequence (a loop under ``ppgen.markov``)
-    as one node ``name_t`` (with ``chain_length`` T). An edge between consecutive steps becomes a
-    self-loop labelled ``t−1 → t``; parallel edges between two chains become one.
+    """Draw the steps ``name_0, ..., name_{T-1}`` (or ``name_1, ..., name_T``) of a sequence (a
+    loop under ``ppgen.markov``) as one node ``name_t`` (with ``chain_length`` T). An edge
+    between consecutive steps becomes a self-loop labelled ``t−1 → t`` (``t → t−1`` for a chain
+    run backwards, as a diffusion's reverse process); parallel edges between two chains become one.
 
-    A group collapses when it has at least three members, indexed 0..T−1 without gaps, all of
-    one kind, role and plate path.
+    A group collapses when it has at least three members, indexed from 0 or 1 without gaps, all
+    of one kind, role and plate path.
     """
     groups = step_groups(spec["nodes"])
     rename: dict[str, tuple[str, int]] = {}
     lengths: dict[str, int] = {}
     for prefix, members in groups.items():
         kinds = {(spec["nodes"][n]["kind"], spec["nodes"][n]["path"], spec["nodes"][n]["role"]) for n in members.values()}
-        if len(members) < MIN_CHAIN or sorted(members) != list(range(len(members))) or len(kinds) != 1:
+        first = min(members)
+        if len(members) < MIN_CHAIN or first not in (0, 1) or sorted(members) != list(range(first, first + len(members))) or len(kinds) != 1:
             continue
         collapsed = f"{prefix}_t"
         if collapsed in spec["nodes"]:
@@ -174,7 +176,7 @@ def collapse_chains(spec: dict[str, Any]) -> dict[str, Any]:
             nodes[name] = node
             continue
         collapsed, index = rename[name]
-        if collapsed in nodes and index != 1:
+        if collapsed in nodes and index != min(groups[collapsed[: -len("_t")]]) + 1:
             continue
         typical = dict(node)
         typical["label"] = symbol(collapsed) if node["label"] == symbol(name) else step_label(node["label"])
@@ -186,9 +188,9 @@ def collapse_chains(spec: dict[str, Any]) -> dict[str, Any]:
         target, target_index = rename.get(edge["target"], (edge["target"], None))
         new = dict(edge, source=source, target=target)
         if source == target and source in lengths:
-            if target_index != source_index + 1:
+            if abs(target_index - source_index) != 1:
                 continue
-            new["label"] = "t−1 → t"
+            new["label"] = "t−1 → t" if target_index == source_index + 1 else "t → t−1"
         key = (source, target, edge["role"])
         if key not in seen:
             seen.add(key)

@@ -28,6 +28,9 @@ DATA_SITE = "ppgen_data"
 #: An interpreter the primitives dispatch to instead of Pyro (see :func:`interpreted_by`).
 _INTERPRETER: Any = None
 
+#: The iterations ``markov(iterable)`` yields while :func:`markov_window` is active.
+_MARKOV_WINDOW: Optional[slice] = None
+
 
 @contextmanager
 def interpreted_by(interpreter: Any) -> Iterator[None]:
@@ -41,6 +44,20 @@ def interpreted_by(interpreter: Any) -> Iterator[None]:
         yield
     finally:
         _INTERPRETER = previous
+
+
+@contextmanager
+def markov_window(start: int, stop: int) -> Iterator[None]:
+    """Make ``for t in markov(iterable)`` run only iterations ``start`` to ``stop - 1``: an
+    engine evaluates a few steps of a long Markov chain program (the step-sampled ELBO of a
+    diffusion program) without running the others. The program's state entering iteration
+    ``start`` is the caller's to provide (by fixing the chain's first site)."""
+    global _MARKOV_WINDOW
+    previous, _MARKOV_WINDOW = _MARKOV_WINDOW, slice(start, stop)
+    try:
+        yield
+    finally:
+        _MARKOV_WINDOW = previous
 
 
 def _numpyro():
@@ -133,6 +150,10 @@ def markov(fn: Optional[Callable] = None, history: int = 1, keep: bool = False):
     """Mark sequential latents as Markov with the given ``history``, so enumeration over a
     chain of length T costs O(T K^2) rather than O(K^T). Use as ``for t in markov(range(T))``
     or as a context manager."""
+    if _MARKOV_WINDOW is not None and fn is not None and not callable(fn):
+        import itertools
+
+        fn = itertools.islice(fn, _MARKOV_WINDOW.start, _MARKOV_WINDOW.stop)
     if _INTERPRETER is not None:
         return _INTERPRETER.markov(fn, history, keep)
     if current_backend() == "numpyro":
