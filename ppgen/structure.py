@@ -466,6 +466,7 @@ class _StructureTracer(Messenger):
         self._hooks: list[Any] = []
         self.value_reads: list[str] = []  # operations that read the values of a tracked tensor
         self.tracked: dict[str, Any] = {}  # the arguments as the program received them
+        self.module_dtypes: set[torch.dtype] = set()  # of the registered modules' parameters
 
     def register_module(self, name: str, nn_module: torch.nn.Module) -> None:
         """Called by ``ppgen.module``: make the module's outputs carry provenance ``{name}``."""
@@ -481,6 +482,7 @@ class _StructureTracer(Messenger):
             return tag(output)
 
         self._hooks.append(nn_module.register_forward_hook(hook))
+        self.module_dtypes.update(p.dtype for p in nn_module.parameters() if p.is_floating_point())
         self.records.setdefault(name, {"kind": "param", "name": name, "module": True, "sources": frozenset()})
 
     def remove_hooks(self) -> None:
@@ -614,6 +616,10 @@ def _trace(model: Callable, bound: dict[str, Any], seed: int, tracers: list) -> 
             try:
                 with tracer, recording_value_reads() as tracer.value_reads:
                     _call_with_bound(model, tracked)
+                if precision == torch.float64 and tracer.module_dtypes - {torch.float64}:
+                    # a float32 module the trace did not call (a flow's transform, run only
+                    # when a density is scored) cannot take float64 inputs either
+                    continue
                 tracer.tracked = tracked
                 tracer.precision = str(precision).replace("torch.", "")
                 return tracer
