@@ -24,13 +24,13 @@ import sys
 import weakref
 from typing import Any
 
-__all__ = ["forget_cached_pairs"]
+__all__ = ["forget_cached_pairs", "flow_modules"]
 
 #: Attributes through which a distribution or transform holds further distributions/transforms:
 #: torch's and Pyro's wrappers (``Independent``, ``ExpandedDistribution``, ``MaskedDistribution``,
 #: ``TransformedDistribution``, ``ComposeTransform``, inverses, ``IndependentTransform``) and
 #: zuko's (``ComposedTransform.transforms``, ``NormalizingFlow.transform``).
-_CHILDREN = ("base_dist", "transforms", "transform", "parts", "_inv", "base_transform")
+_CHILDREN = ("base_dist", "transforms", "transform", "parts", "_inv", "base_transform", "flow")
 
 
 def forget_cached_pairs(fn: Any) -> None:
@@ -63,3 +63,31 @@ def forget_cached_pairs(fn: Any) -> None:
                 child = child()
             if isinstance(child, (list, tuple)) or isinstance(child, kinds):
                 stack.append(child)
+
+
+def flow_modules(fn: Any, modules: dict[str, Any]) -> set[str]:
+    """The names in ``modules`` (name -> ``torch.nn.Module``) whose module holds a transform or
+    flow reachable from distribution ``fn``: a flow's θ, which the structure tracer cannot see
+    through a forward call because the transform runs only when the site is scored."""
+    import torch
+
+    owners = {id(sub): name for name, module in modules.items() for sub in module.modules()}
+    found: set[str] = set()
+    stack, seen = [fn], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, (list, tuple)):
+            stack.extend(node)
+            continue
+        if id(node) in owners:
+            found.add(owners[id(node)])
+        for attribute in _CHILDREN:
+            child = getattr(node, attribute, None)
+            if isinstance(child, weakref.ref):
+                child = child()
+            if isinstance(child, (list, tuple, torch.distributions.Distribution, torch.distributions.Transform, torch.nn.Module)):
+                stack.append(child)
+    return found

@@ -88,3 +88,24 @@ def test_catalogue_programs_score_and_generate_like_the_flow():
     assert draws["x"].shape == (2, 7, 3) and np.all(np.isfinite(draws["x"]))
     with pytest.raises(ValueError, match="make_flow"):
         realnvp(readings)
+
+
+def test_diagram_draws_the_base_latent_and_the_transform():
+    """A user's flow site is drawn as z₀ → x (edge f) with θ, the registered network, into x."""
+    from pyro.distributions.transforms import affine_autoregressive
+
+    from ppgen import dist, module, plate, sample
+    from ppgen.diagram import diagram_spec
+    from ppgen.structure import inspect
+
+    bijector = affine_autoregressive(3).double()
+
+    def warped(points=None, count=6, bijector=None):
+        module("phi_net", bijector)
+        with plate("items", count):
+            sample("points", dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), [bijector]), obs=points)
+
+    spec = diagram_spec(inspect(warped, count=6, bijector=bijector))
+    assert spec["nodes"]["z_0"]["kind"] == "latent" and spec["nodes"]["z_0"]["path"] == ("items",)
+    assert {"source": "z_0", "target": "points", "role": "model", "label": "f"} in spec["edges"]
+    assert {"source": "phi_net", "target": "points", "role": "model"} in spec["edges"]
