@@ -204,7 +204,7 @@ def make_flow(name: str, dim: int = 2, num_layers: int = 4, hidden: int = 32, co
                 net = _Affine(DenseNN(split, [hidden, hidden], [2 * (dim - split)]), dim - split)
                 transform = AffineCoupling(split, net)
             elif name in ("maf", "iaf"):
-                transform = AffineAutoregressive(AutoRegressiveNN(dim, [hidden, hidden]), stable=True)
+                transform = AffineAutoregressive(AutoRegressiveNN(dim, [hidden, hidden]))
             elif name == "spline":
                 transform = spline_coupling(dim, split, [hidden, hidden], count_bins, bound)
             else:  # spline_autoregressive

@@ -63,7 +63,7 @@ def test_density_integrates_to_the_sampled_mass_of_the_grid(name):
     flow = make_flow(name, 2, num_layers=3, hidden=16, seed=9)
     with torch.no_grad():  # let the conditioners do something: a sizeable random perturbation
         for parameter in flow.parameters():
-            parameter.mul_(2.0)
+            parameter.mul_(1.5)
     step, half_width = 0.06, 7.0
     nodes = torch.arange(-half_width + step / 2, half_width, step, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
@@ -109,3 +109,22 @@ def test_diagram_draws_the_base_latent_and_the_transform():
     assert spec["nodes"]["z_0"]["kind"] == "latent" and spec["nodes"]["z_0"]["path"] == ("items",)
     assert {"source": "z_0", "target": "points", "role": "model", "label": "f"} in spec["edges"]
     assert {"source": "phi_net", "target": "points", "role": "model"} in spec["edges"]
+
+
+@pytest.mark.slow
+def test_flow_fitted_to_gaussian_data_recovers_the_exact_nll():
+    """Exact maximum likelihood of a one-layer MAF on correlated Gaussian data: its held-out NLL
+    is the true Gaussian's on the same points within 0.02 nats (the family contains the truth:
+    x₂ | x₁ is Gaussian with mean linear in x₁; ~50 weights on 8,000 points overfit by ~0.003)."""
+    from ppgen.models.flows import maf
+
+    covariance = np.array([[1.5, 0.9], [0.9, 1.0]])
+    truth = torch.distributions.MultivariateNormal(torch.tensor([0.5, -1.0], dtype=torch.float64), torch.as_tensor(covariance))
+    torch.manual_seed(21)
+    train, test = truth.sample((8000,)), truth.sample((4000,))
+    flow = make_flow("maf", 2, num_layers=1, hidden=4, seed=3)
+    ppgen.learn(maf, train.numpy(), flow=flow, engine="mle", num_steps=200)
+    with torch_precision(torch.float64), torch.no_grad():
+        flow_nll = float(-flow.distribution().log_prob(test.clone()).mean())
+    true_nll = float(-truth.log_prob(test).mean())
+    assert flow_nll == pytest.approx(true_nll, abs=0.02)
