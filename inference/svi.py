@@ -297,7 +297,7 @@ class SVI(Engine):
         discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
         count, until_agree = resolve_restarts(self.num_restarts, bool(discrete_latents) and self.copy_modules)
         checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
-        with use_backend("pyro"), torch_precision(), torch.random.fork_rng(), pyro.get_param_store().scope():
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             store = pyro.get_param_store()
             record = StartRecord()
             for index, kind in enumerate(start_kinds(self.init, count, derived="random")):

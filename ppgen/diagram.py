@@ -55,6 +55,10 @@ def _source_label(source: str) -> str:
     return symbol(source)
 
 
+#: Distributions of an observed site that is a flow x = f_θ(z₀) of a base latent z₀ (drawn as such).
+FLOW_DISTRIBUTIONS = frozenset({"TransformedDistribution", "_ContinuousFlowDistribution"})
+
+
 def distribution_label(site: Site) -> str:
     """``θ ~ Beta(α, β)`` for a site, with constants written out (``Normal(0, 1)``)."""
     if site.kind == "deterministic":
@@ -98,6 +102,10 @@ def diagram_spec(
         nodes[site.name] = {"kind": site.kind, "label": label, "path": site.plates, "role": "model"}
         for parent in site.parents:
             edges.append({"source": parent, "target": site.name, "role": "model"})
+        if site.distribution in FLOW_DISTRIBUTIONS:  # x = f_θ(z₀): draw the base latent and f
+            base = "z_0" if "z_0" not in structure.sites else f"z_0_{site.name}"
+            nodes[base] = {"kind": "latent", "label": symbol(base), "path": site.plates, "role": "model"}
+            edges.append({"source": base, "target": site.name, "role": "model", "label": "f"})
     for argument in structure.arguments.values():
         if argument.role == "data":
             continue

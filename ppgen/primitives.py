@@ -15,6 +15,7 @@ import pyro
 from pyroapi import distributions as dist
 from pyroapi import ops
 
+from ppgen._transform_cache import forget_cached_pairs
 from ppgen.backend import current_backend
 
 __all__ = ["sample", "plate", "param", "deterministic", "factor", "module", "markov", "dist", "ops"]
@@ -77,6 +78,7 @@ def sample(name: str, fn: Any, obs: Any = _NOT_GIVEN, infer: Optional[dict] = No
         infer[DATA_SITE] = True
     else:
         obs = None
+    forget_cached_pairs(fn)  # a transform's (x, f(x)) from an earlier run is stale now
     if _INTERPRETER is not None:
         return _INTERPRETER.sample(name, fn, obs, infer)
     if current_backend() == "numpyro":

@@ -45,6 +45,7 @@ from pyroapi.dispatch import GenericModule
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
+from ppgen._transform_cache import flow_modules
 from ppgen.backend import collector_paused, to_backend, to_numpy, torch_precision, use_backend
 from ppgen.errors import DataError, ParameterError
 from ppgen.primitives import DATA_SITE
@@ -466,6 +467,8 @@ class _StructureTracer(Messenger):
         self._hooks: list[Any] = []
         self.value_reads: list[str] = []  # operations that read the values of a tracked tensor
         self.tracked: dict[str, Any] = {}  # the arguments as the program received them
+        self.module_dtypes: set[torch.dtype] = set()  # of the registered modules' parameters
+        self.modules: dict[str, torch.nn.Module] = {}  # registered by ppgen.module, by name
 
     def register_module(self, name: str, nn_module: torch.nn.Module) -> None:
         """Called by ``ppgen.module``: make the module's outputs carry provenance ``{name}``."""
@@ -481,6 +484,8 @@ class _StructureTracer(Messenger):
             return tag(output)
 
         self._hooks.append(nn_module.register_forward_hook(hook))
+        self.modules[name] = nn_module
+        self.module_dtypes.update(p.dtype for p in nn_module.parameters() if p.is_floating_point())
         self.records.setdefault(name, {"kind": "param", "name": name, "module": True, "sources": frozenset()})
 
     def remove_hooks(self) -> None:
@@ -536,6 +541,9 @@ class _StructureTracer(Messenger):
         else:
             for key, value in _distribution_args(fn).items():
                 arg_sources[key] = _provenance(value)
+            transform_owners = flow_modules(fn, self.modules) if self.modules else set()
+            if transform_owners:  # x = f_θ(z₀): θ is a parent though f runs only when x is scored
+                arg_sources["transform"] = frozenset(transform_owners)
         value_provenance = get_provenance(msg["value"]) if isinstance(msg["value"], torch.Tensor) else frozenset()
         data_argument = next((p[1:] for p in value_provenance if p.startswith(_ARG)), None)
         plain_value = detach_provenance(msg["value"])
@@ -614,6 +622,10 @@ def _trace(model: Callable, bound: dict[str, Any], seed: int, tracers: list) -> 
             try:
                 with tracer, recording_value_reads() as tracer.value_reads:
                     _call_with_bound(model, tracked)
+                if precision == torch.float64 and tracer.module_dtypes - {torch.float64}:
+                    # a float32 module the trace did not call (a flow's transform, run only
+                    # when a density is scored) cannot take float64 inputs either
+                    continue
                 tracer.tracked = tracked
                 tracer.precision = str(precision).replace("torch.", "")
                 return tracer
