@@ -968,8 +968,21 @@ def min_over(values: dict[str, np.ndarray]) -> float:
     return float(min(finite)) if finite else float("nan")
 
 
+#: Fewer effective draws than this (bulk ESS, smallest over the quantities) means the chains
+#: barely moved: their draws are a handful of values, whatever R-hat says (chains stuck alike
+#: agree with each other; one chain has no between-chain check).
+MIN_ESS_BULK = 10.0
+
+
+def stuck(diagnostics: dict[str, Any]) -> bool:
+    """Whether the smallest bulk ESS is below :data:`MIN_ESS_BULK`."""
+    ess = diagnostics.get("min_ess_bulk", float("nan"))
+    return bool(np.isfinite(ess) and ess < MIN_ESS_BULK)
+
+
 def warn_if_unreliable(name: str, diagnostics: dict[str, Any], num_chains: int) -> None:
-    """A :class:`ReliabilityWarning` for divergences or R-hat above 1.01."""
+    """A :class:`ReliabilityWarning` for divergences, R-hat above 1.01 or a bulk ESS below
+    :data:`MIN_ESS_BULK`."""
     divergences = diagnostics.get("divergences", 0)
     if divergences:
         warnings.warn(
@@ -983,6 +996,13 @@ def warn_if_unreliable(name: str, diagnostics: dict[str, Any], num_chains: int) 
         warnings.warn(
             f"{name}: max R-hat is {r_hat:.3f} (> 1.01): the chains disagree; run longer "
             "(num_warmup, num_samples) or check for multimodality",
+            ReliabilityWarning,
+            stacklevel=user_stacklevel(),
+        )
+    if stuck(diagnostics):
+        warnings.warn(
+            f"{name}: smallest bulk ESS is {diagnostics['min_ess_bulk']:.1f} (< {MIN_ESS_BULK:g}): the chains "
+            "barely moved and their draws may not have left the starting point; run longer or reparameterise",
             ReliabilityWarning,
             stacklevel=user_stacklevel(),
         )
@@ -1034,7 +1054,9 @@ def assemble_result(
         observed=observed_values(structure, bound),
         num_chains=run.num_chains,
         num_iterations=run.num_draws,
-        converged=(diagnostics["max_r_hat"] < 1.01 and diagnostics["divergences"] == 0) if run.num_chains > 1 else None,
+        converged=False if stuck(diagnostics) else (
+            (diagnostics["max_r_hat"] < 1.01 and diagnostics["divergences"] == 0) if run.num_chains > 1 else None
+        ),
         seconds=seconds,
     )
 

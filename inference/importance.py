@@ -12,7 +12,8 @@ from the ratio. Then
 
 the effective sample size ESS = (Σ w)² / Σ w², self-normalised posterior draws by multinomial
 resampling, and the Pareto k̂ of the weights' upper tail (PSIS, Vehtari et al. 2024) as a
-reliability diagnostic: k̂ > 0.7 warns (:class:`~ppgen.ReliabilityWarning`).
+reliability diagnostic: k̂ > 0.7 warns (:class:`~ppgen.ReliabilityWarning`), and so does an ESS
+below min(10, S/2): the posterior draws are then a few repeated particles (``converged=False``).
 
 All particles run at once in one vectorised pass: the model and guide execute inside an extra
 outermost plate of size S (checked against an ordinary run; a program that cannot be
@@ -60,6 +61,10 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure
 
 PARETO_K_THRESHOLD = 0.7
+#: Fewer effective particles than this (or than half the particles, for tiny runs) warns: the
+#: resampled posterior is then a handful of repeated points, whatever the Pareto k̂ says (k̂ is
+#: not fitted for a few distinct weights, and a degenerate tail can fit a small k̂).
+MIN_EFFECTIVE_SAMPLES = 10
 _IMPROPER = ("ImproperUniform", "Unit")
 _PARTICLES = "_ppgen_particles"
 
@@ -422,8 +427,18 @@ class Importance(Engine):
                 ReliabilityWarning,
                 stacklevel=user_stacklevel(),
             )
+        degenerate = summary["ess"] < min(MIN_EFFECTIVE_SAMPLES, 0.5 * self.num_samples)
+        if degenerate:
+            warnings.warn(
+                f"importance: effective sample size {summary['ess']:.1f} of {self.num_samples} particles "
+                f"(< {MIN_EFFECTIVE_SAMPLES}): the posterior draws are a few repeated particles and log p(x) "
+                "is unreliable. Use a proposal closer to the posterior (guide=...) or more samples",
+                ReliabilityWarning,
+                stacklevel=user_stacklevel(),
+            )
         return Result(
             engine=self.name,
+            converged=False if degenerate else None,
             samples=draws,
             params=params,
             log_evidence=Estimate(summary["log_evidence"], summary["stderr"], "estimate"),

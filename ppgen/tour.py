@@ -12,6 +12,7 @@ import base64
 import html
 import inspect as pyinspect
 import io
+import json
 import math
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ppgen.agreement import Verdict, verdicts
 from ppgen.catalogue import Example, Simulated, catalogue
 from ppgen.diagram import diagram_spec, to_graphviz
 from ppgen.engine import check_all, engine_options, registered_engines
@@ -34,6 +36,7 @@ from ppgen.verbs import infer
 QUICK_OPTIONS = {"num_samples": 300, "num_warmup": 200, "num_steps": 200}
 TOUR_TASKS = ("infer", "learn")
 GLOBAL_SIZE_LIMIT = 24  # latents with at most this many elements are summarised one by one
+FIGURE_DPI = 72  # report figures: 90 dpi drew 1.6x the pixels for a page read on screen
 
 
 @dataclass
@@ -49,17 +52,47 @@ class EngineRun:
 
 @dataclass
 class ModelReport:
+    """An example's runs; ``verdicts`` (engine -> agreement with the reference) and ``aligned``
+    (engine -> result with mixture labels aligned) are filled in by :func:`judge`."""
+
     example: Example
     simulated: Simulated
     structure: ModelStructure
     runs: list[EngineRun] = field(default_factory=list)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    aligned: dict[str, Result] = field(default_factory=dict)
+
+    def result(self, engine: str) -> Optional[Result]:
+        """The run's result with component labels aligned (the raw one before :func:`judge`)."""
+        run = next((r for r in self.runs if r.engine == engine), None)
+        return self.aligned.get(engine, run.result if run is not None else None)
+
+
+def judge(report: ModelReport) -> ModelReport:
+    """Align mixture labels across runs and state each run's agreement with the reference
+    (see :mod:`ppgen.agreement`): only runs without warnings can be the reference."""
+    results = {run.engine: run.result for run in report.runs if run.result is not None}
+    trusted = {run.engine for run in report.runs if run.result is not None and not run.cautions and run.result.converged is not False}
+    names = _small_globals(report.structure) + [n for n in report.structure.params if n in _comparable_params(results)]
+    engines = registered_engines()
+    learners = {engine for engine in results if engine in engines and "learn" in engines[engine].tasks}
+    report.verdicts, report.aligned = verdicts(results, trusted, report.structure, names, report.simulated.truth, learners)
+    return report
+
+
+def _comparable_params(results: dict[str, Result]) -> set[str]:
+    """Learned ``param`` values small enough to compare one by one (not network weights)."""
+    return {
+        name for result in results.values() for name, value in result.params.items()
+        if "$$$" not in name and np.size(value) <= GLOBAL_SIZE_LIMIT
+    }
 
 
 def _figure_html(figure: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(figure)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="plot">'
@@ -104,7 +137,7 @@ def run_example(example: Example, quick: bool, engines: Optional[list[str]] = No
         if bar is not None:
             bar.set_postfix(model=example.name, engine=check.name)
         report.runs.append(_run_engine(example, simulated, check.name, quick))
-    return report
+    return judge(report)
 
 
 def _run_engine(example: Example, simulated: Simulated, engine: str, quick: bool) -> EngineRun:
@@ -201,20 +234,20 @@ def _comparison_figure(report: ModelReport, names: list[str]) -> Optional[Any]:
         site = report.structure.sites[name]
         size = math.prod(site.batch_shape + site.event_shape)
         panels.extend((name, index, size) for index in range(min(size, 4)))
-    runs = [r for r in report.runs if r.result is not None]
-    if not panels or not any(name in r.result.samples for r in runs for name, _, _ in panels):
+    runs = [(r.engine, report.result(r.engine)) for r in report.runs if r.result is not None]  # labels aligned
+    if not panels or not any(name in result.samples for _, result in runs for name, _, _ in panels):
         return None
     panels = panels[:8]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
     for axis, (name, index, size) in zip(axes[0], panels):
-        for run in runs:
-            if name not in run.result.samples:
+        for engine, result in runs:
+            if name not in result.samples:
                 continue
-            draws = np.asarray(run.result.samples[name], dtype=float).reshape(len(run.result.samples[name]), -1)[:, index]
+            draws = np.asarray(result.samples[name], dtype=float).reshape(len(result.samples[name]), -1)[:, index]
             if draws.size > 1:
-                axis.hist(draws, bins=30, density=True, histtype="step", label=run.engine)
+                axis.hist(draws, bins=30, density=True, histtype="step", label=engine)
             else:
-                axis.axvline(draws[0], linestyle="--", color="gray", label=f"{run.engine} (point)")
+                axis.axvline(draws[0], linestyle="--", color="gray", label=f"{engine} (point)")
         truth = report.simulated.truth.get(name)
         if truth is not None and np.size(truth) == size:
             axis.axvline(float(np.asarray(truth, dtype=float).reshape(-1)[index]), color="black", label="truth")
@@ -260,7 +293,7 @@ def _run_html(report: ModelReport, run: EngineRun, globals_: list[str]) -> str:
         return f"<h4>{run.engine}</h4><p class='muted'>not applicable: {html.escape(run.skipped)}</p>"
     if run.error:
         return f"<h4>{run.engine}</h4><pre class='error'>{html.escape(run.error)}</pre>"
-    result = run.result
+    result = report.result(run.engine)  # mixture labels aligned across engines
     parts = [f"<h4>{run.engine}</h4>"]
     parts.extend(f"<p class='caution'>⚠ {html.escape(note)}</p>" for note in run.cautions)
     facts = [f"time {result.seconds:.2f} s"]
@@ -269,10 +302,14 @@ def _run_html(report: ModelReport, run: EngineRun, globals_: list[str]) -> str:
     if result.num_iterations is not None:
         facts.append(f"{result.num_iterations} iterations" + (" (converged)" if result.converged else ""))
     parts.append("<p>" + " · ".join(facts) + "</p>")
+    verdict = report.verdicts.get(run.engine)
+    if verdict is not None:
+        css = "error" if verdict.status == "disagrees" else "muted"
+        parts.append(f"<p class='{css}'>{VERDICT_MARKS[verdict.status]} {html.escape(verdict.detail)}</p>")
     rows = _posterior_rows(result, globals_, report.simulated.truth)
     if rows:
         parts.append(_table(["quantity", "mean", "sd", "true value"], rows))
-    params = {k: v for k, v in result.params.items() if k not in globals_}
+    params = {k: v for k, v in result.params.items() if k not in globals_ and "$$$" not in k}
     if params:
         truth = report.simulated.truth
         parts.append(
@@ -281,31 +318,87 @@ def _run_html(report: ModelReport, run: EngineRun, globals_: list[str]) -> str:
                 [[html.escape(k), _format_value(v), _format_value(truth[k]) if k in truth else ""] for k, v in params.items()],
             )
         )
+    parts.append(_network_summary(result.params))
     parts.append(_diagnostics_html(result))
     figures = [_marginals_figure(result), _traces_figure(result), _arviz_figure(result, globals_)]
     if report.example.report is not None:
         extra = report.example.report(report.example, report.simulated, result)
         figures.extend(extra if isinstance(extra, list) else [extra])
-    parts.extend(_figure_html(f) for f in figures if f is not None)
+    # a family's report gives figures, or HTML text (a table of its own measures)
+    parts.extend(f if isinstance(f, str) else _figure_html(f) for f in figures if f is not None)
     return "\n".join(parts)
 
 
-def _evidence_table(report: ModelReport) -> str:
+def _network_summary(params: dict[str, Any]) -> str:
+    """Learned network weights (``module$$$layer.weight``) summarised per module: its layers'
+    shapes and the parameter count, not one row per weight tensor."""
+    modules: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for name, value in params.items():
+        if "$$$" in name:
+            module, _, tensor = name.partition("$$$")
+            modules.setdefault(module, []).append((tensor, tuple(np.shape(value))))
+    if not modules:
+        return ""
     rows = []
+    for module, tensors in modules.items():
+        count = sum(math.prod(shape) for _, shape in tensors)
+        shapes = ", ".join(f"{html.escape(t)} {'×'.join(map(str, s)) or 'scalar'}" for t, s in tensors)
+        rows.append([html.escape(module), f"{count:,}", f"{len(tensors)}", shapes])
+    return _table(["network", "parameters", "tensors", "shapes"], rows)
+
+
+def _evidence_table(report: ModelReport) -> str:
+    """Two tables: estimates of the evidence log p(x) = log ∫ p(x, z) dz (exact, lower bounds,
+    stochastic estimates), and log-likelihoods at a fit, log p(x | θ̂) (EM, maximum
+    likelihood), which are a different quantity (θ maximised, not integrated out)."""
+    evidence, at_fit = [], []
+    num_data = _num_data(report.structure)
     for run in report.runs:
         if run.result is not None and run.result.log_evidence is not None:
             estimate = run.result.log_evidence
             stderr = f"{estimate.stderr:.3g}" if estimate.kind == "estimate" else ""
-            rows.append([run.engine, f"{estimate.value:.4f}", stderr, estimate.kind])
+            per_datum = f"{estimate.value / num_data:.4f}" if num_data else ""
+            evidence.append([run.engine, f"{estimate.value:.4f}", per_datum, stderr, estimate.kind])
         elif run.result is not None and "log_likelihood" in run.result.traces:
-            rows.append([run.engine, f"{float(run.result.traces['log_likelihood'][-1]):.4f}", "", "log-likelihood at the fit"])
-    return _table(["engine", "log p(x)", "stderr", "kind"], rows) if rows else "<p class='muted'>no engine computed log p(x)</p>"
+            at_fit.append([run.engine, f"{float(run.result.traces['log_likelihood'][-1]):.4f}"])
+    parts = []
+    if evidence:
+        parts.append(_table(["engine", "evidence log p(x)", f"per datum (÷ {num_data})" if num_data else "per datum", "stderr", "kind"], evidence))
+    if at_fit:
+        parts.append("<p>Log-likelihood at the fitted parameters, log p(x | θ̂): a maximised value, not an evidence "
+                     "estimate (not comparable with the table above).</p>")
+        parts.append(_table(["engine", "log p(x | θ̂)"], at_fit))
+    return "".join(parts) or "<p class='muted'>no engine computed log p(x)</p>"
+
+
+def _num_data(structure: ModelStructure) -> Optional[int]:
+    """Size of the outermost plate of the observed sites (the data plate), if they share one."""
+    outer = {site.plates[0] for site in structure.observed.values() if site.plates}
+    if len(outer) != 1:
+        return None
+    return structure.plates[outer.pop()].size
+
+
+def _guide_structure(example: Example, simulated: Simulated) -> Optional[ModelStructure]:
+    """The structure of the guide an engine runs with in the tour (an amortised encoder), so
+    that the diagram draws it: dashed arrows x → z."""
+    for options in example.options.values():
+        guide = options.get("guide")
+        if guide is None:
+            continue
+        try:
+            program = guide.bind(example.model).program if hasattr(guide, "bind") else guide
+            return inspect(program, **simulated.data)
+        except Exception:  # noqa: BLE001 - the diagram then shows the model alone
+            return None
+    return None
 
 
 def _model_html(report: ModelReport) -> str:
     example = report.example
     source = html.escape(pyinspect.getsource(example.model))
-    diagram = to_graphviz(diagram_spec(report.structure, distributions=True), name=example.name)
+    guide = _guide_structure(example, report.simulated)
+    diagram = to_graphviz(diagram_spec(report.structure, guide=guide, distributions=True), name=example.name)
     svg = diagram.pipe(format="svg", encoding="utf-8")
     svg = svg[svg.find("<svg"):]
     globals_ = _small_globals(report.structure)
@@ -326,26 +419,41 @@ def _model_html(report: ModelReport) -> str:
     return "\n".join(parts)
 
 
+#: Capability-cell marks: the run's agreement with the model's reference (see ppgen.agreement).
+VERDICT_MARKS = {"reference": "★", "agrees": "✓", "disagrees": "✗", "not compared": "?"}
+CAPABILITY_LEGEND = (
+    "★ the reference (exact, else the best-converged MCMC run, else a converged run of another engine); "
+    "✓ agreed with it within Monte Carlo error (4 MCSE; plus ½ posterior sd for variational engines, 1 sd for point "
+    "estimates; 5 % between two learned point values), mixture labels aligned first; ✗ disagreed; ? nothing to compare; "
+    "⚠ the run warned (R-hat, ESS, divergences, not converged, importance ESS near 1); — not applicable or skipped. "
+    "Hover a cell for the numbers."
+)
+
+
+def _capability_cell(run: Optional[EngineRun], verdict: Optional[Verdict]) -> str:
+    if run is None or run.skipped:
+        title = html.escape(run.skipped, quote=True) if run and run.skipped else ""
+        return f"<span class='muted' title='{title}'>—</span>"
+    if run.error:
+        return f"<span class='error' title='{html.escape(run.error.splitlines()[0], quote=True)}'>failed</span>"
+    verdict = verdict or Verdict("not compared", detail="not judged")
+    mark = VERDICT_MARKS[verdict.status]
+    notes = [verdict.detail] + run.cautions
+    title = html.escape(" | ".join(n for n in notes if n), quote=True)
+    warned = "⚠" if run.cautions else ""
+    css = "error" if verdict.status == "disagrees" else "caution" if run.cautions else ""
+    return f"<span class='{css}' title='{title}'>{mark}{warned} {run.result.seconds:.1f}s</span>"
+
+
 def _capability_table(reports: list[ModelReport]) -> str:
     engines = sorted({run.engine for report in reports for run in report.runs})
     rows = []
     for report in reports:
         cells = [f"<a href='#{report.example.name}'>{report.example.name}</a>"]
         by_engine = {run.engine: run for run in report.runs}
-        for engine in engines:
-            run = by_engine.get(engine)
-            if run is None or run.skipped:
-                title = html.escape(run.skipped) if run and run.skipped else ""
-                cells.append(f"<span class='muted' title='{title}'>—</span>")
-            elif run.error:
-                cells.append(f"<span class='error' title='{html.escape(run.error.splitlines()[0])}'>failed</span>")
-            elif run.cautions:
-                title = html.escape(" | ".join(run.cautions))
-                cells.append(f"<span class='caution' title='{title}'>⚠ {run.result.seconds:.1f}s</span>")
-            else:
-                cells.append(f"✓ {run.result.seconds:.1f}s")
+        cells.extend(_capability_cell(by_engine.get(engine), report.verdicts.get(engine)) for engine in engines)
         rows.append(cells)
-    return _table(["model"] + engines, rows)
+    return f"<p class='muted'>{html.escape(CAPABILITY_LEGEND)}</p>" + _table(["model"] + engines, rows)
 
 
 STYLE = """
@@ -360,9 +468,30 @@ svg { max-width: 100%; height: auto; }
 """
 
 
-def write_report(reports: list[ModelReport], directory: Path, seconds: float) -> Path:
-    """Write ``directory/index.html`` and return its path."""
+def _timing_table(phases: dict[str, float]) -> str:
+    rows = [[html.escape(name), f"{seconds:.1f}"] for name, seconds in phases.items()]
+    return _table(["phase", "seconds"], rows)
+
+
+def write_report(
+    reports: list[ModelReport],
+    directory: Path,
+    seconds: float,
+    task_rows: Optional[list[Any]] = None,
+    phases: Optional[dict[str, float]] = None,
+) -> Path:
+    """Write ``directory/index.html`` and return its path. ``task_rows`` is the measured task
+    table (:func:`ppgen.task_table.measure`); ``phases`` maps a phase of the tour (running an
+    example, measuring the task table) to its seconds, and gains the report writing's."""
+    from ppgen.task_table import to_html
+
     directory.mkdir(parents=True, exist_ok=True)
+    phases = phases if phases is not None else {}
+    sections = []
+    for report in reports:
+        start = time.perf_counter()
+        sections.append(_model_html(report))
+        phases[f"write {report.example.name}"] = time.perf_counter() - start
     body = [
         "<h1>ppgen tour</h1>",
         f"<p>{len(reports)} models, {sum(1 for r in reports for run in r.runs if run.result)} engine runs, "
@@ -370,7 +499,10 @@ def write_report(reports: list[ModelReport], directory: Path, seconds: float) ->
         "<h2>Capability table (measured on this run)</h2>",
         _capability_table(reports),
     ]
-    body.extend(_model_html(report) for report in reports)
+    if task_rows:
+        body += ["<h2>Task table: the tutorial's ratings, measured on the catalogue</h2>", to_html(task_rows)]
+    body.extend(sections)
+    body += ["<h2>Where the time went</h2>", _timing_table(phases)]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>ppgen tour</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     path = directory / "index.html"
     path.write_text(page, encoding="utf-8")
@@ -390,10 +522,24 @@ def tour(
     matplotlib.use("Agg")
     from tqdm.auto import tqdm
 
+    from ppgen.task_table import measure
+
     examples = [e for e in catalogue() if models is None or e.name in models or e.family in models]
     start = time.perf_counter()
-    reports = []
+    reports, phases = [], {}
     bar = tqdm(examples, desc="tour", disable=not progress)
     for example in bar:
+        begin = time.perf_counter()
         reports.append(run_example(example, quick, engines, bar))
-    return write_report(reports, Path(directory), time.perf_counter() - start)
+        phases[f"run {example.name}"] = time.perf_counter() - begin
+        phases.update({f"  {example.name} · {run.engine}": run.result.seconds for run in reports[-1].runs if run.result})
+    begin = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cells say what went wrong
+        task_rows = measure(reports, quick)
+    phases["task table"] = time.perf_counter() - begin
+    begin = time.perf_counter()
+    path = write_report(reports, Path(directory), time.perf_counter() - start, task_rows, phases)
+    phases["write report"] = time.perf_counter() - begin
+    (Path(directory) / "timings.json").write_text(json.dumps(phases, indent=1), encoding="utf-8")
+    return path

@@ -44,11 +44,14 @@ def test_tour_marks_a_run_that_warned_or_did_not_converge():
     assert _cautions(Result("cavi", converged=False), []) == ["cavi: did not converge"]
     assert _cautions(Result("cavi", converged=True), []) == []
 
+    from ppgen.agreement import Verdict
+
     example = next(e for e in catalogue() if e.name == "coin")
     runs = [
         EngineRun("good", result=Result("good", converged=True)),
         EngineRun("stalled", result=Result("stalled", converged=False), cautions=["stalled: did not converge"]),
     ]
-    table = _capability_table([ModelReport(example, None, None, runs)])
-    assert re.search(r"<td>✓ [0-9.]+s</td>", table)
-    assert "title='stalled: did not converge'>⚠" in table
+    verdicts = {"good": Verdict("agrees", "nuts", 0.3, "agrees with nuts"), "stalled": Verdict("agrees", "nuts", 0.5, "agrees with nuts")}
+    table = _capability_table([ModelReport(example, None, None, runs, verdicts)])
+    assert re.search(r"<td><span class='' title='agrees with nuts'>✓ [0-9.]+s</span></td>", table)
+    assert "title='agrees with nuts | stalled: did not converge'>✓⚠" in table

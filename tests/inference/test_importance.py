@@ -142,3 +142,36 @@ def test_per_datum_weights_agree_with_enumeration():
 def test_rejects_bad_options(tosses, options, error, message):
     with pytest.raises(error, match=message):
         ppgen.score(basics.coin, tosses, engine="importance", **options)
+
+
+def bulb_lifetimes(hours=None, num_bulbs=200):
+    """Mean log-lifetime of a batch of bulbs: a vague prior, many bulbs."""
+    mean = sample("mean", dist.Normal(0.0, 10.0))
+    with ppgen.plate("bulbs", num_bulbs if hours is None else len(hours)):
+        sample("log_hours", dist.Normal(mean, 1.0), obs=hours)
+
+
+def test_effective_sample_size_near_one_is_flagged_in_the_result():
+    """A prior proposal 140× wider than the posterior: the resampled draws are one or two
+    particles repeated. The engine says so (warning, converged=False), not only the tour."""
+    hours = np.random.default_rng(8).normal(7.5, 1.0, 200)
+    with pytest.warns(ReliabilityWarning, match="effective sample size"):
+        result = ppgen.infer(bulb_lifetimes, hours, engine="importance", num_samples=400, seed=1)
+    log_w = result.diagnostics["log_weights"]
+    weights = np.exp(log_w - log_w.max())
+    assert weights.sum() ** 2 / np.square(weights).sum() < 10  # independent of the engine's summary
+    assert result.converged is False
+    assert len(np.unique(result.samples["mean"])) < 10
+
+
+def test_a_good_proposal_is_not_flagged():
+    hours = np.random.default_rng(8).normal(7.5, 1.0, 200)
+    posterior_sd = 1.0 / np.sqrt(len(hours) + 1e-2)
+
+    def near_posterior(hours=None, num_bulbs=200):
+        sample("mean", dist.Normal(float(hours.mean()), 1.5 * posterior_sd))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReliabilityWarning)
+        result = ppgen.infer(bulb_lifetimes, hours, engine="importance", guide=near_posterior, num_samples=400, seed=1)
+    assert result.converged is None and result.diagnostics["ess"] > 100

@@ -1,0 +1,327 @@
+"""Did an engine's answer agree with the model's reference? Label alignment and verdicts.
+
+The tour's capability table states, for each engine run, whether its posterior over the
+model's small global latents agreed with a *reference*: an exact answer where an engine has
+one, else the best-converged MCMC run (no warnings, largest bulk ESS), else a converged
+run of another engine (then marked approximate). A quantity θ agrees when
+
+    |E_run[θ] − E_ref[θ]| ≤ 4 √(mcse_run² + mcse_ref²) + a (sd_ref),
+
+with mcse = sd / √ESS (ESS from R-hat/ESS diagnostics for MCMC, the importance ESS, the
+number of draws for independent draws, 0 for a point estimate) and an allowance a = 0 for
+engines that are exact up to Monte Carlo error (MCMC, importance sampling, enumeration) and
+a = ½ for approximations by design (variational engines), a = 1 for a point estimate (MAP,
+MLE: a mode, which differs from the mean of a skewed posterior), so that a mean-field
+posterior whose mean is half a posterior sd off still agrees, but one that never left the
+prior does not. Two point estimates of a learned ``param`` (EM against
+maximum likelihood) have no Monte Carlo error: they agree within a relative
+``POINT_RTOL`` = 5 % of the reference's magnitude (the site's mean absolute value added, so
+that values near 0 are not held to 0).
+
+Mixtures are compared after aligning component labels (label switching): the components of
+every run are permuted to best match a target (the simulated truth where it is known, else
+the reference) by the Hungarian algorithm on squared differences of the component
+parameters' means (``scipy.optimize.linear_sum_assignment``). Which sites carry component
+labels is read from the structure: for a finite discrete latent z of cardinality K, the
+global sites with a plate of size K, and z's parents with a last event dimension of size K
+(the mixture weights); z's own draws and marginals are relabelled too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from ppgen.results import Result
+from ppgen.structure import ModelStructure
+
+#: Differences up to this many combined Monte Carlo standard errors count as agreement.
+MCSE_MULTIPLE = 4.0
+#: Allowance, in reference posterior sd, for engines that approximate by design (VI, MAP).
+APPROXIMATION_SD = 0.5
+#: Relative tolerance between two point estimates (no Monte Carlo error to scale by).
+POINT_RTOL = 0.05
+#: Allowance, in reference posterior sd, for a point estimate (a mode) against a posterior.
+POINT_SD = 1.0
+
+Status = Literal["reference", "agrees", "disagrees", "not compared"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One run against the reference: ``status``, the reference engine, the largest
+    standardised difference ``worst`` (difference / tolerance; ≤ 1 agrees) and a sentence."""
+
+    status: Status
+    reference: Optional[str] = None
+    worst: Optional[float] = None
+    detail: str = ""
+
+
+# ------------------------------------------------------------------------------------------
+# label alignment
+
+
+def component_axes(structure: ModelStructure) -> dict[str, dict[str, list[int]]]:
+    """For each finite discrete latent z: site -> axes (of one value of the site, without the
+    draw axis) that index z's K components. z itself maps to ``[]`` (its values are labels)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for z in structure.latent.values():
+        if not z.is_enumerable or not z.support.cardinality or z.support.cardinality < 2:
+            continue
+        size = z.support.cardinality
+        axes: dict[str, list[int]] = {}
+        for site in structure.sites.values():
+            if site.is_discrete or site.kind not in ("latent", "param") or set(site.plates) & set(z.plates):
+                continue
+            found = []
+            batch = len(site.batch_shape)
+            for plate_name in site.plates:
+                plate = structure.plates.get(plate_name)
+                if plate is not None and plate.size == size and plate.dim is not None and -batch <= plate.dim < 0:
+                    found.append(batch + plate.dim)
+            if site.name in z.parents and site.event_shape and site.event_shape[-1] == size:
+                found.append(batch + len(site.event_shape) - 1)
+            shape = site.batch_shape + site.event_shape
+            if not found and site.name in z.parents and shape and shape[-1] == size:
+                found.append(len(shape) - 1)  # weights as a param site or an unplated vector
+                if len(shape) >= 2 and shape[0] == size:
+                    found.append(0)  # a transition matrix: rows indexed by the previous state
+            if not found and shape and shape[0] == size and set(structure.children(site.name)) & set(structure.children(z.name)):
+                found.append(0)  # per-component values indexed by z in a shared child (locs[z])
+            if found:
+                axes[site.name] = sorted(set(found))
+        if axes:
+            axes[z.name] = []
+            out[z.name] = axes
+    return out
+
+
+def _value(result: Result, name: str) -> Optional[np.ndarray]:
+    """Posterior mean (or point value) of ``name`` in ``result``."""
+    if name in result.samples:
+        return np.asarray(result.samples[name], dtype=float).mean(axis=0)
+    if name in result.params:
+        return np.asarray(result.params[name], dtype=float)
+    return None
+
+
+def means(result: Result) -> dict[str, np.ndarray]:
+    """Every site's posterior mean or point value, as a target for :func:`align`."""
+    names = list(result.samples) + [n for n in result.params if n not in result.samples]
+    return {name: value for name in names if (value := _value(result, name)) is not None}
+
+
+def _single_axis_features(values: dict[str, np.ndarray], axes: dict[str, list[int]], size: int) -> Optional[np.ndarray]:
+    """(K, F) features per component: sites with one component axis moved first and
+    flattened; sites with several (a K × K block matrix) contribute their diagonal."""
+    columns = []
+    for name, site_axes in axes.items():
+        if not site_axes or name not in values:
+            continue
+        value = np.asarray(values[name], dtype=float)
+        if any(value.ndim <= a or value.shape[a] != size for a in site_axes):
+            return None
+        if len(site_axes) == 1:
+            feature = np.moveaxis(value, site_axes[0], 0).reshape(size, -1)
+        else:
+            feature = np.stack([value[tuple(k if a in site_axes else slice(None) for a in range(value.ndim))] for k in range(size)])
+            feature = feature.reshape(size, -1)
+        scale = feature.std() if feature.size > 1 and feature.std() > 0 else 1.0
+        columns.append(feature / scale)
+    return np.concatenate(columns, axis=1) if columns else None
+
+
+def component_permutation(target: dict[str, np.ndarray], values: dict[str, np.ndarray], axes: dict[str, list[int]], size: int) -> Optional[np.ndarray]:
+    """``order`` with ``values``' component ``order[j]`` matched to ``target``'s component j
+    (Hungarian algorithm on squared feature differences), or None when they cannot be compared."""
+    from scipy.optimize import linear_sum_assignment
+
+    shared = {n: a for n, a in axes.items() if n in target and n in values}
+    ours, theirs = _single_axis_features(target, shared, size), _single_axis_features(values, shared, size)
+    if ours is None or theirs is None or ours.shape != theirs.shape:
+        return None
+    cost = ((ours[:, None, :] - theirs[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    return cols[np.argsort(rows)]
+
+
+def _permute(value: np.ndarray, site_axes: list[int], order: np.ndarray, offset: int) -> np.ndarray:
+    for axis in site_axes:
+        value = np.take(value, order, axis=axis + offset)
+    return value
+
+
+def align(result: Result, structure: ModelStructure, target: dict[str, np.ndarray]) -> Result:
+    """``result`` with its mixture components relabelled to match ``target`` (site -> mean or
+    true value); unchanged where the structure has no component labels or nothing to match.
+    Discrete latents that share their component sites (the states z_0, z_1, ... of a hidden
+    Markov chain) are relabelled by one permutation."""
+    samples, params, marginals = dict(result.samples), dict(result.params), dict(result.marginals)
+    groups: dict[frozenset, list[str]] = {}
+    all_axes = component_axes(structure)
+    for z, axes in all_axes.items():
+        groups.setdefault(frozenset((n, tuple(a)) for n, a in axes.items() if a), []).append(z)
+    for signature, labels in groups.items():
+        axes = dict(signature)
+        size = structure.sites[labels[0]].support.cardinality
+        current = means(replace(result, samples=samples, params=params))
+        order = component_permutation(target, current, {n: list(a) for n, a in axes.items()}, size)
+        if order is None or np.array_equal(order, np.arange(size)):
+            continue
+        relabel = np.argsort(order)  # old label order[j] becomes j
+        for name in labels:
+            if name in samples:
+                samples[name] = relabel[np.asarray(samples[name]).astype(int)]
+            if name in marginals:
+                marginals[name] = np.take(np.asarray(marginals[name]), order, axis=-1)
+        for name, site_axes in axes.items():
+            if name in samples:
+                samples[name] = _permute(np.asarray(samples[name]), list(site_axes), order, 1)
+            if name in params:
+                params[name] = _permute(np.asarray(params[name]), list(site_axes), order, 0)
+    return replace(result, samples=samples, params=params, marginals=marginals)
+
+
+# ------------------------------------------------------------------------------------------
+# verdicts
+
+
+def is_mcmc(result: Result) -> bool:
+    return "r_hat" in result.diagnostics
+
+
+def is_exact_up_to_monte_carlo(result: Result) -> bool:
+    """MCMC, importance sampling and exact engines: no approximation beyond Monte Carlo error."""
+    if is_mcmc(result) or "ess" in result.diagnostics:
+        return True
+    return result.log_evidence is not None and result.log_evidence.kind == "exact"
+
+
+def _summary(result: Result, name: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per element of ``name``: mean, sd, Monte Carlo standard error (flat arrays)."""
+    if name in result.samples and np.asarray(result.samples[name]).shape[0] > 1:
+        draws = np.asarray(result.samples[name], dtype=float)
+        flat = draws.reshape(draws.shape[0], -1)
+        mean, sd = flat.mean(0), flat.std(0)
+        ess = np.full(mean.shape, float(flat.shape[0]))
+        if is_mcmc(result) and name in result.diagnostics.get("ess_bulk", {}):
+            ess = np.asarray(result.diagnostics["ess_bulk"][name], dtype=float).reshape(-1)
+        elif "ess" in result.diagnostics:
+            ess = np.full(mean.shape, float(result.diagnostics["ess"]))
+        ess = np.where(np.isfinite(ess) & (ess > 1.0), ess, 1.0)
+        return mean, sd, sd / np.sqrt(ess)
+    value = _value(result, name)
+    if value is None:
+        return None
+    flat = value.reshape(-1)
+    return flat, np.zeros_like(flat), np.zeros_like(flat)
+
+
+def compare(run: Result, reference: Result, names: list[str], reference_name: str = "") -> Verdict:
+    """:class:`Verdict` of ``run`` against ``reference`` over the sites ``names`` (both
+    already aligned); see the module docstring for the tolerance."""
+    reference_name = reference_name or reference.engine
+    allowance = 0.0 if is_exact_up_to_monte_carlo(run) and is_exact_up_to_monte_carlo(reference) else APPROXIMATION_SD
+    worst, where, compared = -math.inf, "", 0
+    for name in names:
+        ours, theirs = _summary(run, name), _summary(reference, name)
+        if ours is None or theirs is None or ours[0].shape != theirs[0].shape:
+            continue
+        point = not ours[1].any()
+        tolerance = MCSE_MULTIPLE * np.sqrt(ours[2] ** 2 + theirs[2] ** 2) + (POINT_SD if point else allowance) * theirs[1]
+        if not (ours[1].any() or theirs[1].any()):  # two point estimates
+            tolerance = POINT_RTOL * (np.abs(theirs[0]) + np.abs(theirs[0]).mean())
+        tolerance = np.maximum(tolerance, 1e-9 * (1.0 + np.abs(theirs[0])))
+        ratio = np.abs(ours[0] - theirs[0]) / tolerance
+        compared += ratio.size
+        index = int(np.argmax(ratio))
+        if ratio[index] > worst:
+            worst = float(ratio[index])
+            label = name if ratio.size == 1 else f"{name}[{index}]"
+            where = f"{label}: {ours[0][index]:.3g} vs {theirs[0][index]:.3g} (tolerance {tolerance[index]:.2g})"
+    if not compared:
+        return Verdict("not compared", reference_name, None, f"no quantity shared with {reference_name}")
+    kind = "within Monte Carlo error" if allowance == 0 else f"within Monte Carlo error + {APPROXIMATION_SD} sd"
+    if worst <= 1.0:
+        return Verdict("agrees", reference_name, worst, f"agrees with {reference_name} {kind} on {compared} quantities")
+    return Verdict("disagrees", reference_name, worst, f"disagrees with {reference_name} ({kind}): worst {where}")
+
+
+def choose_reference(results: dict[str, Result], trusted: set[str], names: list[str]) -> Optional[str]:
+    """The reference among ``results`` (engine -> result): only engines in ``trusted`` (no
+    warnings, converged) with draws or values of ``names``; exact first, then MCMC by bulk
+    ESS, then any other engine with posterior draws, then point estimates."""
+
+    def has(result: Result) -> bool:
+        return any(name in result.samples or name in result.params for name in names)
+
+    candidates = {engine: r for engine, r in results.items() if engine in trusted and has(r)}
+    if not candidates:
+        return None
+
+    def rank(item: tuple[str, Result]) -> tuple:
+        engine, result = item
+        exact = result.log_evidence is not None and result.log_evidence.kind == "exact" and any(n in result.samples for n in names)
+        draws = any(np.asarray(result.samples.get(n, np.zeros((1,)))).shape[0] > 1 for n in names)
+        ess = float(result.diagnostics.get("min_ess_bulk", 0.0) or 0.0) if is_mcmc(result) else 0.0
+        return (exact, is_mcmc(result), draws, "ess" in result.diagnostics and draws, ess)
+
+    return max(candidates.items(), key=rank)[0]
+
+
+def verdicts(
+    results: dict[str, Result],
+    trusted: set[str],
+    structure: ModelStructure,
+    names: list[str],
+    truth: Optional[dict[str, Any]] = None,
+    learners: Optional[set[str]] = None,
+) -> tuple[dict[str, Verdict], dict[str, Result]]:
+    """Every run's :class:`Verdict` against the chosen reference, and the runs with their
+    component labels aligned (to ``truth`` where it has the component sites, else to the
+    reference). ``param`` values count only for engines in ``learners`` (default all): an
+    engine that does not learn reports the values it was given."""
+    reference = choose_reference(_judged(results, structure, learners), trusted, names)
+    target: dict[str, np.ndarray] = {}
+    if truth:
+        target = {k: np.asarray(v, dtype=float) for k, v in truth.items() if _is_numeric(v)}
+    if reference is not None and not _has_components(structure, target):
+        target = means(results[reference])
+    aligned = {engine: align(result, structure, target) for engine, result in results.items()}
+    judged = _judged(aligned, structure, learners)
+    out: dict[str, Verdict] = {}
+    for engine, result in judged.items():
+        if reference is None:
+            out[engine] = Verdict("not compared", None, None, "no converged engine to compare with")
+        elif engine == reference:
+            kind = "" if is_exact_up_to_monte_carlo(result) else " (approximate: no exact or converged MCMC answer)"
+            out[engine] = Verdict("reference", reference, None, f"the reference{kind}")
+        else:
+            out[engine] = compare(result, judged[reference], names, reference)
+    return out, aligned
+
+
+def _judged(results: dict[str, Result], structure: ModelStructure, learners: Optional[set[str]]) -> dict[str, Result]:
+    """The results as compared: ``param`` values only from engines that learn them."""
+    if learners is None:
+        return results
+    params = set(structure.params)
+    return {
+        engine: result if engine in learners else replace(result, params={k: v for k, v in result.params.items() if k not in params})
+        for engine, result in results.items()
+    }
+
+
+def _is_numeric(value: Any) -> bool:
+    try:
+        return np.asarray(value, dtype=float).size > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _has_components(structure: ModelStructure, values: dict[str, np.ndarray]) -> bool:
+    return any(name in values for axes in component_axes(structure).values() for name, a in axes.items() if a)
