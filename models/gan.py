@@ -195,4 +195,12 @@ EXAMPLES = [
         options={"adversarial": {"loss": "non-saturating", "subsample_size": 128, "learning_rate": 1e-3}},
         report=report,
     ),
+    Example(
+        "gan-digits",
+        gan,
+        simulate_digits,
+        "GAN on scikit-learn's 8×8 digits (grey levels), generator 8 → 128 → 128 → 64 with a sigmoid",
+        options={"adversarial": {"loss": "non-saturating", "subsample_size": 128, "learning_rate": 5e-4}},
+        report=report,
+    ),
 ]
