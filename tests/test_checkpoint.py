@@ -79,7 +79,7 @@ CHILD = textwrap.dedent(
 
     def scatter(points):  # an implicit program: points = centre + 0.5 wiggle, learned adversarially
         centre = param("centre", torch.zeros(2, dtype=torch.float64))
-        with plate("points", len(points)):
+        with plate("cloud", len(points)):
             wiggle = sample("wiggle", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
             sample("points", dist.Delta(centre + 0.5 * wiggle, event_dim=1), obs=points)
 
