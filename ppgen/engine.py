@@ -78,11 +78,29 @@ class Engine:
 
 
 def missing_data(structure: ModelStructure) -> Optional[str]:
+    """Why an engine that evaluates the program's density cannot run: an observed site was
+    given no data, or has no density (:func:`no_density`)."""
+    return data_not_given(structure) or no_density(structure)
+
+
+def data_not_given(structure: ModelStructure) -> Optional[str]:
     """Why inference cannot run: an observed site of the program was given no data."""
     for site in structure.observed.values():
         if not site.has_data:
             argument = site.data_argument or site.name
             return f"observed site {site.name!r} has no data (pass {argument}=...)"
+    return None
+
+
+def no_density(structure: ModelStructure) -> Optional[str]:
+    """Why log p(x) cannot be evaluated: an observed site is a ``Delta`` (an implicit model
+    x = G(z), whose data have probability zero under every parameter value)."""
+    for site in structure.observed.values():
+        if site.distribution == "Delta":
+            return (
+                f"observed site {site.name!r} is a Delta observation (an implicit model x = f(z)) with no density to "
+                "evaluate; learn it with engine='adversarial'"
+            )
     return None
 
 

@@ -91,7 +91,8 @@ class Site:
     *dependent support*, such as a flat prior on (0, 1 − a): draws must be mapped through the
     support at each draw); ``arguments`` the model arguments they are computed from. ``distribution_args`` maps each
     distribution parameter (``concentration1``, ``loc``, ...) to the names it comes from, or to
-    a short constant, for diagram labels such as ``θ ~ Beta(α, β)``.
+    a short constant, for diagram labels such as ``θ ~ Beta(α, β)``. ``reparameterized``: the
+    distribution draws by a differentiable path from its parameters (``rsample``).
     """
 
     name: str
@@ -107,6 +108,7 @@ class Site:
     has_data: bool = True
     data_argument: Optional[str] = None
     support_parents: tuple[str, ...] = ()
+    reparameterized: bool = False
 
     @property
     def is_discrete(self) -> bool:
@@ -842,6 +844,7 @@ def _site_from_record(record: dict, bound: dict[str, Any]) -> Site:
         has_data=record["has_data"],
         data_argument=record.get("data_argument"),
         support_parents=support_parents,
+        reparameterized=bool(getattr(fn, "has_rsample", False)),
     )
 
 

@@ -30,7 +30,7 @@ from ppgen.engine import check_all, engine_options, registered_engines
 from ppgen.errors import ConvergenceWarning, ReliabilityWarning
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
-from ppgen.verbs import infer
+from ppgen.verbs import infer, learn
 
 #: Options the tour lowers under ``--quick`` (only passed to engines that accept them).
 QUICK_OPTIONS = {"num_samples": 300, "num_warmup": 200, "num_steps": 200}
@@ -134,6 +134,9 @@ def run_example(example: Example, quick: bool, engines: Optional[list[str]] = No
         if check.name in example.skip:
             report.runs.append(EngineRun(check.name, skipped="skipped in the tour for this model (too slow or not meaningful)"))
             continue
+        if "infer" not in check.tasks and check.name not in example.options:
+            report.runs.append(EngineRun(check.name, skipped="a learning-only engine: the tour runs it where the example gives its options"))
+            continue
         if bar is not None:
             bar.set_postfix(model=example.name, engine=check.name)
         report.runs.append(_run_engine(example, simulated, check.name, quick))
@@ -145,7 +148,8 @@ def _run_engine(example: Example, simulated: Simulated, engine: str, quick: bool
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = infer(example.model, engine=engine, **simulated.data, **options)
+            verb = infer if "infer" in registered_engines()[engine].tasks else learn
+            result = verb(example.model, engine=engine, **simulated.data, **options)
         return EngineRun(engine, result=result, cautions=_cautions(result, caught))
     except Exception as error:  # the tour reports failures instead of stopping
         return EngineRun(engine, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")

@@ -77,12 +77,19 @@ CHILD = textwrap.dedent(
             kind = sample("kind", dist.Categorical(mix))
             sample("states", dist.Bernoulli(on[kind]).to_event(1), obs=states)
 
+    def scatter(points):  # an implicit program: points = centre + 0.5 wiggle, learned adversarially
+        centre = param("centre", torch.zeros(2, dtype=torch.float64))
+        with plate("cloud", len(points)):
+            wiggle = sample("wiggle", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            sample("points", dist.Delta(centre + 0.5 * wiggle, event_dim=1), obs=points)
+
     rng = np.random.default_rng(11)
     depth = rng.normal(2.0, 0.7, size=9)
     visits = rng.poisson(3.0, size=7).astype(float)
     exposure = rng.uniform(0.5, 2.0, size=7)
     heights = np.concatenate([rng.normal(-1.5, 0.4, 12), rng.normal(1.0, 0.5, 14)])
     states = (rng.uniform(size=(24, 5)) < np.where(np.arange(24)[:, None] < 12, 0.85, 0.2)).astype(float)
+    points = rng.normal([1.0, -2.0], 0.5, size=(40, 2))
 
     CASES = {
         "svi": lambda ck: ppgen.infer(rainfall, depth, engine="svi", num_steps=40, checkpoint=ck, checkpoint_every=10,
@@ -103,6 +110,8 @@ CHILD = textwrap.dedent(
                                        progress=False, checkpoint=ck, checkpoint_every=1),
         "mh": lambda ck: ppgen.infer(rainfall, depth, engine="mh", num_warmup=40, num_samples=110, num_chains=2,
                                      progress=False, checkpoint=ck, checkpoint_every=1),
+        "adversarial": lambda ck: ppgen.learn(scatter, points, engine="adversarial", loss="wgan-gp", num_steps=12,
+                                              subsample_size=16, learning_rate=0.01, checkpoint=ck, checkpoint_every=4),
     }
     def outcome(result):
         digest = hashlib.sha256()
@@ -135,6 +144,7 @@ SIGNALS = {
     "advi-pyro": signal.SIGTERM,
     "nuts": signal.SIGINT,
     "mh": signal.SIGTERM,
+    "adversarial": signal.SIGINT,
 }
 
 
