@@ -18,7 +18,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -85,8 +85,13 @@ def _engine_options(example: Example, engine: str, quick: bool) -> dict[str, Any
     return options
 
 
-def run_example(example: Example, quick: bool, engines: Optional[list[str]] = None, bar: Any = None) -> ModelReport:
-    """Simulate the example's data and run every applicable engine on it."""
+def run_example(
+    example: Example, quick: bool, engines: Optional[list[str]] = None, bar: Any = None, run_engine: Optional[Callable] = None
+) -> ModelReport:
+    """Simulate the example's data and run every applicable engine on it (``run_engine(example,
+    simulated, engine, quick) -> EngineRun``, default :func:`_run_engine`; the parallel tour
+    passes one that only plans the run, see :mod:`ppgen.tour_sweep`)."""
+    run_engine = _run_engine if run_engine is None else run_engine
     simulated = example.simulate()
     structure = inspect(example.model, **simulated.data)
     report = ModelReport(example, simulated, structure)
@@ -103,7 +108,7 @@ def run_example(example: Example, quick: bool, engines: Optional[list[str]] = No
             continue
         if bar is not None:
             bar.set_postfix(model=example.name, engine=check.name)
-        report.runs.append(_run_engine(example, simulated, check.name, quick))
+        report.runs.append(run_engine(example, simulated, check.name, quick))
     return report
 
 
@@ -383,8 +388,12 @@ def tour(
     models: Optional[list[str]] = None,
     engines: Optional[list[str]] = None,
     progress: bool = True,
+    workers: Optional[int] = None,
+    ray: Optional[str] = None,
 ) -> Path:
-    """Run the catalogue through every applicable engine and write the HTML report."""
+    """Run the catalogue through every applicable engine and write the HTML report; with
+    ``workers=N`` the model × engine cells run in N local processes, with ``ray=ADDRESS`` as Ray
+    tasks (same report, see :mod:`ppgen.tour_sweep`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,6 +401,14 @@ def tour(
 
     examples = [e for e in catalogue() if models is None or e.name in models or e.family in models]
     start = time.perf_counter()
+    from ppgen.sweep import check_workers, is_parallel
+
+    check_workers(workers, ray, "tour")
+    if is_parallel(workers, ray):
+        from ppgen.tour_sweep import run_examples
+
+        reports = run_examples(examples, quick, engines, workers=workers, ray=ray, progress=progress)
+        return write_report(reports, Path(directory), time.perf_counter() - start)
     reports = []
     bar = tqdm(examples, desc="tour", disable=not progress)
     for example in bar:
