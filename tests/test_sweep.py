@@ -122,8 +122,8 @@ def test_tour_cells_in_workers_give_the_serial_report():
                 np.testing.assert_array_equal(values[name], expected[name])
 
 
-def test_outcome_of_a_serial_task_that_raises_twice_is_failed():
-    outcome = run_tasks(dies_or_raises_until_marked, [("unused", "always-raise")])[0]
+def test_outcome_of_a_serial_task_that_raises_twice_is_failed(tmp_path):
+    outcome = run_tasks(dies_or_raises_until_marked, [(str(tmp_path / "marker"), "always-raise")])[0]
     assert isinstance(outcome, Outcome) and outcome.failed and outcome.attempts == 2
 
 
