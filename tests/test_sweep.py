@@ -107,6 +107,7 @@ def _cells(reports):
     return out
 
 
+@pytest.mark.slow  # the serial and the parallel tour of one model: about 25 s on an idle machine
 def test_tour_cells_in_workers_give_the_serial_report():
     examples = [e for e in catalogue(["basics"]) if e.name == "coin"]
     engines = ["map", "importance", "enumerate"]  # enumerate does not apply to coin: a skipped cell
