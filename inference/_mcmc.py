@@ -792,6 +792,7 @@ class ChainRun:
     interrupted: bool
     seconds_to_first_draw: float
     seconds: float
+    devices: int = 1  # XLA devices the chains ran on at once (chain_method="parallel")
 
 
 def run_chains(
@@ -885,6 +886,7 @@ def run_chains(
         interrupted=interrupted,
         seconds_to_first_draw=first_draw[0] if first_draw else float("nan"),
         seconds=time.perf_counter() - start,
+        devices=len(groups[0]) if parallel else 1,
     )
 
 
@@ -1054,6 +1056,7 @@ def assemble_result(
     diagnostics["max_r_hat"] = max_over(diagnostics["r_hat"])
     diagnostics["min_ess_bulk"] = min_over(diagnostics["ess_bulk"])
     diagnostics["seconds_to_first_draw"] = run.seconds_to_first_draw
+    diagnostics["chain_devices"] = run.devices
     diagnostics.update(extra_diagnostics or {})
     if warn:
         warn_if_unreliable(engine, diagnostics, run.num_chains)

@@ -31,7 +31,7 @@ FRESH_PROCESS = textwrap.dedent(
     import jax
     result = ppgen.infer(scale_bias, 9, weighings, engine=engine)
     draws = np.asarray(result.samples["bias"]).reshape(2, -1)
-    print(json.dumps({"devices": jax.local_device_count(), "num_chains": result.num_chains,
+    print(json.dumps({"devices": result.diagnostics["chain_devices"], "num_chains": result.num_chains,
                       "draws": draws.tolist(), "weighings": weighings.tolist()}))
     """
 )
@@ -46,7 +46,7 @@ def test_parallel_chains_run_one_per_device_and_sample_the_conjugate_posterior(t
     done = subprocess.run([sys.executable, str(script), engine], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["devices"] >= 2 and out["num_chains"] == 2
+    assert out["devices"] == 2 and out["num_chains"] == 2  # the two chains ran at once, on two devices
     draws = np.asarray(out["draws"])
     assert not np.array_equal(draws[0], draws[1])  # two chains with their own keys
     # Normal prior N(-1, 1.5²), Normal likelihood with known sd 0.4: closed-form posterior
@@ -76,4 +76,4 @@ def test_parallel_chains_after_jax_started_with_one_device_warn_and_run_sequenti
     engine = NUTS(num_chains=2, num_warmup=30, num_samples=30, chain_method="parallel", progress=False)
     with pytest.warns(UserWarning, match="chain_method='parallel' found one XLA device .* so the 2 chains run one after another"):
         result = infer(tide, np.array([0.2, -0.1, 0.4, 0.0]), engine=engine)
-    assert result.num_chains == 2 and result.samples["height"].shape == (60,)
+    assert result.num_chains == 2 and result.samples["height"].shape == (60,) and result.diagnostics["chain_devices"] == 1
