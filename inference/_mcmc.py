@@ -40,7 +40,7 @@ from ppgen.backend import Precision, jax_precision, to_numpy, use_backend
 from ppgen.checkpoint import Checkpoint
 from ppgen.driver import iterate
 from ppgen.errors import EngineFailure, ReliabilityWarning, user_stacklevel
-from ppgen.inference import _initial
+from ppgen.inference import _devices, _initial
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, _call_with_bound, bind_arguments, coupled_discrete_latent
 
@@ -578,9 +578,22 @@ class CompiledSampler:
     # The kernel's pieces, vectorised over chains. The chain state crosses between calls as a
     # flat list of arrays, so the exported functions need no custom pytree types.
 
-    def init(self, keys: Any, data: dict) -> tuple[list, Any]:
+    def call_parallel(self, name: str, build: Callable[[], Callable], state: Any, data: dict) -> Any:
+        """``build()`` mapped over XLA devices (``jax.pmap``; leading axis of ``state``: one
+        device each, ``data`` sent to all), compiled once per argument shapes, never exported."""
+        import jax
+
+        leaves, treedef = jax.tree.flatten((state, data))
+        signature = ("parallel " + name, str(treedef), tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x)))) for x in leaves))
+        function = self._compiled.get(signature)
+        if function is None:
+            function = self._compiled[signature] = jax.pmap(build(), in_axes=(0, None))
+        return function(state, data)
+
+    def init(self, keys: Any, data: dict, parallel: bool = False) -> tuple[list, Any]:
         """Every chain's initial state, and its log density (NaN where the chain found no
-        finite initial point)."""
+        finite initial point). ``parallel``: one chain per XLA device (the state then has a
+        leading device axis)."""
         import jax
 
         def build() -> Callable:
@@ -592,29 +605,40 @@ class CompiledSampler:
 
             return init
 
+        if parallel:
+            leaves, log_density = self.call_parallel("init", build, keys[:, None], data)
+            return leaves, log_density.reshape(-1)
         return self.call("init", build, keys, data)
 
-    def chunk(self, state: list, data: dict, keys: Any) -> tuple[list, dict]:
+    def chunk(self, state: list, data: dict, keys: Any, parallel: bool = False) -> tuple[list, dict]:
         """``chunk_length`` transitions of every chain; ``keys`` are the chains' init keys
-        (used only to rebuild the state's structure when tracing)."""
+        (used only to rebuild the state's structure when tracing). ``parallel``: one chain per
+        XLA device; the infos come back as in the vectorised run, (iterations, chains, ...)."""
+        import jax
+
+        if not parallel:
+            return self.call("chunk", lambda: self._chunk_function(keys, data), state, data)
+        state, infos = self.call_parallel("chunk", lambda: self._chunk_function(keys[:1], data), state, data)
+        infos = jax.tree.map(lambda v: np.moveaxis(np.asarray(v), 0, 1).reshape((v.shape[1], -1) + v.shape[3:]), infos)
+        return state, infos
+
+    def _chunk_function(self, keys: Any, data: dict) -> Callable:
+        """The vectorised chunk, for as many chains as ``keys`` has rows."""
         import jax
         from jax import lax
 
-        def build() -> Callable:
-            kernel, length = self.kernel, self.chunk_length
-            treedef = jax.tree.structure(jax.eval_shape(jax.vmap(kernel.init, in_axes=(0, None)), keys, data))
+        kernel, length = self.kernel, self.chunk_length
+        treedef = jax.tree.structure(jax.eval_shape(jax.vmap(kernel.init, in_axes=(0, None)), keys, data))
 
-            def chunk(leaves: list, data: dict) -> tuple:
-                def body(carry: Any, _: Any) -> tuple:
-                    carry = jax.vmap(kernel.step, in_axes=(0, None))(carry, data)
-                    return carry, jax.vmap(kernel.info)(carry)
+        def chunk(leaves: list, data: dict) -> tuple:
+            def body(carry: Any, _: Any) -> tuple:
+                carry = jax.vmap(kernel.step, in_axes=(0, None))(carry, data)
+                return carry, jax.vmap(kernel.info)(carry)
 
-                final, infos = lax.scan(body, jax.tree.unflatten(treedef, leaves), None, length=length)
-                return jax.tree.leaves(final), infos
+            final, infos = lax.scan(body, jax.tree.unflatten(treedef, leaves), None, length=length)
+            return jax.tree.leaves(final), infos
 
-            return chunk
-
-        return self.call("chunk", build, state, data)
+        return chunk
 
     def constrain(self, z: dict, data: dict) -> dict:
         import jax
@@ -768,6 +792,7 @@ class ChainRun:
     interrupted: bool
     seconds_to_first_draw: float
     seconds: float
+    devices: int = 1  # XLA devices the chains ran on at once (chain_method="parallel")
 
 
 def run_chains(
@@ -780,6 +805,7 @@ def run_chains(
     num_samples: int,
     thinning: int = 1,
     vectorized: bool = True,
+    parallel: bool = False,
     progress: bool,
     name: str,
     start: Optional[float] = None,
@@ -788,7 +814,9 @@ def run_chains(
 ) -> ChainRun:
     """Run ``num_chains`` chains for ``num_warmup + num_samples`` iterations and keep the last
     ``num_samples`` (every ``thinning``-th). Vectorised chains share one compiled program;
-    sequential ones reuse the program compiled for one chain. A chain that found no finite
+    sequential ones reuse the program compiled for one chain; ``parallel`` ones run that
+    program on one XLA device each (see :mod:`ppgen.inference._devices`), so their draws are
+    those of sequential chains. A chain that found no finite
     initial point (its kernel drew them with ``init_radius``) stops the run before sampling,
     with an :class:`EngineFailure` naming the site to blame. A ``checkpoint`` keeps, per group
     of chains, the chain states after the last finished chunk and the iterations so far."""
@@ -799,12 +827,17 @@ def run_chains(
     total = num_warmup + num_samples
     num_chunks = math.ceil(total / sampler.chunk_length)
     keys = random.split(random.PRNGKey(seed), num_chains)
-    groups = [keys] if vectorized else [keys[i : i + 1] for i in range(num_chains)]
+    if parallel:  # one chain per XLA device, in rounds of as many chains as devices
+        devices = _devices.parallel_devices(num_chains, name)
+        parallel = devices > 1
+        groups = [keys[i : i + devices] for i in range(0, num_chains, devices)] if parallel else [keys[i : i + 1] for i in range(num_chains)]
+    else:
+        groups = [keys] if vectorized else [keys[i : i + 1] for i in range(num_chains)]
     first_draw: list[float] = []
     per_group: list[dict[str, np.ndarray]] = []
     interrupted = False
     for index, group_keys in enumerate(groups):
-        states, log_density = sampler.init(group_keys, data)
+        states, log_density = sampler.init(group_keys, data, parallel=parallel)
         stuck = np.flatnonzero(~np.isfinite(np.asarray(log_density))) + index * len(group_keys)
         if stuck.size:
             chains = ", ".join(str(chain + 1) for chain in stuck)
@@ -813,7 +846,7 @@ def run_chains(
         collected: list[dict[str, np.ndarray]] = []
 
         def step(states: Any) -> tuple[Any, float]:
-            states, info = sampler.chunk(states, data, group_keys)
+            states, info = sampler.chunk(states, data, group_keys, parallel=parallel)
             info = jax.device_get(info)
             if not first_draw:
                 first_draw.append(time.perf_counter() - start)
@@ -853,6 +886,7 @@ def run_chains(
         interrupted=interrupted,
         seconds_to_first_draw=first_draw[0] if first_draw else float("nan"),
         seconds=time.perf_counter() - start,
+        devices=len(groups[0]) if parallel else 1,
     )
 
 
@@ -1042,6 +1076,7 @@ def assemble_result(
     diagnostics["max_r_hat"] = max_over(diagnostics["r_hat"])
     diagnostics["min_ess_bulk"] = min_over(diagnostics["ess_bulk"])
     diagnostics["seconds_to_first_draw"] = run.seconds_to_first_draw
+    diagnostics["chain_devices"] = run.devices
     diagnostics.update(extra_diagnostics or {})
     if warn:
         warn_if_unreliable(engine, diagnostics, run.num_chains)
@@ -1088,6 +1123,7 @@ def sample_program(
     thinning: int,
     vectorized: bool,
     seed: int,
+    parallel: bool = False,
     progress: bool,
     stats_names: dict[str, str],
     enumerated_out: list[str],
@@ -1137,6 +1173,7 @@ def sample_program(
             num_samples=num_samples,
             thinning=thinning,
             vectorized=vectorized,
+            parallel=parallel,
             progress=progress,
             name=engine,
             start=start,

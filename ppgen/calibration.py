@@ -45,8 +45,9 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from ppgen.engine import Engine, registered_engines, split_options
-from ppgen.errors import ConvergenceWarning, EngineNotApplicable, ReliabilityWarning
+from ppgen.errors import ConvergenceWarning, EngineFailure, EngineNotApplicable, ReliabilityWarning
 from ppgen.structure import ModelStructure, bind_arguments, inspect
+from ppgen.sweep import check_workers, is_parallel, run_tasks
 from ppgen.verbs import generate, infer
 
 
@@ -185,6 +186,29 @@ def _data_arguments(model: Callable, args: tuple, kwargs: dict, structure: Model
     return out
 
 
+def _simulation_draws(
+    model: Callable, args: tuple, engine: Union[str, Engine], seeded: dict, engine_options: dict, model_kwargs: dict,
+    data: dict, sites: list[str],
+) -> tuple[dict[str, np.ndarray], int, Optional[str], list[tuple[type, str, str, int]]]:
+    """One simulation's engine run: the draws of ``sites``, the number of chains, the first
+    reliability or convergence warning (or None), and the other warnings (category, text, file,
+    line), which the caller re-issues. Runs in a worker process under ``workers=`` / ``ray=``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReliabilityWarning)
+        warnings.simplefilter("always", ConvergenceWarning)
+        result = infer(model, *args, engine=engine, **seeded, **engine_options, **model_kwargs, **data)
+    flagged = [w for w in caught if issubclass(w.category, (ReliabilityWarning, ConvergenceWarning))]
+    others = [(w.category, str(w.message), w.filename, w.lineno) for w in caught if w not in flagged]
+    for name in sites:
+        if name not in result.samples:
+            raise ValueError(
+                f"simulation_based_calibration: engine {result.engine!r} returned no draws of site {name!r} "
+                f"(it drew {', '.join(result.samples) or 'nothing'}); pass sites=[...]"
+            )
+    samples = {name: np.asarray(result.samples[name]) for name in sites}
+    return samples, result.num_chains, str(flagged[0].message) if flagged else None, others
+
+
 def simulation_based_calibration(
     model: Callable,
     *args: Any,
@@ -193,6 +217,8 @@ def simulation_based_calibration(
     num_simulations: int = 100,
     num_draws: int = 99,
     seed: int = 0,
+    workers: Optional[int] = None,
+    ray: Optional[str] = None,
     **options: Any,
 ) -> Calibration:
     """Run SBC of ``engine`` on ``model``: ``num_simulations`` prior-predictive data sets, each
@@ -208,6 +234,9 @@ def simulation_based_calibration(
     sites : latent sites to rank (default: every latent site).
     num_simulations, num_draws : L and the largest M.
     seed : seed of the prior-predictive draws, of the engine seeds and of the rank offsets.
+    workers, ray : run the simulations in ``workers`` local processes, or as Ray tasks on the
+        cluster at address ``ray`` (see :mod:`ppgen.sweep`); the ranks are those of the serial
+        run. A simulation that fails twice in its worker raises :class:`EngineFailure`.
     options : engine options (for an engine given by name) and model keyword arguments, split by
         name as :func:`ppgen.infer` does.
 
@@ -226,6 +255,7 @@ def simulation_based_calibration(
     """
     if not isinstance(num_simulations, (int, np.integer)) or num_simulations < 1:
         raise ValueError(f"simulation_based_calibration: num_simulations must be a positive integer, got {num_simulations!r}")
+    check_workers(workers, ray, "simulation_based_calibration")
     if not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
         raise ValueError(f"simulation_based_calibration: num_draws must be a positive integer, got {num_draws!r}")
     if isinstance(engine, str):
@@ -245,31 +275,35 @@ def simulation_based_calibration(
             )
     truth = generate(model, *args, num_samples=num_simulations, seed=seed, **model_kwargs)
     data_arguments = _data_arguments(model, args, model_kwargs, structure, truth)
+    runs = [
+        (model, args, *_with_seed(engine, seed + 1 + index), engine_options, model_kwargs,
+         {argument: truth[site][index] for site, argument in data_arguments.items()}, sites)
+        for index in range(num_simulations)
+    ]
+    if is_parallel(workers, ray):
+        outcomes = run_tasks(_simulation_draws, runs, workers=workers, ray=ray)
+        failures = [(index, o) for index, o in enumerate(outcomes) if o.failed]
+        if failures:
+            index, outcome = failures[0]
+            raise EngineFailure(
+                f"simulation_based_calibration: {len(failures)} of {num_simulations} simulations failed in their workers "
+                f"(each was run {outcome.attempts} times); simulation {index} (engine seed {seed + 1 + index}) last raised:\n{outcome.error}"
+            )
+        draws_by_run = [outcome.value for outcome in outcomes]
+    else:
+        draws_by_run = (_simulation_draws(*run) for run in runs)
     rng = np.random.default_rng(seed)
     ranks: dict[str, list[int]] = {}
     counts: dict[str, list[int]] = {}
     warned: list[str] = []
-    for index in range(num_simulations):
-        data = {argument: truth[site][index] for site, argument in data_arguments.items()}
-        run_engine, seeded = _with_seed(engine, seed + 1 + index)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ReliabilityWarning)
-            warnings.simplefilter("always", ConvergenceWarning)
-            result = infer(model, *args, engine=run_engine, **seeded, **engine_options, **model_kwargs, **data)
-        flagged = [w for w in caught if issubclass(w.category, (ReliabilityWarning, ConvergenceWarning))]
-        for other in caught:
-            if other not in flagged:
-                warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    for index, (samples, num_chains, flagged, others) in enumerate(draws_by_run):
+        for category, message, filename, lineno in others:
+            warnings.warn_explicit(message, category, filename, lineno)
         if flagged:
-            warned.append(str(flagged[0].message))
+            warned.append(flagged)
         for name in sites:
-            if name not in result.samples:
-                raise ValueError(
-                    f"simulation_based_calibration: engine {result.engine!r} returned no draws of site {name!r} "
-                    f"(it drew {', '.join(result.samples) or 'nothing'}); pass sites=[...]"
-                )
-            draws = np.asarray(result.samples[name])
-            chains = max(result.num_chains, 1)
+            draws = samples[name]
+            chains = max(num_chains, 1)
             by_chain = draws.reshape((chains, draws.shape[0] // chains, -1))
             ess = effective_sample_size(by_chain)
             true_values = np.asarray(truth[name][index]).reshape(-1)

@@ -76,6 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tour_parser.add_argument("--models", nargs="*", default=None, help="only these models or families")
     tour_parser.add_argument("--engines", nargs="*", default=None, help="only these engines")
     tour_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tour_parser.add_argument("--workers", type=int, default=None, help="run the model × engine cells in N local processes")
+    tour_parser.add_argument("--ray", default=None, metavar="ADDRESS", help="run the cells as Ray tasks on this cluster (pip install 'ppgen[ray]')")
     args = parser.parse_args(argv)
 
     if args.command == "models":
@@ -93,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.command == "tour":
         from ppgen.tour import tour
 
-        path = tour(args.output, quick=args.quick, models=args.models, engines=args.engines, progress=not args.no_progress)
+        path = tour(args.output, quick=args.quick, models=args.models, engines=args.engines, progress=not args.no_progress,
+                    workers=args.workers, ray=args.ray)
         print(f"tour written to {path}")
     return 0
 

@@ -19,7 +19,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -118,8 +118,14 @@ def _engine_options(example: Example, engine: str, quick: bool) -> dict[str, Any
     return options
 
 
-def run_example(example: Example, quick: bool, engines: Optional[list[str]] = None, bar: Any = None) -> ModelReport:
-    """Simulate the example's data and run every applicable engine on it."""
+def run_example(
+    example: Example, quick: bool, engines: Optional[list[str]] = None, bar: Any = None, run_engine: Optional[Callable] = None
+) -> ModelReport:
+    """Simulate the example's data and run every applicable engine on it (``run_engine(example,
+    simulated, engine, quick) -> EngineRun``, default :func:`_run_engine`; the parallel tour
+    passes one that only plans the run, see :mod:`ppgen.tour_sweep`). The runs are not yet
+    compared with each other: :func:`judge` does that once every cell is filled."""
+    run_engine = _run_engine if run_engine is None else run_engine
     simulated = example.simulate()
     structure = inspect(example.model, **simulated.data)
     report = ModelReport(example, simulated, structure)
@@ -139,8 +145,8 @@ def run_example(example: Example, quick: bool, engines: Optional[list[str]] = No
             continue
         if bar is not None:
             bar.set_postfix(model=example.name, engine=check.name)
-        report.runs.append(_run_engine(example, simulated, check.name, quick))
-    return judge(report)
+        report.runs.append(run_engine(example, simulated, check.name, quick))
+    return report
 
 
 def _run_engine(example: Example, simulated: Simulated, engine: str, quick: bool) -> EngineRun:
@@ -519,8 +525,12 @@ def tour(
     models: Optional[list[str]] = None,
     engines: Optional[list[str]] = None,
     progress: bool = True,
+    workers: Optional[int] = None,
+    ray: Optional[str] = None,
 ) -> Path:
-    """Run the catalogue through every applicable engine and write the HTML report."""
+    """Run the catalogue through every applicable engine and write the HTML report; with
+    ``workers=N`` the model × engine cells run in N local processes, with ``ray=ADDRESS`` as Ray
+    tasks (same report, see :mod:`ppgen.tour_sweep`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -530,13 +540,25 @@ def tour(
 
     examples = [e for e in catalogue() if models is None or e.name in models or e.family in models]
     start = time.perf_counter()
-    reports, phases = [], {}
-    bar = tqdm(examples, desc="tour", disable=not progress)
-    for example in bar:
-        begin = time.perf_counter()
-        reports.append(run_example(example, quick, engines, bar))
-        phases[f"run {example.name}"] = time.perf_counter() - begin
-        phases.update({f"  {example.name} · {run.engine}": run.result.seconds for run in reports[-1].runs if run.result})
+    from ppgen.sweep import check_workers, is_parallel
+
+    check_workers(workers, ray, "tour")
+    reports: list[ModelReport] = []
+    phases: dict[str, float] = {}
+    if is_parallel(workers, ray):
+        from ppgen.tour_sweep import run_examples
+
+        reports = run_examples(examples, quick, engines, workers=workers, ray=ray, progress=progress)
+        phases["run every example"] = time.perf_counter() - start
+    else:
+        bar = tqdm(examples, desc="tour", disable=not progress)
+        for example in bar:
+            begin = time.perf_counter()
+            reports.append(run_example(example, quick, engines, bar))
+            phases[f"run {example.name}"] = time.perf_counter() - begin
+    for report in reports:
+        judge(report)
+        phases.update({f"  {report.example.name} · {run.engine}": run.result.seconds for run in report.runs if run.result})
     begin = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cells say what went wrong

@@ -10,7 +10,7 @@ import pytest
 from ppgen import dist, markov, ops, param, plate, sample
 from ppgen.catalogue import Example, Simulated
 from ppgen.task_table import TUTORIAL_RATINGS, measure, to_html
-from ppgen.tour import run_example
+from ppgen.tour import judge, run_example
 
 
 def letter_chain(text=None, length=6, alphabet=4):
@@ -53,7 +53,7 @@ def simulate_readings_without_seed():
 @pytest.fixture(scope="module")
 def letter_report():
     example = Example("letters", letter_chain, simulate_letters, "next-letter model", options={"mle": {"num_steps": 3}})
-    return run_example(example, quick=True, engines=["mle", "enumerate"])
+    return judge(run_example(example, quick=True, engines=["mle", "enumerate"]))
 
 
 def test_a_family_fills_in_from_its_examples(letter_report):
@@ -74,7 +74,7 @@ def test_a_family_fills_in_from_its_examples(letter_report):
 
 def test_a_family_that_cannot_be_measured_says_why():
     example = Example("offset", sensor_offset, simulate_readings_without_seed, "sensor offset", options={"importance": {"num_samples": 4000}})
-    report = run_example(example, quick=True, engines=["enumerate", "importance", "map"])
+    report = judge(run_example(example, quick=True, engines=["enumerate", "importance", "map"]))
     row = measure([report], quick=True)[0]
     assert row.family == "calibration" and row.tutorial == {}
     assert row.cells["scoring"].rating is None
