@@ -113,7 +113,8 @@ class SVI(Engine):
 
     Parameters
     ----------
-    guide : a guide program (same signature as the model), ``ppgen.amortize(encoder)``, or None
+    guide : a guide program (same signature as the model), ``ppgen.amortize(encoder)``,
+        ``ppgen.flow_guide("iaf")`` (a flow over all continuous latents), or None
         for a mean-field Gaussian over the continuous latents (``AutoNormal``).
     num_steps : gradient steps (an epoch is N / subsample_size steps).
     learning_rate : step size of Adam / ClippedAdam.

@@ -10,6 +10,7 @@ from ppgen.backend import current_backend, to_numpy, use_backend
 from ppgen.diagram import render
 from ppgen.engine import Engine, EngineCheck, engines_for, register, registered_engines
 from ppgen.errors import ConvergenceWarning, DataError, EngineNotApplicable, ParameterError, ReliabilityWarning
+from ppgen.flow_guide import flow_guide
 from ppgen.primitives import deterministic, dist, factor, markov, module, ops, param, plate, sample
 from ppgen.results import Estimate, Result
 from ppgen.structure import Argument, ModelStructure, Plate, Site, Support, inspect
@@ -36,6 +37,7 @@ __all__ = [
     "dist",
     "engines_for",
     "factor",
+    "flow_guide",
     "generate",
     "infer",
     "inspect",
