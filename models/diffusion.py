@@ -16,13 +16,18 @@ marginals and posteriors are closed form,
 
 so the ELBO is a sum of T Gaussian KL terms that ``engine="svi"`` estimates from sampled steps
 (see :mod:`ppgen.inference._chain_elbo`). :func:`ddim` is a second program sharing the trained
-network (Song, Meng & Ermon 2021).
+network (Song, Meng & Ermon 2021). :func:`probability_flow_log_prob` is the score-SDE view: the
+exact log-likelihood of a trained denoiser under the VP-SDE's probability-flow ODE (Song et al.
+2021), on the continuous-flow machinery of :mod:`ppgen.models._continuous_flow`.
 
 References
 ----------
 J. Ho, A. Jain, P. Abbeel (2020), "Denoising diffusion probabilistic models", NeurIPS.
 J. Song, C. Meng, S. Ermon (2021), "Denoising diffusion implicit models", ICLR.
 A. Nichol, P. Dhariwal (2021), "Improved denoising diffusion probabilistic models", ICML.
+Y. Song, J. Sohl-Dickstein, D. P. Kingma, A. Kumar, S. Ermon, B. Poole (2021), "Score-based
+generative modeling through stochastic differential equations", ICLR.
+J. Ho, T. Salimans (2022), "Classifier-free diffusion guidance", arXiv:2207.12598.
 """
 
 from __future__ import annotations
