@@ -21,7 +21,7 @@ import ppgen
 from ppgen.backend import torch_precision, use_backend
 from ppgen.models.diffusion import (
     GaussianDenoiser, NoisingProcess, ddim, ddim_decode, ddim_encode, ddpm, forward_process, gaussian_elbo, make_denoiser,
-    noise_schedule, sampling_steps,
+    noise_schedule, predict_noise, probability_flow_log_prob, sampling_steps,
 )
 from ppgen.inference._chain_elbo import ChainELBO
 
@@ -315,3 +315,174 @@ def test_one_ddim_step_equals_diffusers_ddim_scheduler(eta):
             epsilon = net(x_t, torch.full((6,), t))
         output = scheduler.step(epsilon, t - 1, x_t, eta=eta, variance_noise=z).prev_sample
         torch.testing.assert_close(loc + scale * z, output, rtol=1e-9, atol=1e-9)
+
+
+# ---- the score-SDE view: probability-flow ODE likelihood ------------------------------------------
+
+# a 3-D Gaussian unlike the module's 2-D one: correlated, off-centre
+FLOW_MEAN = np.array([0.3, -1.2, 2.0])
+_FACTOR = np.array([[0.9, 0.0, 0.0], [0.4, 0.5, 0.0], [-0.2, 0.3, 0.7]])
+FLOW_COVARIANCE = _FACTOR @ _FACTOR.T
+
+
+def _flow_error_budget(x, num_timesteps, schedule):
+    """The part of |ODE − log N(x; μ, Σ)| known in closed form, before ε's interpolation in t.
+
+    The ODE starts at t = 1: it is the density p_1 = N(√ᾱ_1 μ, ᾱ_1 Σ + (1 − ᾱ_1) I) of the
+    once-noised data, |log p_1 − log p_0| apart. Its prior N(0, I) stands for
+    p_T = N(m, S), m = √ᾱ_T μ, S = ᾱ_T Σ + (1 − ᾱ_T) I, off at the ODE's end point z by
+    log N(z; 0, I) − log N(z; m, S) = ½|m|² + mᵀu + ½ uᵀ(I − S⁻¹)u − ½ log det S (u = z − m).
+    The exact flow is affine and carries N(μ_1, C_1) onto N(m, S), so |u| ≤ ‖S^½‖ |C_1^{-½}(x − μ_1)|."""
+    a = NoisingProcess(num_timesteps, schedule).alphas_cumprod
+    a_1, a_T = float(a[1]), float(a[-1])
+    mean_1, cov_1 = math.sqrt(a_1) * FLOW_MEAN, a_1 * FLOW_COVARIANCE + (1 - a_1) * np.eye(3)
+    start_gap = np.abs(_log_normal(x, mean_1, cov_1) - _log_normal(x, FLOW_MEAN, FLOW_COVARIANCE))
+    m, S = math.sqrt(a_T) * FLOW_MEAN, a_T * FLOW_COVARIANCE + (1 - a_T) * np.eye(3)
+    whitened = np.sqrt(np.einsum("ni,ij,nj->n", x - mean_1, np.linalg.inv(cov_1), x - mean_1))
+    radius = math.sqrt(np.linalg.eigvalsh(S).max()) * whitened
+    curvature = np.abs(np.linalg.eigvalsh(np.eye(3) - np.linalg.inv(S))).max()
+    prior_gap = 0.5 * m @ m + np.linalg.norm(m) * radius + 0.5 * curvature * radius**2 + 0.5 * abs(np.log(np.linalg.det(S)))
+    return start_gap + prior_gap
+
+
+def test_probability_flow_likelihood_of_the_gaussian_denoiser_is_the_exact_log_density():
+    """With the exact optimal denoiser the ODE's value is log N(x; μ, Σ) up to the closed-form
+    gaps of :func:`_flow_error_budget` plus the discretisation of the schedule in time (ε linear
+    between steps, a piecewise-constant rate β(t)): first order, O(1/T), allowed as 10/T nats,
+    five times the T = 10 error's 2/T. That term must shrink with T: on the cosine schedule (whose
+    ᾱ_T ≈ 0 makes the prior gap vanish) the error falls at least fourfold per tenfold T."""
+    x = np.random.default_rng(7).multivariate_normal(FLOW_MEAN, FLOW_COVARIANCE, size=5)
+    exact = _log_normal(x, FLOW_MEAN, FLOW_COVARIANCE)
+    errors = {}
+    for schedule, num_timesteps in (("linear", 1000), ("cosine", 10), ("cosine", 100), ("cosine", 1000)):
+        network = GaussianDenoiser(FLOW_MEAN, FLOW_COVARIANCE, num_timesteps, schedule)
+        value = probability_flow_log_prob(network, x, num_timesteps, schedule, rtol=1e-5, atol=1e-5).numpy()
+        error = np.abs(value - exact)
+        assert np.all(error < _flow_error_budget(x, num_timesteps, schedule) + 10 / num_timesteps), (schedule, num_timesteps, error)
+        errors[schedule, num_timesteps] = error.max()
+    assert errors["cosine", 10] > 4 * errors["cosine", 100] > 16 * errors["cosine", 1000], errors
+
+
+class _MixtureDenoiser(torch.nn.Module):
+    """The optimal noise predictor of 1-D data from a two-component Gaussian mixture (not affine
+    in x_t): ε*(x_t, t) = −√(1 − ᾱ_t) ∂/∂x log p_t(x_t), p_t the mixture of
+    N(√ᾱ_t μ_k, ᾱ_t s_k² + 1 − ᾱ_t)."""
+
+    def __init__(self, weights, means, scales, num_timesteps, schedule):
+        super().__init__()
+        self.weights, self.means, self.scales = (torch.tensor(v, dtype=torch.float64) for v in (weights, means, scales))
+        self.alphas_cumprod = NoisingProcess(num_timesteps, schedule).alphas_cumprod
+
+    def log_density(self, x, t):
+        a = self.alphas_cumprod[t]
+        variance = a * self.scales**2 + 1 - a
+        terms = torch.log(self.weights) - 0.5 * (x - a.sqrt() * self.means) ** 2 / variance - 0.5 * torch.log(2 * math.pi * variance)
+        return torch.logsumexp(terms, -1)
+
+    def forward(self, x_t, t, y=None):
+        a = self.alphas_cumprod[torch.as_tensor(t).long()][..., None]
+        variance = a * self.scales**2 + 1 - a
+        terms = torch.log(self.weights) - 0.5 * (x_t - a.sqrt() * self.means) ** 2 / variance - 0.5 * torch.log(variance)
+        responsibilities = torch.softmax(terms, -1)
+        score = -(responsibilities * (x_t - a.sqrt() * self.means) / variance).sum(-1, keepdim=True)
+        return -(1 - a).sqrt() * score
+
+
+def test_probability_flow_likelihood_of_a_mixture_denoiser_is_the_exact_mixture_log_density():
+    """A non-affine denoiser (the exact one of a bimodal 1-D mixture), cosine schedule, T = 1000:
+    the ODE's value is log p_0(x) within |log p_1 − log p_0| (the start at t = 1, closed form)
+    plus the 10/T discretisation allowance of the Gaussian test; the prior gap is negligible
+    (√ᾱ_T ≈ 5e-5) and bounded by 1e-3."""
+    T_flow = 1000
+    network = _MixtureDenoiser([0.3, 0.7], [-2.0, 1.5], [0.4, 0.8], T_flow, "cosine")
+    x = torch.tensor([[-2.5], [-1.0], [0.2], [1.4], [3.0]], dtype=torch.float64)
+    value = probability_flow_log_prob(network, x, T_flow, "cosine", rtol=1e-5, atol=1e-5)
+    exact, once_noised = network.log_density(x, 0), network.log_density(x, 1)
+    error = (value - exact).abs()
+    assert torch.all(error < (once_noised - exact).abs() + 10 / T_flow + 1e-3), (value, exact)
+
+
+# ---- classifier-free guidance ---------------------------------------------------------------------
+
+
+class _AffineByLabel(torch.nn.Module):
+    """A conditional denoiser with known outputs: ε(x_t, t, y) = w_y x_t + t/100 + y (labels
+    y ≥ 0), ε(x_t, t) = w_null x_t + t/100 for the unconditional call."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.weights = torch.linspace(0.2, 0.9, num_classes + 1, dtype=torch.float64)
+
+    def forward(self, x_t, t, y=None):
+        base = t.to(x_t.dtype)[..., None] / 100
+        if y is None:
+            return self.weights[-1] * x_t + base
+        y = torch.as_tensor(y).long().expand(x_t.shape[:-1])
+        return self.weights[y][..., None] * x_t + base + y.to(x_t.dtype)[..., None]
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 2.5])
+def test_guided_noise_is_the_classifier_free_combination_in_both_programs(scale):
+    """ε = ε_uncond + s (ε_cond − ε_uncond) (s = 0: the conditional ε alone), checked on the
+    sites of a DDPM and a DDIM run: each step's mean is recomputed from the traced x_t."""
+    from ppgen.models.diffusion import ddim_step
+
+    labels = torch.tensor([0, 2, 1, 2])
+    network = _AffineByLabel(3)
+    x_t = torch.as_tensor(np.random.default_rng(8).normal(size=(4, 2)))
+    steps = torch.full((4,), 7, dtype=torch.long)
+    unconditional, conditional = network(x_t, steps), network(x_t, steps, labels)
+    expected = conditional if scale == 0 else unconditional + scale * (conditional - unconditional)
+    torch.testing.assert_close(predict_noise(network, x_t, 7, labels, scale), expected)
+    process = NoisingProcess(4)
+    with use_backend("pyro"), torch.no_grad():
+        trace = poutine.trace(ddpm).get_trace(num_data=4, num_timesteps=4, denoiser=network, y=labels, guidance_scale=scale)
+        x_2, x_1 = trace.nodes["x_2"]["value"], trace.nodes["x_1"]["value"]
+        steps = torch.full((4,), 2, dtype=torch.long)
+        u, c = network(x_2, steps), network(x_2, steps, labels)
+        epsilon = c if scale == 0 else u + scale * (c - u)
+        beta, a_t = process.betas[1], process.alphas_cumprod[2]
+        mean = (x_2 - beta / (1 - a_t).sqrt() * epsilon) / (1 - beta).sqrt()
+        torch.testing.assert_close(trace.nodes["x_1"]["fn"].base_dist.loc, mean)
+        trace = poutine.trace(ddim).get_trace(num_data=4, num_timesteps=20, num_sampling_steps=2, denoiser=network, y=labels, guidance_scale=scale)
+        start = trace.nodes["x_11"]["value"]
+        steps = torch.full((4,), 11, dtype=torch.long)
+        u, c = network(start, steps), network(start, steps, labels)
+        epsilon = c if scale == 0 else u + scale * (c - u)
+        a = NoisingProcess(20).alphas_cumprod
+        expected_next, _ = ddim_step(epsilon, start, a[11], a[1], 0.0)
+        torch.testing.assert_close(trace.nodes["x_1"]["value"], expected_next)
+
+
+class _LabelRecorder(torch.nn.Module):
+    """Wraps a conditional Denoiser and records the class indices its embedding sees."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+        inner.classes.register_forward_hook(lambda module, inputs, output: self.seen.append((torch.is_grad_enabled(), inputs[0].clone())))
+
+    def forward(self, x_t, t, y=None):
+        return self.inner(x_t, t, y)
+
+
+def test_svi_training_drops_labels_at_the_denoisers_rate_and_generation_does_not():
+    """Through svi's chain ELBO, labels reach the network as the null class with probability 0.1
+    during gradient steps (binomial, within 4 standard errors), never when generating."""
+    num_classes, n = 4, 60
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, num_classes, size=n)
+    x = rng.normal(size=(n, 3)) + labels[:, None]
+    recorder = _LabelRecorder(make_denoiser(3, num_classes=num_classes, hidden=16, num_layers=2, seed=2))
+    ppgen.learn(ddpm, x=x, y=labels, num_timesteps=8, denoiser=recorder, engine="svi", guide=forward_process(8), num_steps=60, num_elbo_evaluations=1)
+    trained = torch.cat([seen.reshape(-1) for grad, seen in recorder.seen if grad])
+    dropped = float((trained == num_classes).double().mean())
+    assert len(trained) >= 60 * n
+    assert abs(dropped - 0.1) < 4 * math.sqrt(0.1 * 0.9 / len(trained)), dropped
+    recorder.seen.clear()
+    ppgen.generate(ddpm, num_data=n, dim=3, num_timesteps=8, denoiser=recorder, y=labels, guidance_scale=2.0, num_samples=1)
+    conditional = torch.cat([seen.reshape(-1) for _, seen in recorder.seen])
+    # one conditional and one unconditional call per step (per run of the program): the null
+    # class is exactly the unconditional half
+    assert len(conditional) > 0 and len(conditional) % (2 * 8 * n) == 0
+    assert int((conditional == num_classes).sum()) == len(conditional) // 2
