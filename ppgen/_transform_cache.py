@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = ["forget_cached_pairs", "flow_modules"]
 
@@ -31,6 +31,27 @@ __all__ = ["forget_cached_pairs", "flow_modules"]
 #: ``TransformedDistribution``, ``ComposeTransform``, inverses, ``IndependentTransform``) and
 #: zuko's (``ComposedTransform.transforms``, ``NormalizingFlow.transform``).
 _CHILDREN = ("base_dist", "transforms", "transform", "parts", "_inv", "base_transform", "flow")
+
+
+def _reachable(fn: Any, kinds: tuple[type, ...]) -> Iterator[Any]:
+    """Every object of ``kinds`` reachable from ``fn`` through :data:`_CHILDREN` (lists and
+    tuples of them included), each once, ``fn`` first."""
+    stack, seen = [fn], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, (list, tuple)):
+            stack.extend(child for child in node if isinstance(child, kinds))
+            continue
+        yield node
+        for attribute in _CHILDREN:
+            child = getattr(node, attribute, None)
+            if isinstance(child, weakref.ref):  # torch holds a transform's own inverse weakly
+                child = child()
+            if isinstance(child, (list, tuple)) or isinstance(child, kinds):
+                stack.append(child)
 
 
 def forget_cached_pairs(fn: Any) -> None:
@@ -46,23 +67,9 @@ def forget_cached_pairs(fn: Any) -> None:
     kinds = (torch.distributions.Distribution, torch.distributions.Transform)
     if not isinstance(fn, kinds):
         return
-    stack, seen = [fn], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, (list, tuple)):
-            stack.extend(child for child in node if isinstance(child, kinds))
-            continue
+    for node in _reachable(fn, kinds):
         if getattr(node, "_cached_x_y", None) is not None:
             node._cached_x_y = (None, None)
-        for attribute in _CHILDREN:
-            child = getattr(node, attribute, None)
-            if isinstance(child, weakref.ref):  # torch holds a transform's own inverse weakly
-                child = child()
-            if isinstance(child, (list, tuple)) or isinstance(child, kinds):
-                stack.append(child)
 
 
 def flow_modules(fn: Any, modules: dict[str, Any]) -> set[str]:
@@ -72,22 +79,5 @@ def flow_modules(fn: Any, modules: dict[str, Any]) -> set[str]:
     import torch
 
     owners = {id(sub): name for name, module in modules.items() for sub in module.modules()}
-    found: set[str] = set()
-    stack, seen = [fn], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, (list, tuple)):
-            stack.extend(node)
-            continue
-        if id(node) in owners:
-            found.add(owners[id(node)])
-        for attribute in _CHILDREN:
-            child = getattr(node, attribute, None)
-            if isinstance(child, weakref.ref):
-                child = child()
-            if isinstance(child, (list, tuple, torch.distributions.Distribution, torch.distributions.Transform, torch.nn.Module)):
-                stack.append(child)
-    return found
+    kinds = (torch.distributions.Distribution, torch.distributions.Transform, torch.nn.Module)
+    return {owners[id(node)] for node in _reachable(fn, kinds) if id(node) in owners}
