@@ -36,6 +36,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.poutine.messenger import Messenger
 
+from ._distributed import GlobalBatchNoise, World
 from ._nonfinite import elbo_fault, nonfinite_gradients
 
 OPTIMIZERS = ("adam", "clipped_adam")
@@ -67,13 +68,21 @@ class GradientSteps:
     """Stochastic gradient ascent on ``loss`` (a Pyro ELBO) for ``model`` and ``guide``.
 
     ``step(*args, **kwargs)`` takes one step with the given model arguments (a minibatch, say)
-    and returns that step's ELBO estimate.
+    and returns that step's ELBO estimate. Under torch.distributed (``world``, each rank with its
+    shard of the step's data) the gradients and the ELBO are averaged over the ranks before the
+    update, and the ranks' random states are re-synchronised when ``noise`` (the guide's
+    :class:`~ppgen.inference._distributed.GlobalBatchNoise`) had to draw a site locally.
     """
 
-    def __init__(self, model: Callable, guide: Callable, loss: Any, make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) -> None:
+    def __init__(
+        self, model: Callable, guide: Callable, loss: Any, make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+        world: Optional[World] = None, noise: Optional[GlobalBatchNoise] = None,
+    ) -> None:
         self.model = model
         self.guide = guide
         self.loss = loss
+        self.world = world
+        self.noise = noise
         self._make_optimizer = make_optimizer
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._known: set[int] = set()
@@ -87,6 +96,8 @@ class GradientSteps:
         with touched, self._validation():
             loss = float(self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs))
         self._validated = True
+        if self.world is not None:
+            loss = self._average_over_ranks(loss, touched)
         self._check_finite(loss, touched, args, kwargs, rng_state)
         self._include(touched.tensors)
         if self._optimizer is not None:
@@ -94,6 +105,15 @@ class GradientSteps:
                 self._set_aside_untouched(touched.tensors)
             self._optimizer.step()
         return -loss
+
+    def _average_over_ranks(self, loss: float, touched: _TouchedParameters) -> float:
+        """The loss and the touched parameters' gradients averaged over the ranks (each rank
+        touches the same parameters: the program is the same)."""
+        self.world.average([tensor.grad for tensor in touched.tensors.values() if tensor.grad is not None])
+        if self.noise is not None and self.noise.inexact:
+            self.world.synchronise_rng()
+            self.noise.inexact = False
+        return self.world.mean(loss)
 
     def _check_finite(self, loss: float, touched: _TouchedParameters, args: tuple, kwargs: dict, rng_state: torch.Tensor) -> None:
         """Raises :class:`~ppgen.driver.NonFiniteStep`, naming the sites to blame, when the loss

@@ -49,6 +49,7 @@ from ppgen.inference._nonfinite import point_fault
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
+from ._distributed import World, world
 from ._vi import Info
 from .svi import SVI, _scaled
 
@@ -163,7 +164,12 @@ class _PointEstimate(Engine):
             def log_objective() -> torch.Tensor:
                 return run_program().log_prob_sum(site_filter=lambda name, site: name in counted)
 
-            minibatch_objective = self._minibatch_objective(structure, constrained(model), args, kwargs, counted)
+            optimizer = self.optimizer or ("adam" if structure.has_modules or self._subsampled(structure) else "lbfgs")
+            # L-BFGS's line search needs the full-data objective: every rank then runs the same full steps
+            shards = world() if optimizer == "adam" else None
+            if shards is not None and checkpoint is not None:
+                raise ValueError(f"{self.name}: checkpoint is not available under torch.distributed (the ranks step on shards); pass one of them")
+            minibatch_objective = self._minibatch_objective(structure, constrained(model), args, kwargs, counted, shards)
 
             log_objective()  # creates param sites in the (scoped) store
             variables = [Variable(name, u, supports[name]) for name, u in unconstrained.items()] + [
@@ -184,9 +190,8 @@ class _PointEstimate(Engine):
             # keeping the last finite point
             with pyro.validation_enabled(False):
                 try:
-                    optimizer = self.optimizer or ("adam" if structure.has_modules or minibatch_objective else "lbfgs")
                     if minibatch_objective is not None:
-                        progress = self._optimise_minibatches(variables, minibatch_objective, fault)
+                        progress = self._optimise_minibatches(variables, minibatch_objective, fault, shards)
                     else:
                         progress = self._optimise(variables, log_objective, fault, optimizer, checkpoint)
                 except EngineFailure as failure:
@@ -203,10 +208,13 @@ class _PointEstimate(Engine):
             map_estimate={name: estimates[name] for name in latent_names},
             samples={name: estimates[name][None] for name in latent_names},
             traces={self._objective_name: np.asarray(progress.objectives)},
-            converged=None if self.subsample_size is not None else progress.converged,  # a fixed budget of noisy steps
+            converged=None if self.subsample_size is not None or minibatch_objective is not None else progress.converged,  # a fixed budget of steps
             num_iterations=progress.num_iterations,
             interrupted=progress.interrupted,
-            diagnostics={"modules": Info(modules), "subsample_size": self.subsample_size} if modules else {},
+            diagnostics={
+                **({"modules": Info(modules), "subsample_size": self.subsample_size} if modules else {}),
+                **({"processes": shards.size} if shards is not None else {}),  # data-parallel ranks (torch.distributed)
+            },
             seconds=time.perf_counter() - start,
         )
 
@@ -294,35 +302,45 @@ class _PointEstimate(Engine):
             raise EngineFailure(self._no_mode_message(runaway, path, variables), partial=progress)
         return progress
 
+    def _subsampled(self, structure: ModelStructure) -> bool:
+        """Whether ``subsample_size`` leaves out data of the data plate at each step."""
+        sizes = [structure.plates[p].size for site in structure.observed.values() for p in site.plates]
+        return self.subsample_size is not None and (not sizes or self.subsample_size < max(sizes))
+
     def _minibatch_objective(
-        self, structure: ModelStructure, program: Callable, args: tuple, kwargs: dict, counted: set[str]
+        self, structure: ModelStructure, program: Callable, args: tuple, kwargs: dict, counted: set[str], shards: Optional[World] = None
     ) -> Optional[Callable[[int], torch.Tensor]]:
         """With ``subsample_size`` B < N: step -> the objective on that step's minibatch, its
-        data-plate sites weighted N / B (a fresh permutation every epoch). None otherwise."""
-        if self.subsample_size is None:
-            return None
+        data-plate sites weighted N / B (a fresh permutation every epoch). Under
+        torch.distributed (``shards``): the rank's shard of the global batch (of all N data
+        without ``subsample_size``), weighted N P / B, so that the mean over the ranks is the
+        single-process objective (:mod:`ppgen.inference._distributed`). None otherwise."""
         plates = {p for site in structure.observed.values() for p in site.plates}
+        if self.subsample_size is None and (shards is None or not plates):
+            return None  # (every rank then runs the same full steps)
         if not plates:
             raise ValueError(f"{self.name}: subsample_size needs a plate holding observed data; the program has none")
         plate = max(plates, key=lambda name: structure.plates[name].size)
         size = structure.plates[plate].size
-        batch = min(self.subsample_size, size)
-        if batch == size:
+        batch = min(self.subsample_size or size, size)
+        if batch == size and shards is None:
             return None
         if not any(isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == size for a in list(args) + list(kwargs.values())):
             raise ValueError(f"{self.name}: no argument has plate {plate!r}'s size {size} as its leading dimension to subsample")
+        lo, hi = shards.shard(batch, self.name) if shards is not None else (0, batch)
         per_epoch = size // batch
-        order = {"permutation": torch.randperm(size)}
-        scaled = _scaled(program, plate, size / batch)
+        # the full data need no permutation (none is drawn, as in a single process)
+        order = {"permutation": torch.randperm(size) if batch < size else torch.arange(size)}
+        scaled = _scaled(program, plate, size / (hi - lo))
 
         def sliced(value: Any, index: torch.Tensor) -> Any:
             return value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size else value
 
         def objective(step: int) -> torch.Tensor:
             position = step % per_epoch
-            if position == 0 and step > 0:
+            if position == 0 and step > 0 and batch < size:
                 order["permutation"] = torch.randperm(size)
-            index = order["permutation"][position * batch:(position + 1) * batch]
+            index = order["permutation"][position * batch:(position + 1) * batch][lo:hi]
             step_args = tuple(sliced(a, index) for a in args)
             step_kwargs = {k: sliced(v, index) for k, v in kwargs.items()}
             trace = poutine.trace(scaled).get_trace(*step_args, **step_kwargs)
@@ -335,10 +353,12 @@ class _PointEstimate(Engine):
         variables: list[Variable],
         objective: Callable[[int], torch.Tensor],
         fault: Callable[[float, list[str]], NonFiniteStep],
+        shards: Optional[World] = None,
     ) -> Progress:
         """Adam on minibatch estimates of the objective, one evaluation per step. A step whose
         estimate or gradient is not finite is not applied (:class:`EngineFailure` naming the
-        sites, the variables left where the step evaluated them)."""
+        sites, the variables left where the step evaluated them). Under torch.distributed the
+        estimate and the gradients are averaged over the ranks before the update."""
         tensors = [variable.tensor for variable in variables]
         optimizer = torch.optim.Adam(tensors, lr=self.learning_rate or 0.01)
         counter = {"step": 0}
@@ -349,13 +369,17 @@ class _PointEstimate(Engine):
             (-value).backward()
             counter["step"] += 1
             number = float(value.detach())
+            if shards is not None:
+                shards.average([t.grad for t in tensors if t.grad is not None])
+                number = shards.mean(number)
             finite = [t.grad is None or bool(torch.isfinite(t.grad).all()) for t in tensors]
             if not (math.isfinite(number) and all(finite)):
                 raise fault(number, [variable.site for variable, ok in zip(variables, finite) if not ok])
             optimizer.step()
             return None, number
 
-        progress = iterate(step, None, num_steps=self.num_steps, tol=0.0, progress=self.progress, name=self.name, objective=self._objective_name)
+        shown = self.progress and (shards is None or shards.rank == 0)
+        progress = iterate(step, None, num_steps=self.num_steps, tol=0.0, progress=shown, name=self.name, objective=self._objective_name)
         optimizer.zero_grad(set_to_none=True)
         return progress
 

@@ -44,6 +44,7 @@ from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
 
 from ._chain_elbo import WEIGHTINGS, ChainELBO, closed_form_chain
+from ._distributed import GlobalBatchNoise, World, world
 from ._gradient_steps import GradientSteps, optimizer_factory
 from ._restarts import INITS, Restarts, StartRecord, check_restart_options, resolve_restarts, start_kinds, symmetric_sites, warn_symmetric
 from ._vi import Info, check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi
@@ -277,10 +278,11 @@ class SVI(Engine):
         return self.guide, getattr(self.guide, "__name__", type(self.guide).__name__)
 
     def _minibatch_plate(self, structure: ModelStructure, minibatch: dict[str, Any]) -> Optional[Callable]:
-        """For ``AutoNormal`` under minibatches: its data plate, subsampled to the step's indices
-        ``minibatch["index"]`` (all data when None). Its per-datum parameters keep the full
-        size N and are indexed by the plate, and the plate scales their log density by N / B."""
-        if self.subsample_size is None:
+        """For ``AutoNormal`` under minibatches (or data-parallel shards): its data plate,
+        subsampled to the step's indices ``minibatch["index"]`` (all data when None). Its
+        per-datum parameters keep the full size N and are indexed by the plate, and the plate
+        scales their log density by N / B."""
+        if self.subsample_size is None and minibatch.get("world") is None:
             return None
         plate = structure.plates[self._data_plate(structure)]
         return lambda *args, **kwargs: pyro.plate(plate.name, plate.size, dim=plate.dim, subsample=minibatch["index"])
@@ -298,6 +300,7 @@ class SVI(Engine):
         discrete_latents = [name for name, site in structure.latent.items() if site.is_discrete]
         count, until_agree = resolve_restarts(self.num_restarts, bool(discrete_latents) and self.copy_modules)
         checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
+        shards = world()
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             store = pyro.get_param_store()
             record = StartRecord()
@@ -342,6 +345,7 @@ class SVI(Engine):
                 "modules": Info(modules),
                 "elbo_stderr": fit.estimate.stderr,
                 "training_seconds": fit.training_seconds,
+                "processes": 1 if shards is None else shards.size,  # data-parallel ranks (torch.distributed)
                 **record.diagnostics(),
                 "symmetric": symmetric,
             },
@@ -358,7 +362,8 @@ class SVI(Engine):
         if self.copy_modules:
             args, kwargs = _copy_modules(args, copies), _copy_modules(kwargs, copies)
         args, kwargs = pyro_arguments(args, kwargs)
-        minibatch: dict[str, Any] = {"index": None}  # the step's data indices, while training
+        # the step's data indices, while training (the rank's shard of them under torch.distributed)
+        minibatch: dict[str, Any] = {"index": None, "world": world()}
         guide, guide_name = self._guide_program(model, structure, discrete_latents, minibatch, kind)
         guided, batch_rank = guide_sites(guide, args, kwargs)
         enumerated = [name for name in discrete_latents if name not in guided]
@@ -370,15 +375,21 @@ class SVI(Engine):
         loss = ChainELBO(chain, self.weighting, self.num_particles) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
         step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
+        shards = minibatch["world"]
         if plate is None:
             steps = GradientSteps(program, guide, loss, optimizer)
         else:
             # AutoNormal's own subsampled plate scales its sites; other guides see the sliced data
             scaled_guide = guide if self.guide is None else _scaled(guide, plate, factor)
-            steps = GradientSteps(_scaled(program, plate, factor), scaled_guide, loss, optimizer)
+            noise = minibatch.get("noise")
+            steps = GradientSteps(
+                _scaled(program, plate, factor), scaled_guide if noise is None else noise.around(scaled_guide), loss, optimizer,
+                world=shards, noise=noise,
+            )
         training_start = time.perf_counter()
         try:
-            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name, checkpoint, key)
+            shown = self.progress and (shards is None or shards.rank == 0)
+            progress = run_svi(steps, step_args, self.num_steps, self.tol, shown, self.name, checkpoint, key)
         finally:
             minibatch["index"] = None
         training_seconds = time.perf_counter() - training_start
@@ -432,25 +443,34 @@ class SVI(Engine):
         self, structure: ModelStructure, args: tuple, kwargs: dict, minibatch: dict[str, Any]
     ) -> tuple[Callable, Optional[str], float]:
         """Per-step argument function (which also sets ``minibatch["index"]``), the subsampled
-        plate and the scale N / B."""
-        if self.subsample_size is None:
-            return (lambda _: (args, kwargs)), None, 1.0
+        plate and the scale N / B. Under torch.distributed (``minibatch["world"]``) every step
+        takes the rank's shard of the global batch (all N data without ``subsample_size``),
+        scaled N P / B (see :mod:`ppgen.inference._distributed`), and ``minibatch["noise"]``
+        draws the guide's per-datum sites for the global batch."""
+        shards: Optional[World] = minibatch["world"]
+        no_data_plate = self.subsample_plate is None and not any(site.plates for site in structure.observed.values())
+        if self.subsample_size is None and (shards is None or no_data_plate):
+            return (lambda _: (args, kwargs)), None, 1.0  # (every rank then runs the same full steps)
         plate = self._data_plate(structure)
         size = structure.plates[plate].size
-        batch = min(self.subsample_size, size)
-        if batch == size:
+        batch = min(self.subsample_size or size, size)
+        if batch == size and shards is None:
             return (lambda _: (args, kwargs)), None, 1.0
         sliceable = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == size]
         if not sliceable:
             raise ValueError(f"SVI: no argument has plate {plate!r}'s size {size} as its leading dimension to subsample")
+        lo, hi = shards.shard(batch, "SVI") if shards is not None else (0, batch)
+        if shards is not None:
+            minibatch["noise"] = GlobalBatchNoise(plate, batch, lo, hi)
         per_epoch = size // batch
-        order = {"permutation": torch.randperm(size)}
+        # the full data need no permutation (none is drawn, as in a single process)
+        order = {"permutation": torch.randperm(size) if batch < size else torch.arange(size)}
 
         def step_args(step: int) -> tuple[tuple, dict]:
             position = step % per_epoch
-            if position == 0 and step > 0:
+            if position == 0 and step > 0 and batch < size:
                 order["permutation"] = torch.randperm(size)
-            index = order["permutation"][position * batch:(position + 1) * batch]
+            index = order["permutation"][position * batch:(position + 1) * batch][lo:hi]
             minibatch["index"] = index
             return (
                 tuple(self._sliced(a, index, size) for a in args),
@@ -458,7 +478,7 @@ class SVI(Engine):
             )
 
         step_args.order = order  # the epoch's permutation, saved with a checkpoint
-        return step_args, plate, size / batch
+        return step_args, plate, size / (hi - lo)
 
     @staticmethod
     def _named_modules(guide: Callable, copies: dict, args: tuple, kwargs: dict, store: Any) -> dict[str, torch.nn.Module]:

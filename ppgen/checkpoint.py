@@ -273,7 +273,10 @@ class Checkpoint:
         return Section(self, key, capture, restore, jax_state)
 
     def write(self) -> None:
-        """Atomically replace the file with the current sections."""
+        """Atomically replace the file with the current sections. Under torch.distributed only
+        rank 0 writes (every rank holds the same state; they all read the file to resume)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         contents = {"header": {**self.header, "version": FORMAT_VERSION}, "sections": self.sections}
         handle, temporary = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
