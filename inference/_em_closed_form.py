@@ -274,13 +274,14 @@ def upper_triangle(d: int) -> tuple[torch.Tensor, torch.Tensor]:
 def prepare_mvn_features(site: SiteModel) -> None:
     """Cache the design matrix [x̃, x̃_d x̃_e (d ≤ e), 1] of the site's data, x̃ = x − mean(x):
     the data are constant, so both the E-step (a product with natural parameters) and the
-    M-step (weighted sums) reuse it."""
+    M-step (weighted sums) reuse it. A centre already in ``site.cache`` is kept (stochastic EM
+    centres every minibatch on the first one's mean, so that their sums add up)."""
     if "design" in site.cache:
         return
     x = site.value
     d = x.shape[-1]
     flat = x.reshape(-1, d)
-    centre = flat.mean(0)
+    centre = site.cache["centre"] if "centre" in site.cache else flat.mean(0)
     centred = flat - centre
     first, second = upper_triangle(d)
     design = torch.cat([centred, centred[:, first] * centred[:, second], torch.ones_like(centred[:, :1])], -1)
@@ -423,6 +424,13 @@ def _keep_old(new: torch.Tensor, old: torch.Tensor, used: torch.Tensor) -> torch
     return torch.where(mask, new, old)
 
 
+def _statistic(cache: dict, key: tuple, sums: torch.Tensor) -> torch.Tensor:
+    """Weighted sums as the M-step uses them: as computed (batch EM), or passed through the
+    running average ``cache["running"]`` of stochastic EM (:mod:`ppgen.inference.em`)."""
+    running = cache.get("running")
+    return sums if running is None else running(key, sums)
+
+
 def update(
     rule: str,
     name: str,
@@ -447,6 +455,7 @@ def update(
         for site, key in uses:
             onehot = torch.nn.functional.one_hot(site.value.long(), categories).to(dtype)
             counts += weighted_row_sums(cell_weights(site, weights[site.name]), onehot, site.arguments[key].index, num_rows)
+        counts = _statistic(cache, (name, rule), counts)
         alpha = _prior_rows(prior, "concentration", tuple(current.shape), 1, dtype)
         used = counts.sum(-1) > 0
         if alpha is not None:
@@ -465,6 +474,7 @@ def update(
                 weight = weight / scale**2
             stat = torch.stack(torch.broadcast_tensors(x, torch.ones_like(x)), -1)
             sums += weighted_row_sums(weight, stat, site.arguments[key].index, num_rows)
+        sums = _statistic(cache, (name, rule), sums)
         weighted, total = sums[:, 0], sums[:, 1]
         if rule == "bernoulli":
             a = _prior_rows(prior, "concentration1", tuple(current.shape), 0, dtype)
@@ -490,6 +500,7 @@ def update(
             residual = (site.value.to(dtype) - loc) ** 2
             stat = torch.stack([residual, torch.ones_like(residual)], -1)
             sums += weighted_row_sums(cell_weights(site, weights[site.name]), stat, site.arguments[key].index, num_rows)
+        sums = _statistic(cache, (name, rule), sums)
         raw = sums[:, 0] / (sums[:, 1] + EPS)
         used = sums[:, 1] > 0
         _record_collapse(cache, name, uses, current, event_shape, sums[:, 1], raw, reg_covar)
@@ -505,7 +516,8 @@ def update(
             prepare_mvn_features(site)
             design = site.cache["design"].reshape(site.cache["data_shape"] + (-1,))
             weight = cell_weights(site, weights[site.name])
-            cache[(site.name, num_rows)] = weighted_row_sums(weight, design, site.arguments[key].index, num_rows)
+            sums = weighted_row_sums(weight, design, site.arguments[key].index, num_rows)
+            cache[(site.name, num_rows)] = _statistic(cache, ("design", site.name, num_rows), sums)
         sums = cache[(site.name, num_rows)]
         total = sums if total is None else total + sums
     site = uses[0][0]

@@ -14,6 +14,20 @@ of the objective). Each iteration
   closed form (:mod:`ppgen.inference._em_closed_form`); the remaining globals take L-BFGS steps on
   Q (generalised EM), accepted only if Q increases.
 
+Stochastic (online) EM, ``subsample_size=B`` (Cappé & Moulines 2009): step k runs the E-step
+on a minibatch of B data of the data plate (a fresh permutation every epoch) and keeps, for
+every closed-form update, a running average of the full-data sufficient statistics,
+
+    s_k = (1 − γ_k) s_{k−1} + γ_k (N / B) S(batch_k; θ_{k−1}),   γ_k = (k + 2)^(−0.6),
+
+(Σ γ_k = ∞, Σ γ_k² < ∞; the first minibatch's statistics start the average) from which the
+M-step computes θ_k as batch EM does from the full-data sums. Nothing per step is of size N,
+so memory is constant in N; the E-step of a Normal's scale uses the location of the step it
+was computed at (the two agree at the fixed point). Globals without a closed-form update are
+refused (use ``svi``). The objective trace holds each minibatch's log-likelihood × N / B (at
+θ_{k−1}); at the end log p(x; θ̂) is computed in chunks of B. Per-datum ``marginals`` are not
+returned (they are of size N): run batch EM from ``init_params=result.params`` for them.
+
 So the Gaussian mixture, the Bernoulli mixture and Baum–Welch for an HMM all come out of the
 same code, and log p(x; θ) (plus log p(θ) with priors) never decreases. Degenerate components
 are regularised (``reg_covar`` added to variances, as scikit-learn does), never NaN: a component
@@ -26,7 +40,8 @@ References
 A. P. Dempster, N. M. Laird, D. B. Rubin (1977), "Maximum likelihood from incomplete data via
 the EM algorithm", JRSS B 39(1). X.-L. Meng, D. B. Rubin (1993), "Maximum likelihood
 estimation via the ECM algorithm", Biometrika 80(2). D. Arthur, S. Vassilvitskii (2007),
-"k-means++: the advantages of careful seeding", SODA.
+"k-means++: the advantages of careful seeding", SODA. O. Cappé, E. Moulines (2009), "On-line
+expectation–maximization algorithm for latent data models", JRSS B 71(3).
 """
 
 from __future__ import annotations
@@ -210,6 +225,10 @@ class EM(Engine):
         :class:`~ppgen.errors.ConvergenceWarning`. Rescale data whose variances are near it.
     gradient_steps : int
         L-BFGS iterations per M-step for globals without a closed form.
+    subsample_size : int, optional
+        Minibatch size B over the data plate: stochastic (online) EM with step sizes
+        γ_k = (k + 2)^(−0.6), ``num_steps`` minibatch steps (an epoch is N / B steps; ``tol``
+        is not used), memory constant in N (see the module docstring). None: batch EM.
     seed, progress : as everywhere.
     checkpoint, checkpoint_every : a file (path) the run's state is saved to every
         ``checkpoint_every`` iterations, on SIGINT / SIGTERM (the run then returns the state
@@ -246,12 +265,18 @@ class EM(Engine):
         init_params: Optional[dict[str, Any]] = None,
         reg_covar: float = 1e-6,
         gradient_steps: int = 20,
+        subsample_size: Optional[int] = None,
         seed: int = 0,
         progress: bool = False,
         checkpoint: Optional[Union[str, os.PathLike]] = None,
         checkpoint_every: int = 10,
     ) -> None:
         check_checkpoint_options("EM", checkpoint, checkpoint_every)
+        if subsample_size is not None and (isinstance(subsample_size, bool) or not isinstance(subsample_size, (int, np.integer)) or subsample_size < 1):
+            raise ValueError(f"EM: subsample_size must be a positive integer or None, got {subsample_size!r}")
+        if subsample_size is not None and checkpoint is not None:
+            raise ValueError("EM: checkpoint is not available with subsample_size; pass one of them")
+        self.subsample_size = None if subsample_size is None else int(subsample_size)
         if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
             raise ValueError(f"EM: num_steps must be a positive integer, got {num_steps!r}")
         if not tol >= 0:
@@ -290,8 +315,11 @@ class EM(Engine):
     # ---------------------------------------------------------------------------------------
     # set-up
 
-    def _setup(self, model: Callable, args: tuple, kwargs: dict, structure: ModelStructure) -> tuple[_Problem, dict]:
-        """Globals, their constraints and program values; two random probes to recognise gathers."""
+    def _setup(
+        self, model: Callable, args: tuple, kwargs: dict, structure: ModelStructure, centres: Optional[dict[str, torch.Tensor]] = None
+    ) -> tuple[_Problem, dict]:
+        """Globals, their constraints and program values; two random probes to recognise gathers.
+        ``centres``: the centre of each multivariate normal site's design (default: its data mean)."""
         params = [n for n, s in structure.params.items() if s.distribution != "module"]
         latents = _global_latents(structure)
         plain = poutine.trace(model).get_trace(*args, **kwargs)
@@ -330,6 +358,9 @@ class EM(Engine):
                 Prior(type(base).__name__, {k: compact(v) for k, v in given_arguments(base).items()}) if fixed else None
             )
         problem.site_models = site_models
+        for name, centre in (centres or {}).items():
+            if name in site_models:
+                site_models[name].cache["centre"] = centre
         self._plan(problem, opaque)
         return problem, program_values
 
@@ -402,12 +433,14 @@ class EM(Engine):
     # M-step
 
     def _m_step(
-        self, problem: _Problem, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], collapsed: Optional[dict] = None
+        self, problem: _Problem, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], collapsed: Optional[dict] = None,
+        running: Optional["_RunningStatistics"] = None,
     ) -> dict[str, torch.Tensor]:
         """The closed-form updates, then gradient steps on the rest; the collapsed components
-        the closed forms found are added to ``collapsed``."""
+        the closed forms found are added to ``collapsed``. With ``running`` (stochastic EM) the
+        closed forms use its running averages of the sufficient statistics."""
         values = dict(values)
-        cache: dict = {}
+        cache: dict = {} if running is None else {"running": running}
         for rule in ORDER:
             for name in problem.names:
                 if problem.rules[name] == rule:
@@ -528,6 +561,13 @@ class EM(Engine):
 
             raise EngineNotApplicable(f"engine 'em' does not apply to {structure.name}: {reason}")
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
+        if self.subsample_size is not None:
+            data_plates = {p for site in structure.observed.values() for p in site.plates}
+            if not data_plates:
+                raise ValueError("EM: subsample_size needs a plate holding observed data; the program has none")
+            plate = max(data_plates, key=lambda name: structure.plates[name].size)
+            if self.subsample_size < structure.plates[plate].size:
+                return self._run_stochastic(model, args, kwargs, structure, plate, start)
         checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation(), small_ops():
             torch.manual_seed(self.seed)
@@ -586,6 +626,123 @@ class EM(Engine):
             },
             seconds=time.perf_counter() - start,
         )
+
+
+    # ---------------------------------------------------------------------------------------
+    # stochastic (online) EM
+
+    def _run_stochastic(self, model: Callable, args: tuple, kwargs: dict, structure: ModelStructure, plate: str, start: float) -> Result:
+        """``num_steps`` minibatch steps of online EM per start (module docstring); the start
+        with the highest full-data log p(x; θ) (or log joint) is kept."""
+        size = structure.plates[plate].size
+        batch = self.subsample_size
+        if not any(isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == size for a in list(args) + list(kwargs.values())):
+            raise ValueError(f"EM: no argument has plate {plate!r}'s size {size} as its leading dimension to subsample")
+
+        def sliced(index: torch.Tensor) -> tuple[tuple, dict]:
+            cut = lambda v: v[index] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == size else v  # noqa: E731
+            return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation(), small_ops():
+            torch.manual_seed(self.seed)
+            order = {"permutation": torch.randperm(size)}
+            first, program_values = self._setup(model, *sliced(order["permutation"][:batch]), structure)
+            gradient = [n for n in first.names if first.rules[n] == "gradient"]
+            if gradient:
+                raise ValueError(
+                    f"EM: subsample_size needs closed-form M-steps; {gradient[0]!r} takes gradient steps "
+                    f"({first.reasons[gradient[0]]}); use batch EM or svi"
+                )
+            centres = {name: site.cache["centre"] for name, site in first.site_models.items() if "centre" in site.cache}
+            per_epoch = size // batch
+
+            def minibatch(step: int) -> _Problem:
+                position = step % per_epoch
+                if position == 0 and step > 0:
+                    order["permutation"] = torch.randperm(size)
+                index = order["permutation"][position * batch:(position + 1) * batch]
+                return first if step == 0 else self._setup(model, *sliced(index), structure, centres)[0]
+
+            differ = _mixture_rows(first) is not None or bool(first.latents)
+            count, until_agree = resolve_restarts(self.num_restarts, differ)
+            record = StartRecord()
+            for restart, kind in enumerate(start_kinds(self.init, count)):
+                values = self._initial_values(first, program_values, restart, kind)
+                running = _RunningStatistics(size / batch)
+                objectives: list[float] = []
+                collapsed: dict = {}
+
+                def step(current: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+                    problem = minibatch(len(objectives))
+                    state = self._e_step(problem, current)
+                    running.step_size = (len(objectives) + 2) ** -_STEP_SIZE_EXPONENT
+                    collapsed.clear()
+                    new = self._m_step(problem, current, state.posterior.weights, collapsed, running)
+                    objectives.append(state.log_likelihood * size / batch)
+                    return new, objectives[-1]
+
+                progress = iterate(step, values, num_steps=self.num_steps, tol=0.0, progress=self.progress, name=self.name, objective="log_likelihood", warn=False)
+                log_likelihood, log_prior = self._streamed_log_likelihood(model, structure, progress.state, size, batch, sliced, centres)
+                record.add(kind, log_likelihood + log_prior, (progress, log_likelihood, log_prior, dict(collapsed)))
+                if progress.interrupted or (until_agree and record.agree(1e-3 * max(1.0, abs(log_likelihood)))):
+                    break
+            progress, log_likelihood, log_prior, collapsed = record.best
+        if collapsed:
+            _warn_collapsed(collapsed, self.reg_covar)
+        estimate = progress.state
+        return Result(
+            engine=self.name,
+            params={n: to_numpy(v) for n, v in estimate.items()},
+            map_estimate={n: to_numpy(estimate[n]) for n in first.latents},
+            log_evidence=None if first.latents else Estimate(log_likelihood, 0.0, "exact"),
+            traces={"log_likelihood": np.asarray(progress.objectives, dtype=np.float64)},
+            converged=None,  # a fixed budget of stochastic steps
+            num_iterations=progress.num_iterations,
+            interrupted=progress.interrupted,
+            diagnostics={
+                "m_step": {n: first.reasons[n] for n in first.names},
+                "subsample_size": batch,
+                "subsample_plate": plate,
+                "step_sizes": f"(k + 2)^-{_STEP_SIZE_EXPONENT}",
+                "log_likelihood": log_likelihood,
+                "log_joint": log_likelihood + log_prior,
+                **record.diagnostics(),
+                "collapsed": {name: components for name, (_, components, _) in collapsed.items()},
+            },
+            seconds=time.perf_counter() - start,
+        )
+
+    def _streamed_log_likelihood(
+        self, model: Callable, structure: ModelStructure, values: dict, size: int, batch: int, sliced: Callable, centres: dict
+    ) -> tuple[float, float]:
+        """log p(x; θ) summed over consecutive chunks of ``batch`` data (memory constant in N),
+        and log p(θ) of the global latents (once)."""
+        log_likelihood, log_prior = 0.0, 0.0
+        for lo in range(0, size, batch):
+            problem = self._setup(model, *sliced(torch.arange(lo, min(lo + batch, size))), structure, centres)[0]
+            state = self._e_step(problem, values)
+            log_likelihood += state.log_likelihood
+            log_prior = state.log_joint - state.log_likelihood
+        return log_likelihood, log_prior
+
+
+_STEP_SIZE_EXPONENT = 0.6  # Cappé & Moulines: γ_k = (k + 2)^-κ, κ in (1/2, 1]
+
+
+class _RunningStatistics:
+    """Online EM's running averages of the full-data sufficient statistics, one per closed-form
+    update: s ← s + γ ((N / B) S − s), starting at the first minibatch's (N / B) S."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.step_size = 1.0
+        self.sums: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, key: tuple, sums: torch.Tensor) -> torch.Tensor:
+        estimate = sums * self.scale
+        previous = self.sums.get(key)
+        self.sums[key] = estimate if previous is None else previous + self.step_size * (estimate - previous)
+        return self.sums[key]
 
 
 # --------------------------------------------------------------------------------------------
