@@ -681,12 +681,15 @@ class EM(Engine):
                     objectives.append(state.log_likelihood * size / batch)
                     return new, objectives[-1]
 
+                training_start = time.perf_counter()
                 progress = iterate(step, values, num_steps=self.num_steps, tol=0.0, progress=self.progress, name=self.name, objective="log_likelihood", warn=False)
+                pass_start = time.perf_counter()
                 log_likelihood, log_prior = self._streamed_log_likelihood(model, structure, progress.state, size, batch, sliced, centres)
-                record.add(kind, log_likelihood + log_prior, (progress, log_likelihood, log_prior, dict(collapsed)))
+                seconds = {"training_seconds": pass_start - training_start, "full_pass_seconds": time.perf_counter() - pass_start}
+                record.add(kind, log_likelihood + log_prior, (progress, log_likelihood, log_prior, dict(collapsed), seconds))
                 if progress.interrupted or (until_agree and record.agree(1e-3 * max(1.0, abs(log_likelihood)))):
                     break
-            progress, log_likelihood, log_prior, collapsed = record.best
+            progress, log_likelihood, log_prior, collapsed, seconds = record.best
         if collapsed:
             _warn_collapsed(collapsed, self.reg_covar)
         estimate = progress.state
@@ -706,6 +709,7 @@ class EM(Engine):
                 "step_sizes": f"(k + 2)^-{_STEP_SIZE_EXPONENT}",
                 "log_likelihood": log_likelihood,
                 "log_joint": log_likelihood + log_prior,
+                **seconds,  # the steps, and the final streamed pass over the data (in chunks of B)
                 **record.diagnostics(),
                 "collapsed": {name: components for name, (_, components, _) in collapsed.items()},
             },
