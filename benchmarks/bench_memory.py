@@ -5,10 +5,10 @@ Each N runs in a fresh Python process. The data are generated in chunks of 1e6 i
 file in a temporary directory and opened memory-mapped (``mmap_mode="c"``, copy-on-write, so
 ppgen uses the pages in place instead of copying them); nothing holds all N points in the
 process's own heap. The engine is ``em`` with ``subsample_size=B``, ``--steps`` minibatch steps,
-then its final pass computing log p(x; θ̂) over all N data in chunks of B. Reported per N:
+then its final pass computing log p(x; θ̂) over all N data in chunks of max(B, 2^16). Reported per N:
 
 * seconds per step (the steps' time / steps: flat in N is the goal),
-* seconds of one full pass over the data (the final streamed log-likelihood, N / B chunks),
+* seconds of one full pass over the data (the final streamed log-likelihood),
   and its ratio between N = 1e7 and 1e6 (target ≈ 10: linear in N),
 * peak resident memory above the baseline after the data file is opened (``resource``:
   includes the data pages the process touched, which are file-backed and shared), and the

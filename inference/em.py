@@ -22,11 +22,12 @@ every closed-form update, a running average of the full-data sufficient statisti
 
 (Σ γ_k = ∞, Σ γ_k² < ∞; the first minibatch's statistics start the average) from which the
 M-step computes θ_k as batch EM does from the full-data sums. Nothing per step is of size N,
-so memory is constant in N; the E-step of a Normal's scale uses the location of the step it
-was computed at (the two agree at the fixed point). Globals without a closed-form update are
-refused (use ``svi``). The objective trace holds each minibatch's log-likelihood × N / B (at
-θ_{k−1}); at the end log p(x; θ̂) is computed in chunks of B. Per-datum ``marginals`` are not
-returned (they are of size N): run batch EM from ``init_params=result.params`` for them.
+so memory is constant in N; the statistics of a Normal's scale are taken about the location
+of the step they were computed at (the locations agree at the fixed point). Globals without a
+closed-form update are refused (use ``svi``). The objective trace holds each minibatch's log-likelihood × N / B (at
+θ_{k−1}); at the end log p(x; θ̂) is computed in chunks of max(B, 2^16) data. Per-datum
+``marginals`` are not returned (they are of size N): run batch EM from
+``init_params=result.params`` for them.
 
 So the Gaussian mixture, the Bernoulli mixture and Baum–Welch for an HMM all come out of the
 same code, and log p(x; θ) (plus log p(θ) with priors) never decreases. Degenerate components
@@ -709,7 +710,7 @@ class EM(Engine):
                 "step_sizes": f"(k + 2)^-{_STEP_SIZE_EXPONENT}",
                 "log_likelihood": log_likelihood,
                 "log_joint": log_likelihood + log_prior,
-                **seconds,  # the steps, and the final streamed pass over the data (in chunks of B)
+                **seconds,  # the steps, and the final streamed pass over the data (in chunks)
                 **record.diagnostics(),
                 "collapsed": {name: components for name, (_, components, _) in collapsed.items()},
             },
@@ -719,17 +720,20 @@ class EM(Engine):
     def _streamed_log_likelihood(
         self, model: Callable, structure: ModelStructure, values: dict, size: int, batch: int, sliced: Callable, centres: dict
     ) -> tuple[float, float]:
-        """log p(x; θ) summed over consecutive chunks of ``batch`` data (memory constant in N),
-        and log p(θ) of the global latents (once)."""
+        """log p(x; θ) summed over consecutive chunks of max(``batch``, 2^16) data (memory
+        bounded by the chunk, constant in N; a chunk this size keeps the per-chunk set-up
+        small against the work), and log p(θ) of the global latents (once)."""
         log_likelihood, log_prior = 0.0, 0.0
-        for lo in range(0, size, batch):
-            problem = self._setup(model, *sliced(torch.arange(lo, min(lo + batch, size))), structure, centres)[0]
+        chunk = max(batch, _PASS_CHUNK)
+        for lo in range(0, size, chunk):
+            problem = self._setup(model, *sliced(torch.arange(lo, min(lo + chunk, size))), structure, centres)[0]
             state = self._e_step(problem, values)
             log_likelihood += state.log_likelihood
             log_prior = state.log_joint - state.log_likelihood
         return log_likelihood, log_prior
 
 
+_PASS_CHUNK = 2**16  # data per chunk of the final streamed log-likelihood
 _STEP_SIZE_EXPONENT = 0.6  # Cappé & Moulines: γ_k = (k + 2)^-κ, κ in (1/2, 1]
 
 
