@@ -374,6 +374,9 @@ class SVI(Engine):
         chain = closed_form_chain(guide)
         loss = ChainELBO(chain, self.weighting, self.num_particles) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
+        if chain is not None and minibatch["world"] is not None:
+            # its per-datum time steps are drawn inside the loss, out of GlobalBatchNoise's reach
+            raise ValueError("SVI: a noising chain's ELBO (diffusion) is not trained data-parallel yet; run it in one process")
         step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
         shards = minibatch["world"]
         if plate is None:
