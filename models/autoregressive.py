@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ppgen import dist, module, plate, sample
+from ppgen import carry, dist, module, plate, sample
 from ppgen.catalogue import Example, Simulated
 from ppgen.models._figures import image_grid
 from ppgen.models.vae import load_digits_binary
@@ -122,9 +122,12 @@ class CharNetwork(torch.nn.Module):
         return self.out(state)
 
     def update(self, state: torch.Tensor, i: int, value: torch.Tensor) -> torch.Tensor:
-        shape = torch.broadcast_shapes(value.shape, state.shape[:-1])
-        inputs = self.embed(value.long().expand(shape).reshape(-1))
-        return self.cell(inputs, state.expand(*shape, self.hidden).reshape(-1, self.hidden)).reshape(*shape, self.hidden)
+        shape = state.shape[:-1]
+        if value.shape != shape:  # (torch.broadcast_shapes costs as much as the embedding)
+            shape = torch.broadcast_shapes(value.shape, shape)
+            value, state = value.expand(shape), state.expand(*shape, self.hidden)
+        inputs = self.embed(value.long().reshape(-1))
+        return self.cell(inputs, state.reshape(-1, self.hidden)).reshape(*shape, self.hidden)
 
 
 def make_network(name: str, D: int = NUM_PIXELS, seed: int = 0, **sizes: int) -> torch.nn.Module:
@@ -157,8 +160,8 @@ def _chain(x: Optional[Any], n: int, D: int, network: torch.nn.Module, categoric
                 value = sample(f"x_{i}", fn, obs=prompt[..., i])
             else:
                 value = sample(f"x_{i}", fn)
-            if i + 1 < D:
-                state = network.update(state, i, value)
+            if i + 1 < D:  # carry: beam search reorders the state to the beams that extend it
+                state = network.update(carry("state", state, event_dim=1), i, value)
 
 
 def _network(model: str, network: Optional[torch.nn.Module], x: Optional[Any], kind: str, D: int) -> torch.nn.Module:

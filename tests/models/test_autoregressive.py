@@ -84,6 +84,36 @@ def test_char_model_prompt_is_observed_and_continuation_latent():
         char_model(x=encode("abcde")[None], prompt=encode("ab")[None], network=network)
 
 
+def _plain_beam(network, prompt: np.ndarray, new: int, num_beams: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textbook beam loop over the GRU that reorders its hidden state between steps: the B
+    continuations (B, new), best first, and their log p(prompt, continuation)."""
+    with torch.no_grad():
+        state, score = network.initial((1,)), torch.zeros(1, dtype=torch.float64)
+        for t, code in enumerate(prompt):
+            score = score + network.logits(state, t).log_softmax(-1)[:, code]
+            state = network.update(state, t, torch.tensor([code]))
+        history = torch.zeros(1, 0, dtype=torch.long)
+        for t in range(len(prompt), len(prompt) + new):
+            candidates = (score[:, None] + network.logits(state, t).log_softmax(-1)).reshape(-1)
+            score, best = torch.topk(candidates, min(num_beams, len(candidates)))
+            parents, values = best // network.vocabulary, best % network.vocabulary
+            history = torch.cat([history[parents], values[:, None]], 1)
+            if t + 1 < len(prompt) + new:
+                state = network.update(state[parents], t, values)
+    return history.numpy(), score.numpy()
+
+
+def test_char_model_beam_search_is_a_plain_beam_loop_over_its_gru():
+    network = make_network("char", embedding=5, hidden=12, seed=2)
+    prompt = encode("if x")
+    result = ppgen.infer(char_model, prompt=prompt[None], length=len(prompt) + 15, network=network, engine="beam", num_beams=4)
+    assert result.diagnostics["path"] == "carried"  # one run of the program, its GRU state carried
+    continuations, log_p = _plain_beam(network, prompt, 15, 4)
+    ours = np.stack([result.samples[f"x_{t}"] for t in range(len(prompt), len(prompt) + 15)], 1)
+    np.testing.assert_array_equal(ours, continuations)
+    np.testing.assert_allclose(result.sample_stats["log_joint"], log_p, rtol=0, atol=1e-9)
+
+
 def _hmm_source():
     initial = np.array([0.6, 0.4])
     transition = np.array([[0.9, 0.1], [0.2, 0.8]])
