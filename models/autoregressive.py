@@ -18,7 +18,9 @@ per site (Frey 1998; Larochelle & Murray 2011; Cho et al. 2014):
   needed), which is what keeps sampling and beam search linear in the length.
 
 Each network has the same three methods (``initial``, ``logits``, ``update``), and one program
-body (:func:`_chain`) serves all three models. The network is a model argument registered with
+body (:func:`_chain`) serves all three models. It passes the state through :func:`ppgen.carry`
+after each site, which lets beam search run it once with its beams as a batch dimension and
+reorder the state between them (``engine="beam"``, O(L) for L sites rather than O(L²)). The network is a model argument registered with
 ``ppgen.module`` and trained in place (``ppgen.learn(..., engine="mle")``);
 :func:`make_network` builds a fresh seeded one. Scores are exact (no latents):
 ``ppgen.score(..., engine="enumerate")``; :func:`per_symbol` turns log p into nats per datum,
