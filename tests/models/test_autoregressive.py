@@ -114,6 +114,30 @@ def test_char_model_beam_search_is_a_plain_beam_loop_over_its_gru():
     np.testing.assert_allclose(result.sample_stats["log_joint"], log_p, rtol=0, atol=1e-9)
 
 
+def test_generate_keeps_the_prompt_and_continues_from_its_state():
+    """The prompt comes back unchanged in every draw; the next two characters follow
+    p(x_P, x_P+1 | prompt) computed by a plain loop over the GRU (χ², seeded)."""
+    from scipy.stats import chisquare
+
+    network = make_network("char", vocabulary=4, embedding=3, hidden=6, seed=4)
+    with torch.no_grad():
+        network.out.weight.mul_(4.0)  # sharp conditionals, far from the prompt-free marginals
+    prompt = np.array([[3, 1, 1, 0, 2]])
+    num_samples = 4000
+    draws = ppgen.generate(char_model, prompt=prompt, length=7, network=network, num_samples=num_samples, seed=6)
+    for t in range(5):
+        np.testing.assert_array_equal(draws[f"x_{t}"].reshape(-1), np.full(num_samples, prompt[0, t]))
+    with torch.no_grad():
+        state = network.initial((1,))
+        for t, code in enumerate(prompt[0]):
+            state = network.update(state, t, torch.tensor([code]))
+        first = network.logits(state, 5).softmax(-1)[0]  # p(x_5 | prompt)
+        after = network.logits(network.update(state.expand(4, -1), 5, torch.arange(4)), 6).softmax(-1)  # p(x_6 | prompt, x_5)
+    pairs = (first[:, None] * after).reshape(-1).numpy()
+    counts = np.bincount((4 * draws["x_5"] + draws["x_6"]).reshape(-1).astype(int), minlength=16)
+    assert chisquare(counts, num_samples * pairs).pvalue > 1e-3, counts
+
+
 def _hmm_source():
     initial = np.array([0.6, 0.4])
     transition = np.array([[0.9, 0.1], [0.2, 0.8]])
