@@ -58,7 +58,16 @@ def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -
 # networks: initial(batch_shape) -> state; logits(state, i); update(state, i, x_i) -> state
 
 
-class FVSBNNetwork(torch.nn.Module):
+class _ChainNetwork(torch.nn.Module):
+    """Calling the network computes the logits, ``network(state, i) = network.logits(state, i)``:
+    the program calls it, so the structure tracer (which hooks a registered module's calls) sees
+    the sites' logits come from the network and draws it as their parent."""
+
+    def forward(self, state: torch.Tensor, i: int) -> torch.Tensor:
+        return self.logits(state, i)
+
+
+class FVSBNNetwork(_ChainNetwork):
     """Logistic conditionals b_i + Σ_{j<i} W_ij x_j (only W's strictly lower triangle is used)."""
 
     def __init__(self, D: int = NUM_PIXELS, seed: int = 0) -> None:
@@ -80,7 +89,7 @@ class FVSBNNetwork(torch.nn.Module):
         return state + value.to(state.dtype)[..., None] * column
 
 
-class NADENetwork(torch.nn.Module):
+class NADENetwork(_ChainNetwork):
     """NADE's shared hidden layer: logit_i = b_i + V_i · σ(a_i), a_{i+1} = a_i + W_{:,i} x_i."""
 
     def __init__(self, D: int = NUM_PIXELS, hidden: int = 64, seed: int = 0) -> None:
@@ -102,7 +111,7 @@ class NADENetwork(torch.nn.Module):
         return state + value.to(state.dtype)[..., None] * self.W[i]
 
 
-class CharNetwork(torch.nn.Module):
+class CharNetwork(_ChainNetwork):
     """A one-layer GRU over characters: logits = U h_t + d, h_{t+1} = GRU(e(x_t), h_t)."""
 
     def __init__(self, vocabulary: int = len(ALPHABET), embedding: int = 32, hidden: int = 128, seed: int = 0) -> None:
@@ -154,7 +163,7 @@ def _chain(x: Optional[Any], n: int, D: int, network: torch.nn.Module, categoric
     with plate("N", n):
         state = network.initial((n,))
         for i in range(D):
-            logits = network.logits(state, i)
+            logits = network(state, i)
             fn = dist.Categorical(logits=logits) if categorical else dist.Bernoulli(logits=logits)
             if prompt is None:
                 value = sample(f"x_{i}", fn, obs=None if x is None else x[..., i])

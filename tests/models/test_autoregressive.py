@@ -204,11 +204,22 @@ def test_digits_held_out_nll_orders_nade_fvsbn_independent_pixels():
     assert nll["nade"] < nll["fvsbn"] < nll["independent"], nll
 
 
-def test_diagram_draws_the_chain_of_sites_as_one_node():
-    from ppgen.diagram import diagram_spec
+@pytest.mark.parametrize(
+    "model, network, x",
+    [
+        (fvsbn, "fvsbn", np.zeros((5, 9))),
+        (nade, "nade", np.zeros((5, 9))),
+        (char_model, "char", np.zeros((3, 9), dtype=np.int64)),
+    ],
+)
+def test_diagram_draws_the_chain_of_sites_as_one_node_fed_by_the_network(model, network, x):
+    from ppgen.diagram import diagram_spec, to_graphviz
 
-    x = np.zeros((5, 9))
-    spec = diagram_spec(ppgen.inspect(fvsbn, x, network=make_network("fvsbn", 9, seed=0)))
+    sizes = {"hidden": 6} if network != "fvsbn" else {}
+    spec = diagram_spec(ppgen.inspect(model, x, network=make_network(network, 9, seed=0, **sizes)))
     chain = [name for name in spec["nodes"] if name.startswith("x_")]
     assert chain == ["x_t"] and spec["nodes"]["x_t"]["chain_length"] == 9
-    assert ("x_t", "x_t", "t−1 → t") in [(e["source"], e["target"], e.get("label")) for e in spec["edges"]]
+    edges = [(e["source"], e["target"], e.get("label")) for e in spec["edges"]]
+    assert ("x_t", "x_t", "t−1 → t") in edges
+    assert (network, "x_t", None) in edges and spec["nodes"][network]["kind"] == "param"  # the network's arrow
+    assert f"{network} -> x_t" in to_graphviz(spec).source
