@@ -189,7 +189,9 @@ class Prior(Engine):
         kept = kept_data(structure)
         program = self._program(model, kept)
         draws = self._posterior_draws()
-        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+        # inspect has checked the program's data and parameters on its own trace: Pyro's
+        # per-site argument checks (a third of a Bernoulli's construction) are off here
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             torch.manual_seed(self.seed)
             if not draws:
                 vectorised = self._vectorised(program, structure, kept, args, kwargs)
