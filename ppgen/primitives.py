@@ -156,7 +156,9 @@ def carry(name: str, value: Any, event_dim: int = 0) -> Any:
     runs the program once with its B beams as a batch dimension left of the program's plates;
     at each finite latent site it keeps the B best (beam, value) pairs, so beam j now continues
     beam ``parents[j]``, and ``carry`` returns ``value`` reordered to match (``value[parents]``
-    along the beams' dimension, composed over the decisions since ``name`` was last carried).
+    along the beams' dimension, composed over the decisions made since ``value`` was: a site's
+    value and a tensor ``carry`` returned are known; any other tensor is taken to be computed
+    after the last ``carry`` of ``name``, or, the first time, before the latest decision).
     Where to call it: right after each latent site, on every tensor computed before that site
     and used after it, before combining it with the site's value::
 
