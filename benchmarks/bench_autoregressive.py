@@ -8,7 +8,13 @@
    character GRU (one run of a 1,000-site program), against plain loops that keep the hidden
    state between steps.
 3. Beam search, B = 5, 100 characters after a prompt: ``infer(char_model, prompt=..., engine="beam")``
-   against a plain beam loop that reorders the GRU state between steps.
+   (the carried path: one run of the program, its GRU state passed through ``ppgen.carry``, plus
+   the check re-running its first 8 decisions) against a plain beam loop that reorders the GRU
+   state between steps.
+
+Both NADE trainings of a repeat start from the same weights and draw the same minibatches
+(``torch.manual_seed(repeat)`` for the plain loop, ``seed=repeat`` for ``learn``), so their
+held-out NLLs agree to rounding.
 
 Each ppgen call is made once before the timed repeats: the first call on a program and its
 arguments traces its structure (``ppgen.inspect``, cached afterwards), which is reported apart
@@ -61,9 +67,9 @@ def plain_nade_training(network: torch.nn.Module, x: torch.Tensor, epochs: int) 
     return (time.perf_counter() - start) / epochs
 
 
-def ppgen_nade_training(network: torch.nn.Module, x: np.ndarray, epochs: int) -> float:
+def ppgen_nade_training(network: torch.nn.Module, x: np.ndarray, epochs: int, seed: int = 0) -> float:
     start = time.perf_counter()
-    ppgen.learn(nade, x, network=network, engine="mle", subsample_size=BATCH, num_steps=epochs * (len(x) // BATCH), learning_rate=LEARNING_RATE)
+    ppgen.learn(nade, x, network=network, engine="mle", subsample_size=BATCH, num_steps=epochs * (len(x) // BATCH), learning_rate=LEARNING_RATE, seed=seed)
     return (time.perf_counter() - start) / epochs
 
 
@@ -135,7 +141,7 @@ def main() -> None:
         torch.manual_seed(repeat)
         plain_net, ppgen_net = make_network("nade", 64, seed=0), make_network("nade", 64, seed=0)
         plain = plain_nade_training(plain_net, torch.as_tensor(x_train), options.epochs)
-        ours = ppgen_nade_training(ppgen_net, x_train, options.epochs)
+        ours = ppgen_nade_training(ppgen_net, x_train, options.epochs, seed=repeat)
         rows["NADE epoch"].append((ours, plain))
         with torch.no_grad():
             nll = {name: -float(nade_log_likelihood(net, torch.as_tensor(x_test))) / len(x_test) for name, net in (("ppgen", ppgen_net), ("plain", plain_net))}

@@ -11,16 +11,32 @@ decoding. When every beam is complete the runs are ranked by their full log join
 log p(x, z). With B at least the number of joint configurations the search is exhaustive and
 returns the exact MAP (what ``enumerate`` computes); with smaller B it may miss it.
 
-Each step runs the program once for all beams at once (the beams are a vectorised batch
-dimension left of the program's plates), stopping at the first undecided latent site, so the
-search costs O(L²) site visits for L latent sites; a program whose state could be reordered
-between beams would allow O(L), which a program in this language does not expose.
+Two paths compute this same search (``Result.diagnostics["path"]``):
+
+- ``"carried"``, for a program that declares its state with :func:`ppgen.carry`: the program
+  runs once, its beams a batch dimension left of its plates. At each latent site the handler
+  scores the B·K extensions, keeps the B best (beam, value) pairs, returns their values, and
+  from then on every ``carry`` reorders the carried tensor to the surviving beams' parents.
+  O(L) site visits for L latent sites, the cost of a plain beam loop over a recurrent network.
+  A check follows: the program runs again with the beams' first 8 decisions fixed (all of
+  them, for a shorter program), up to its next latent site, and each beam's log density there
+  must equal the search's running score. If it does not, or if a carried tensor's beams do not
+  match the search's, the program used a tensor across a decision without carrying it (or
+  carried it at the wrong place, or with the wrong ``event_dim``): the search warns
+  (:class:`~ppgen.ReliabilityWarning`) and takes the other path. The check costs a run over
+  the first 8 decisions, and finds a misplaced ``carry`` in a loop, which misplaces it at every
+  step; a mistake only in a long program's later steps it cannot see. With one beam
+  (greedy decoding) nothing is reordered and nothing is checked.
+- ``"rerun"``, for every other program (which does not expose state to reorder): each decision
+  runs the program for all beams at once up to the first undecided site, so the search costs
+  O(L²) site visits, exact for any program.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -28,15 +44,19 @@ import pyro
 import pyro.distributions as pdist
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
 from ppgen.engine import Engine, missing_data, register
+from ppgen.errors import ReliabilityWarning, user_stacklevel
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
 _BEAMS = "_beams"
-_NOT_SITES = ("Unit", "_Subsample")  # plates' index sites and empty factors
+_NOT_SITES = ("_Subsample",)  # subsampling plates' index sites
+#: The carried path's check re-runs the program with this many first decisions fixed (or all).
+_CHECKED_DECISIONS = 8
 
 
 class _Reached(Exception):
@@ -47,9 +67,13 @@ class _Reached(Exception):
         self.name, self.fn = name, fn
 
 
+class _NotCarried(Exception):
+    """The carried path cannot go on: a tensor's beams disagree with the search's."""
+
+
 class _Decide(Messenger):
     """Sets the decided latent sites to their values (one per beam) and stops the run at the
-    first undecided one (or, with ``complete=True``, requires every one decided)."""
+    first undecided one."""
 
     def __init__(self, decided: dict[str, torch.Tensor]) -> None:
         super().__init__()
@@ -73,8 +97,7 @@ def _base(fn: Any) -> Any:
 
 def _support_size(fn: Any) -> Optional[int]:
     """Number of values of a finite discrete scalar site, or None."""
-    while isinstance(fn, pdist.Independent):
-        fn = fn.base_dist
+    fn = _base(fn)
     if isinstance(fn, pdist.Bernoulli):
         return 2
     if isinstance(fn, pdist.Categorical):
@@ -82,16 +105,143 @@ def _support_size(fn: Any) -> Optional[int]:
     return None
 
 
-def _candidate_log_probs(fn: Any, num_beams: int) -> torch.Tensor:
-    """log p(value) for every value of the site, shape (num_beams, K)."""
-    while isinstance(fn, pdist.Independent):
-        fn = fn.base_dist
+def _candidate_log_probs(fn: Any) -> torch.Tensor:
+    """log p(value) for every value of the site, shape (1 or num_beams, K)."""
+    fn = _base(fn)
     if isinstance(fn, pdist.Bernoulli):
-        logits = fn.logits.reshape(-1, 1) if fn.logits.numel() > 1 else fn.logits.reshape(1, 1)
-        log_probs = torch.cat([torch.nn.functional.logsigmoid(-logits), torch.nn.functional.logsigmoid(logits)], -1)
-    else:
-        log_probs = fn.logits.log_softmax(-1).reshape(-1, fn.logits.shape[-1])
-    return log_probs.expand(num_beams, -1)
+        logits = fn.logits.reshape(-1, 1)
+        return torch.cat([torch.nn.functional.logsigmoid(-logits), torch.nn.functional.logsigmoid(logits)], -1)
+    return fn.logits.reshape(-1, fn.logits.shape[-1])  # torch's Categorical normalises its logits
+
+
+def _per_beam(log_prob: torch.Tensor, nesting: int) -> torch.Tensor:
+    """A site's log density summed over the program's plates (its rightmost ``nesting`` dims):
+    shape () for a site that does not depend on the beams, else (num_beams,)."""
+    plates = tuple(range(max(log_prob.dim() - nesting, 0), log_prob.dim()))
+    log_prob = log_prob.sum(plates) if plates else log_prob
+    return log_prob.reshape(-1) if log_prob.dim() else log_prob
+
+
+def _decide(scores: torch.Tensor, fn: Any, name: str, num_beams: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``num_beams`` best extensions of the beams (running ``scores``, shape (B,)) by a value
+    of the site: their parents (indices into the beams), values and scores."""
+    size = _support_size(fn)
+    if size is None:
+        raise ValueError(f"beam: latent site {name!r} is not a finite discrete scalar site ({type(fn).__name__})")
+    candidates = _candidate_log_probs(fn)
+    if candidates.shape[0] not in (1, len(scores)):
+        raise _NotCarried(f"site {name!r} has {candidates.shape[0]} rows of logits for {len(scores)} beams")
+    totals = (scores[:, None] + candidates).reshape(-1)
+    best, index = torch.topk(totals, min(num_beams, totals.numel()))
+    parents = index.div(size, rounding_mode="floor")
+    values = index - parents * size
+    if size == 2 and isinstance(_base(fn), pdist.Bernoulli):  # Bernoulli sites hold floats
+        values = values.to(fn.logits.dtype)
+    return parents, values, best
+
+
+def _site_log_density(msg: dict, nesting: int, num_beams: int) -> torch.Tensor:
+    """A site's log density per beam, shape () or (num_beams,)."""
+    log_prob = _per_beam(scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"]), nesting)
+    if log_prob.dim() and len(log_prob) not in (1, num_beams):
+        raise _NotCarried(f"site {msg['name']!r} has a log density for {len(log_prob)} beams, not {num_beams}")
+    return log_prob
+
+
+class _Search(Messenger):
+    """The carried path: decides each latent site as the program reaches it and reorders every
+    tensor passed to :func:`ppgen.carry` to the beams that survived the decisions since.
+    Before deciding site ``num_checked + 1`` it keeps the beams' assignments and scores
+    (``checkpoint``), for :class:`_Score` to check."""
+
+    def __init__(self, num_beams: int, nesting: int, num_checked: int) -> None:
+        super().__init__()
+        self.num_beams, self.nesting, self.num_checked = num_beams, nesting, num_checked
+        self.scores = torch.zeros(1, dtype=torch.get_default_dtype())  # running log density per beam
+        self.parents: list[torch.Tensor] = []  # decision d: the beam each new beam extends
+        self.choices: list[tuple[str, torch.Tensor]] = []  # decision d: site name, values per beam
+        self.carried_at: dict[str, int] = {}  # carried name -> decisions made when last carried
+        self.made_at: dict[int, tuple[int, torch.Tensor]] = {}  # id of a tensor handed out -> (decisions made, it)
+        self.num_carried = 0
+        self.checkpoint: Optional[tuple[str, dict[str, torch.Tensor], torch.Tensor]] = None
+
+    def _pyro_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        if type(fn).__name__ in _NOT_SITES:
+            return
+        if msg["is_observed"]:
+            self.scores = self.scores + _site_log_density(msg, self.nesting, len(self.scores))
+            return
+        if len(self.parents) == self.num_checked:
+            self.checkpoint = (msg["name"], self.assignments(), self.scores)
+        parents, values, self.scores = _decide(self.scores, fn, msg["name"], self.num_beams)
+        self.parents.append(parents)
+        self.choices.append((msg["name"], values))
+        msg["value"] = values.reshape((len(values),) + (1,) * self.nesting)
+        msg["is_observed"] = True  # decided, not sampled
+        self.made_at[id(msg["value"])] = (len(self.parents), msg["value"])
+
+    def reorder_carried(self, name: str, value: Any, event_dim: int) -> Any:
+        """``value`` reordered along its beams' dimension to the beams that extend it now. Its
+        beams are those of the decision that made it, for a site's value or a tensor ``carry``
+        returned; for a tensor the program computed, those of the last ``carry`` of ``name``
+        (it was computed from that), or of the decision before the last for a first ``carry``."""
+        self.num_carried += 1
+        if not isinstance(value, torch.Tensor):
+            return value
+        now = len(self.parents)
+        made = self.made_at.get(id(value))
+        since = made[0] if made is not None and made[1] is value else self.carried_at.get(name, max(now - 1, 0))
+        self.carried_at[name] = now
+        if since == now:
+            return value
+        dim = value.dim() - (self.nesting + 1 + event_dim)
+        if dim < 0 or value.shape[dim] == 1:  # the same for every beam
+            return value
+        if dim > 0:
+            raise _NotCarried(
+                f"carry({name!r}): a tensor of shape {tuple(value.shape)} has {value.dim()} dimensions, more than "
+                f"the beams' one + the program's {self.nesting} plate dimensions + event_dim={event_dim}; pass its event_dim"
+            )
+        beams_then = len(self.parents[since - 1]) if since else 1
+        if value.shape[0] != beams_then:
+            raise _NotCarried(f"carry({name!r}): {value.shape[0]} beams in a tensor computed when there were {beams_then}")
+        index = self.parents[now - 1]
+        for parents in reversed(self.parents[since:now - 1]):
+            index = parents[index]
+        carried = value.index_select(0, index)
+        self.made_at[id(carried)] = (now, carried)
+        return carried
+
+    def assignments(self) -> dict[str, torch.Tensor]:
+        """Each decided site's value in each current beam, shape (B,), following the parents back."""
+        beams = torch.arange(len(self.scores))
+        decided = {}
+        for (name, values), parents in zip(reversed(self.choices), reversed(self.parents)):
+            decided[name] = values[beams]
+            beams = parents[beams]
+        return {name: decided[name] for name, _ in self.choices}
+
+
+class _Score(Messenger):
+    """Runs the beams with their latent sites fixed (``fixed``: site -> values, shape (B,)),
+    summing each beam's log density, up to the first latent site not fixed (raises _Reached)."""
+
+    def __init__(self, fixed: dict[str, torch.Tensor], num_beams: int, nesting: int) -> None:
+        super().__init__()
+        self.fixed = {name: value.reshape((num_beams,) + (1,) * nesting) for name, value in fixed.items()}
+        self.nesting = nesting
+        self.scores = torch.zeros(num_beams, dtype=torch.get_default_dtype())
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if type(msg["fn"]).__name__ in _NOT_SITES:
+            return
+        if not msg["is_observed"]:
+            value = self.fixed.get(msg["name"])
+            if value is None:
+                raise _Reached(msg["name"], msg["fn"])
+            msg["value"], msg["is_observed"] = value, True
+        self.scores = self.scores + _site_log_density(msg, self.nesting, len(self.scores))
 
 
 @register
@@ -103,8 +253,10 @@ class Beam(Engine):
     num_beams : B, the number of partial runs kept (1 is greedy decoding).
 
     Returns a :class:`~ppgen.Result` with the best run in ``map_estimate`` (site -> value), the
-    B best complete runs in ``samples`` (site -> array (B, *site_shape)), best first, and their
-    log joint log p(x, z) in ``sample_stats["log_joint"]`` (shape (B,)).
+    B best complete runs in ``samples`` (site -> array (B, *site_shape)), best first, their
+    log joint log p(x, z) in ``sample_stats["log_joint"]`` (shape (B,)), and the path taken in
+    ``diagnostics["path"]`` (``"carried"`` for a program that declares its state with
+    :func:`ppgen.carry`, else ``"rerun"``; see the module docstring).
 
     Examples
     --------
@@ -148,52 +300,102 @@ class Beam(Engine):
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         nesting = structure.max_plate_nesting
         with use_backend("pyro"), torch_precision(enabled=structure.float64), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
-
-            def extend(decided: dict[str, torch.Tensor], num_beams: int) -> tuple[Optional[_Reached], torch.Tensor]:
-                """Run every beam up to its first undecided site: that site (None when the runs
-                are complete) and each beam's log density of the sites reached, shape (B,)."""
-                tracer = poutine.trace(_Decide(decided)(model))
-                reached = None
-                with pyro.plate(_BEAMS, num_beams, dim=-(nesting + 1)):
-                    try:
-                        tracer(*args, **kwargs)
-                    except _Reached as stop:
-                        reached = stop
-                trace = tracer.msngr.trace
-                log_density = torch.zeros(num_beams, dtype=torch.get_default_dtype())
-                for node in trace.nodes.values():
-                    if node["type"] == "sample" and type(node["fn"]).__name__ not in _NOT_SITES:
-                        log_prob = node["fn"].log_prob(node["value"]) * node["scale"]
-                        plates = tuple(range(max(log_prob.dim() - nesting, 0), log_prob.dim()))
-                        log_prob = log_prob.sum(plates) if plates else log_prob  # left: the beams' dim, if any
-                        log_density = log_density + (log_prob.reshape(num_beams) if log_prob.numel() == num_beams else log_prob.sum())
-                return reached, log_density
-
-            decided: dict[str, torch.Tensor] = {}
-            num_beams = 1
-            while True:
-                reached, log_density = extend(decided, num_beams)
-                if reached is None:
-                    break
-                size = _support_size(reached.fn)
-                if size is None:
-                    raise ValueError(f"beam: latent site {reached.name!r} is not a finite discrete scalar site ({type(reached.fn).__name__})")
-                scores = log_density[:, None] + _candidate_log_probs(reached.fn, num_beams)  # (B, K)
-                keep = min(self.num_beams, scores.numel())
-                best = torch.topk(scores.reshape(-1), keep).indices
-                parents, values = best // size, best % size
-                decided = {name: value[parents] for name, value in decided.items()}
-                bernoulli = _support_size(reached.fn) == 2 and not isinstance(_base(reached.fn), pdist.Categorical)
-                decided[reached.name] = values.to(torch.get_default_dtype()) if bernoulli else values
-                decided = {name: value.reshape((keep,) + (1,) * nesting) for name, value in decided.items()}
-                num_beams = keep
-            order = torch.argsort(log_density, descending=True, stable=True)
-        samples = {name: to_numpy(value.reshape(-1)[order]) for name, value in decided.items()}
+            program = _Program(model, args, kwargs, nesting)
+            path = "carried"
+            found = self._carried(program)
+            if found is None:
+                path = "rerun"
+                found = self._rerun(program)
+            decided, log_joint = found
+            order = torch.argsort(log_joint, descending=True, stable=True)
+        values = to_numpy(torch.stack([value.to(log_joint.dtype) for value in decided.values()])[:, order])  # one copy
+        samples = {name: row.astype(decided[name].numpy().dtype) for name, row in zip(decided, values)}
         return Result(
             engine=self.name,
             map_estimate={name: value[0] for name, value in samples.items()},
             samples=samples,
-            sample_stats={"log_joint": to_numpy(log_density[order])},
-            diagnostics={"num_beams": self.num_beams},
+            sample_stats={"log_joint": to_numpy(log_joint[order])},
+            diagnostics={"num_beams": self.num_beams, "path": path},
             seconds=time.perf_counter() - start,
         )
+
+    def _carried(self, program: "_Program") -> Optional[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """One run deciding each site as it is reached; None when the program declares no state,
+        or when its carried state does not reproduce the first decisions' scores."""
+        search = _Search(self.num_beams, program.nesting, _CHECKED_DECISIONS)
+        try:
+            with search:
+                program.model(*program.args, **program.kwargs)
+        except (_NotCarried, RuntimeError, ValueError, IndexError) as error:
+            if search.num_carried:
+                _warn_rerun(f"the run with carried state failed ({type(error).__name__}: {error})")
+            return None
+        if not search.num_carried:
+            return None
+        if self.num_beams > 1:  # one beam is never reordered
+            if search.checkpoint is None:  # every decision checked: the complete runs
+                next_site, fixed, expected = None, search.assignments(), search.scores
+            else:
+                next_site, fixed, expected = search.checkpoint
+            check = _Score(fixed, len(expected), program.nesting)
+            reached = None
+            try:
+                with check:
+                    program.model(*program.args, **program.kwargs)
+            except _Reached as stop:
+                reached = stop.name
+            tolerance = math.sqrt(torch.finfo(expected.dtype).eps)
+            if reached != next_site or not torch.allclose(expected, check.scores, rtol=tolerance, atol=tolerance):
+                worst = float((expected - check.scores).abs().max())
+                _warn_rerun(f"the search's running log densities differ from the runs' own by up to {worst:.3g}")
+                return None
+        return search.assignments(), search.scores
+
+    def _rerun(self, program: "_Program") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every decision re-runs the program, for all beams at once, up to its next undecided site."""
+        decided: dict[str, torch.Tensor] = {}
+        num_beams = 1
+        while True:
+            reached, log_density = program.scores(decided, num_beams)
+            if reached is None:
+                return decided, log_density
+            parents, values, _ = _decide(log_density, reached.fn, reached.name, self.num_beams)
+            decided = {name: value[parents] for name, value in decided.items()}
+            decided[reached.name] = values
+            num_beams = len(values)
+
+
+class _Program:
+    """A program with its arguments, run for ``num_beams`` beams with some latent sites fixed."""
+
+    def __init__(self, model: Callable, args: tuple, kwargs: dict, nesting: int) -> None:
+        self.model, self.args, self.kwargs, self.nesting = model, args, kwargs, nesting
+
+    def scores(self, decided: dict[str, torch.Tensor], num_beams: int) -> tuple[Optional[_Reached], torch.Tensor]:
+        """Run every beam (``decided``: site -> values, shape (num_beams,)) up to its first
+        undecided site: that site (None when the runs are complete) and each beam's log density
+        of the sites reached, shape (num_beams,)."""
+        fixed = {name: value.reshape((num_beams,) + (1,) * self.nesting) for name, value in decided.items()}
+        tracer = poutine.trace(_Decide(fixed)(self.model))
+        reached = None
+        with pyro.plate(_BEAMS, num_beams, dim=-(self.nesting + 1)):
+            try:
+                tracer(*self.args, **self.kwargs)
+            except _Reached as stop:
+                reached = stop
+        log_density = torch.zeros(num_beams, dtype=torch.get_default_dtype())
+        for node in tracer.msngr.trace.nodes.values():
+            if node["type"] == "sample" and type(node["fn"]).__name__ not in _NOT_SITES:
+                log_prob = scale_and_mask(node["fn"].log_prob(node["value"]), node["scale"], node["mask"])
+                log_density = log_density + _per_beam(log_prob, self.nesting)
+        return reached, log_density
+
+
+def _warn_rerun(reason: str) -> None:
+    warnings.warn(
+        f"beam: {reason}: a tensor computed before a decided site was used after it without "
+        "ppgen.carry (or with the wrong event_dim); searching again by re-running the program "
+        "up to each decision (exact, O(L²))",
+        ReliabilityWarning,
+        stacklevel=user_stacklevel(),
+    )

@@ -148,8 +148,9 @@ class _PointEstimate(Engine):
         checkpoint = Checkpoint.for_engine(self, model, args, kwargs)
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope():
             torch.manual_seed(self.seed)
+            # a run of the whole data to start the latents from (none to start: no run)
             with torch.no_grad():
-                init_trace = poutine.trace(InitMessenger(_initial_value)(model)).get_trace(*args, **kwargs)
+                init_trace = poutine.trace(InitMessenger(_initial_value)(model)).get_trace(*args, **kwargs) if latent_names else None
             supports = {name: init_trace.nodes[name]["fn"].support for name in latent_names}
             unconstrained = {
                 name: biject_to(supports[name]).inv(init_trace.nodes[name]["value"].detach()).clone().requires_grad_(True)
@@ -171,7 +172,8 @@ class _PointEstimate(Engine):
                 raise ValueError(f"{self.name}: checkpoint is not available under torch.distributed (the ranks step on shards); pass one of them")
             minibatch_objective = self._minibatch_objective(structure, constrained(model), args, kwargs, counted, shards)
 
-            log_objective()  # creates param sites in the (scoped) store
+            with torch.no_grad():  # creates param sites in the (scoped) store, on one minibatch if there are minibatches
+                minibatch_objective(0) if minibatch_objective is not None else log_objective()
             variables = [Variable(name, u, supports[name]) for name, u in unconstrained.items()] + [
                 Variable(name, param_store._params[name], param_store._constraints.get(name)) for name in param_store.keys()
             ]
@@ -180,7 +182,7 @@ class _PointEstimate(Engine):
                 parameters = {variable.site: variable.tensor for variable in variables}
                 return point_fault(self._objective_name, value, run_program(), counted, parameters, bad_gradients)
 
-            def named(trace: Any) -> dict[str, np.ndarray]:
+            def named(trace: Optional[Any]) -> dict[str, np.ndarray]:
                 values = {name: trace.nodes[name]["value"] for name in latent_names}
                 values.update({name: param_store[name] for name in param_store.keys() if "$$$" not in name})
                 return {name: to_numpy(value) for name, value in values.items()}
@@ -197,10 +199,10 @@ class _PointEstimate(Engine):
                 except EngineFailure as failure:
                     # the variables hold the last finite point; the partial state names its values
                     with torch.no_grad():
-                        failure.partial.state = named(run_program())
+                        failure.partial.state = named(run_program() if latent_names else None)
                     raise
-            with torch.no_grad():
-                estimates = named(run_program())
+            with torch.no_grad():  # (a program without latents has only its parameters to report: no run)
+                estimates = named(run_program() if latent_names else None)
             modules = SVI._named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
         return Result(
             engine=self.name,

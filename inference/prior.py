@@ -1,8 +1,10 @@
 """Ancestral sampling (``engine="prior"``): run the program forwards.
 
-Every sampled site, observed ones included, is drawn from its conditional given its parents;
-with a posterior :class:`~ppgen.Result`, latents are fixed to posterior draws first (posterior
-predictive). Sampling warpers (:mod:`ppgen.warpers`: top-k, top-p, min-p, after the
+Every latent site is drawn from its conditional given its parents, and so is every observed
+site with a drawn site upstream (a replicate of the data: prior predictive; with a posterior
+:class:`~ppgen.Result`, latents are fixed to posterior draws first, posterior predictive). Data
+with no drawn site upstream, a prompt, are kept as given (:func:`kept_data`): drawing the rest
+forwards from them is then exact conditioning, p(z | x) = p(z | x_<) for sites z after them. Sampling warpers (:mod:`ppgen.warpers`: top-k, top-p, min-p, after the
 temperature) act on every sampled finite discrete site. Draws are vectorised over an outer plate, with a sequential fallback for programs
 whose Python control flow depends on sampled values.
 """
@@ -44,6 +46,48 @@ def temper(fn: Any, temperature: float, site: str) -> Any:
         f"site {site!r}: temperature is defined for Categorical, Bernoulli, Normal and "
         f"MultivariateNormal sites, not {type(fn).__name__}; use temperature=1.0"
     )
+
+
+def kept_data(structure: ModelStructure) -> frozenset[str]:
+    """The observed sites given data that have no drawn site upstream: a prefix of the program,
+    which sampling the other sites forwards conditions on exactly (a prompt). An observed site
+    downstream of a latent one is not kept (clamping it would not condition the latent on it)."""
+    drawn: set[str] = set()
+    kept: set[str] = set()
+    for name, site in structure.sites.items():  # program order: parents come first
+        upstream = any(parent in drawn for parent in site.parents)
+        if site.kind == "observed" and site.has_data and not upstream:
+            kept.add(name)
+        elif site.kind in ("latent", "observed") or (site.kind == "deterministic" and upstream):
+            drawn.add(name)
+    return frozenset(kept)
+
+
+class _Redraw(Messenger):
+    """Samples every observed site except the ``kept`` ones (``poutine.uncondition`` for a subset)."""
+
+    def __init__(self, kept: frozenset[str]) -> None:
+        super().__init__()
+        self.kept = kept
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] and msg["name"] not in self.kept:
+            msg["is_observed"] = False
+            msg["infer"]["was_observed"] = True
+            msg["infer"]["obs"] = msg["value"]
+            msg["value"] = None
+            msg["done"] = False
+
+
+def _draws(value: Any, num_samples: int, shape: tuple[int, ...], kept: bool) -> Optional[np.ndarray]:
+    """A site's values as an array (num_samples, *shape); a kept site's one value repeated; None
+    when the values are not one per draw (the program did not broadcast over the draws)."""
+    value = to_numpy(value)
+    if kept and value.size == math.prod(shape):
+        return np.broadcast_to(value.reshape(shape), (num_samples,) + shape).copy()
+    if value.size != num_samples * math.prod(shape):
+        return None
+    return value.reshape((num_samples,) + shape)
 
 
 class _Temperature(Messenger):
@@ -102,8 +146,8 @@ class Prior(Engine):
         index = np.random.default_rng(self.seed).choice(available, self.num_samples, replace=available < self.num_samples)
         return {k: torch.as_tensor(v[index]) for k, v in draws.items()}
 
-    def _program(self, model: Callable) -> Callable:
-        program = poutine.uncondition(model)
+    def _program(self, model: Callable, kept: frozenset[str]) -> Callable:
+        program = _Redraw(kept)(model)
         if self.posterior is not None:
             params = {
                 k: torch.as_tensor(np.asarray(v)) for k, v in self.posterior.params.items() if k not in self.posterior.samples
@@ -116,7 +160,9 @@ class Prior(Engine):
             program = Warp(self.warpers)(program)
         return program
 
-    def _vectorised(self, program: Callable, structure: ModelStructure, args: tuple, kwargs: dict) -> Optional[dict[str, np.ndarray]]:
+    def _vectorised(
+        self, program: Callable, structure: ModelStructure, kept: frozenset[str], args: tuple, kwargs: dict
+    ) -> Optional[dict[str, np.ndarray]]:
         """All draws from one run of the program under a plate of ``num_samples`` left of its
         own plates (a program of L sites runs its L sites once, e.g. a sampled sequence keeps
         its network's state from one symbol to the next); None when the program does not
@@ -129,10 +175,10 @@ class Prior(Engine):
                 if site["type"] != "sample" or name not in structure.sites or type(site["fn"]).__name__ == "Unit":
                     continue
                 shape = tuple(structure.sites[name].batch_shape) + tuple(structure.sites[name].event_shape)
-                value = site["value"]
-                if value.numel() != self.num_samples * math.prod(shape):
+                draws = _draws(site["value"], self.num_samples, shape, name in kept)
+                if draws is None:
                     return None
-                samples[name] = to_numpy(value).reshape((self.num_samples,) + shape)
+                samples[name] = draws
             return samples
         except (RuntimeError, ValueError, IndexError):
             return None
@@ -140,12 +186,15 @@ class Prior(Engine):
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         structure = inspect(model, *args, **kwargs)
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
-        program = self._program(model)
+        kept = kept_data(structure)
+        program = self._program(model, kept)
         draws = self._posterior_draws()
-        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad():
+        # inspect has checked the program's data and parameters on its own trace: Pyro's
+        # per-site argument checks (a third of a Bernoulli's construction) are off here
+        with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             torch.manual_seed(self.seed)
             if not draws:
-                vectorised = self._vectorised(program, structure, args, kwargs)
+                vectorised = self._vectorised(program, structure, kept, args, kwargs)
                 if vectorised is not None:
                     return Result(engine=self.name, samples=vectorised)
                 torch.manual_seed(self.seed)
@@ -171,5 +220,8 @@ class Prior(Engine):
         shapes = {name: tuple(trace.nodes[name]["value"].shape) for name in return_sites}
         return Result(
             engine=self.name,
-            samples={k: to_numpy(v).reshape((self.num_samples,) + shapes[k]) for k, v in samples.items()},
+            samples={
+                k: _draws(v, self.num_samples, shapes[k], True) if k in kept else to_numpy(v).reshape((self.num_samples,) + shapes[k])
+                for k, v in samples.items()
+            },
         )

@@ -18,7 +18,9 @@ per site (Frey 1998; Larochelle & Murray 2011; Cho et al. 2014):
   needed), which is what keeps sampling and beam search linear in the length.
 
 Each network has the same three methods (``initial``, ``logits``, ``update``), and one program
-body (:func:`_chain`) serves all three models. The network is a model argument registered with
+body (:func:`_chain`) serves all three models. It passes the state through :func:`ppgen.carry`
+after each site, which lets beam search run it once with its beams as a batch dimension and
+reorder the state between them (``engine="beam"``, O(L) for L sites rather than O(L²)). The network is a model argument registered with
 ``ppgen.module`` and trained in place (``ppgen.learn(..., engine="mle")``);
 :func:`make_network` builds a fresh seeded one. Scores are exact (no latents):
 ``ppgen.score(..., engine="enumerate")``; :func:`per_symbol` turns log p into nats per datum,
@@ -35,7 +37,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ppgen import dist, module, plate, sample
+from ppgen import carry, dist, module, plate, sample
 from ppgen.catalogue import Example, Simulated
 from ppgen.models._figures import image_grid
 from ppgen.models.vae import load_digits_binary
@@ -56,7 +58,16 @@ def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -
 # networks: initial(batch_shape) -> state; logits(state, i); update(state, i, x_i) -> state
 
 
-class FVSBNNetwork(torch.nn.Module):
+class _ChainNetwork(torch.nn.Module):
+    """Calling the network computes the logits, ``network(state, i) = network.logits(state, i)``:
+    the program calls it, so the structure tracer (which hooks a registered module's calls) sees
+    the sites' logits come from the network and draws it as their parent."""
+
+    def forward(self, state: torch.Tensor, i: int) -> torch.Tensor:
+        return self.logits(state, i)
+
+
+class FVSBNNetwork(_ChainNetwork):
     """Logistic conditionals b_i + Σ_{j<i} W_ij x_j (only W's strictly lower triangle is used)."""
 
     def __init__(self, D: int = NUM_PIXELS, seed: int = 0) -> None:
@@ -78,7 +89,7 @@ class FVSBNNetwork(torch.nn.Module):
         return state + value.to(state.dtype)[..., None] * column
 
 
-class NADENetwork(torch.nn.Module):
+class NADENetwork(_ChainNetwork):
     """NADE's shared hidden layer: logit_i = b_i + V_i · σ(a_i), a_{i+1} = a_i + W_{:,i} x_i."""
 
     def __init__(self, D: int = NUM_PIXELS, hidden: int = 64, seed: int = 0) -> None:
@@ -100,7 +111,7 @@ class NADENetwork(torch.nn.Module):
         return state + value.to(state.dtype)[..., None] * self.W[i]
 
 
-class CharNetwork(torch.nn.Module):
+class CharNetwork(_ChainNetwork):
     """A one-layer GRU over characters: logits = U h_t + d, h_{t+1} = GRU(e(x_t), h_t)."""
 
     def __init__(self, vocabulary: int = len(ALPHABET), embedding: int = 32, hidden: int = 128, seed: int = 0) -> None:
@@ -122,9 +133,12 @@ class CharNetwork(torch.nn.Module):
         return self.out(state)
 
     def update(self, state: torch.Tensor, i: int, value: torch.Tensor) -> torch.Tensor:
-        shape = torch.broadcast_shapes(value.shape, state.shape[:-1])
-        inputs = self.embed(value.long().expand(shape).reshape(-1))
-        return self.cell(inputs, state.expand(*shape, self.hidden).reshape(-1, self.hidden)).reshape(*shape, self.hidden)
+        shape = state.shape[:-1]
+        if value.shape != shape:  # (torch.broadcast_shapes costs as much as the embedding)
+            shape = torch.broadcast_shapes(value.shape, shape)
+            value, state = value.expand(shape), state.expand(*shape, self.hidden)
+        inputs = self.embed(value.long().reshape(-1))
+        return self.cell(inputs, state.reshape(-1, self.hidden)).reshape(*shape, self.hidden)
 
 
 def make_network(name: str, D: int = NUM_PIXELS, seed: int = 0, **sizes: int) -> torch.nn.Module:
@@ -149,7 +163,7 @@ def _chain(x: Optional[Any], n: int, D: int, network: torch.nn.Module, categoric
     with plate("N", n):
         state = network.initial((n,))
         for i in range(D):
-            logits = network.logits(state, i)
+            logits = network(state, i)
             fn = dist.Categorical(logits=logits) if categorical else dist.Bernoulli(logits=logits)
             if prompt is None:
                 value = sample(f"x_{i}", fn, obs=None if x is None else x[..., i])
@@ -157,8 +171,8 @@ def _chain(x: Optional[Any], n: int, D: int, network: torch.nn.Module, categoric
                 value = sample(f"x_{i}", fn, obs=prompt[..., i])
             else:
                 value = sample(f"x_{i}", fn)
-            if i + 1 < D:
-                state = network.update(state, i, value)
+            if i + 1 < D:  # carry: beam search reorders the state to the beams that extend it
+                state = network.update(carry("state", state, event_dim=1), i, value)
 
 
 def _network(model: str, network: Optional[torch.nn.Module], x: Optional[Any], kind: str, D: int) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from pyroapi import ops
 from ppgen._transform_cache import forget_cached_pairs
 from ppgen.backend import current_backend
 
-__all__ = ["sample", "plate", "param", "deterministic", "factor", "module", "markov", "dist", "ops"]
+__all__ = ["sample", "plate", "param", "deterministic", "factor", "module", "markov", "carry", "dist", "ops"]
 
 _NOT_GIVEN = object()
 
@@ -146,6 +146,46 @@ def module(name: str, nn_module: Any) -> Any:
         if hasattr(handler, "register_module"):
             handler.register_module(name, nn_module)
     return pyro.module(name, nn_module)
+
+
+def carry(name: str, value: Any, event_dim: int = 0) -> Any:
+    """Declare ``value`` as state the program carries past a decided site (a recurrent network's
+    hidden state, a running sum, an earlier site's value): ``h = carry("h", h)``.
+
+    The identity in every run but one. Beam search (``engine="beam"``, :mod:`ppgen.inference.beam`)
+    runs the program once with its B beams as a batch dimension left of the program's plates;
+    at each finite latent site it keeps the B best (beam, value) pairs, so beam j now continues
+    beam ``parents[j]``, and ``carry`` returns ``value`` reordered to match (``value[parents]``
+    along the beams' dimension, composed over the decisions made since ``value`` was: a site's
+    value and a tensor ``carry`` returned are known; any other tensor is taken to be computed
+    after the last ``carry`` of ``name``, or, the first time, before the latest decision).
+    Where to call it: right after each latent site, on every tensor computed before that site
+    and used after it, before combining it with the site's value::
+
+        x = sample(f"x_{t}", dist.Categorical(logits=readout(h)))
+        h = carry("h", h)
+        h = cell(x, h)
+
+    One name per carried tensor. A program that never calls ``carry`` is searched by re-running
+    it up to each decision instead (exact, O(L²) for L latent sites).
+
+    Parameters
+    ----------
+    name : names the carried tensor (the same name at every step).
+    value : the tensor, of shape (*batch_shape, *event_shape); anything else is returned as is.
+    event_dim : number of rightmost dimensions of ``value`` that are not batch dimensions
+        (1 for a hidden state of shape (..., H)).
+    """
+    if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 0:
+        raise ValueError(f"carry({name!r}): event_dim must be an integer >= 0, got {event_dim!r}")
+    if _INTERPRETER is None:
+        from pyro.poutine.runtime import _PYRO_STACK
+
+        for handler in _PYRO_STACK:  # beam search's handler, when one is running
+            reorder = getattr(handler, "reorder_carried", None)
+            if reorder is not None:
+                return reorder(name, value, event_dim)
+    return value
 
 
 def markov(fn: Optional[Callable] = None, history: int = 1, keep: bool = False):

@@ -123,6 +123,11 @@ def generate(
     (in [0, 1)) truncate every sampled finite discrete site after the temperature, in that
     order (Hugging Face's; see :mod:`ppgen.warpers`); continuous sites are left alone.
 
+    Data passed for observed sites with no drawn site upstream (a prompt: ``prompt=`` of
+    ``char_model``, the first days of a chain) are kept as given, and the sites after them are
+    drawn given them, which is exact conditioning; data downstream of a latent site are
+    replicated instead (prior or posterior predictive; condition on them with ``infer``).
+
     Returns site -> array of shape (num_samples, *site_shape).
     """
     if isinstance(model, Result):

@@ -77,3 +77,51 @@ def test_generate_is_reproducible():
     first = ppgen.generate(basics.heights, num_samples=5, seed=11)
     second = ppgen.generate(basics.heights, num_samples=5, seed=11)
     np.testing.assert_array_equal(first["x"], second["x"])
+
+
+# --------------------------------------------------------------------------------------------
+# data with no drawn site upstream (a prompt) is kept; the rest is drawn given it
+
+_START = np.array([0.5, 0.3, 0.2])
+_MOVE = np.array([[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.2, 0.2, 0.6]])
+
+
+def _weather(prefix, num_days: int):
+    """A user's Markov chain of days: the first len(prefix) days observed, the rest generated."""
+    import torch
+
+    state = None
+    for t in range(num_days):
+        probs = torch.as_tensor(_START) if state is None else torch.as_tensor(_MOVE)[state]
+        state = sample(f"day_{t}", dist.Categorical(probs), obs=prefix[t] if t < len(prefix) else None)
+
+
+def test_generate_keeps_a_prompt_and_draws_the_rest_from_its_conditional():
+    from scipy.stats import chisquare
+
+    prefix = np.array([2, 0, 1])
+    structure = ppgen.inspect(_weather, prefix, 6)
+    from ppgen.inference.prior import kept_data
+
+    assert kept_data(structure) == {"day_0", "day_1", "day_2"}
+    draws = ppgen.generate(_weather, prefix, 6, num_samples=NUM, seed=3)
+    for t, day in enumerate(prefix):
+        np.testing.assert_array_equal(draws[f"day_{t}"], np.full(NUM, day))
+    # p(day_3 | prefix) = MOVE[1]; p(day_4 | prefix) = (MOVE²)[1]: χ² goodness of fit, seeded
+    for name, probs in (("day_3", _MOVE[1]), ("day_4", (_MOVE @ _MOVE)[1])):
+        counts = np.bincount(draws[name].astype(int), minlength=3)
+        assert chisquare(counts, NUM * probs).pvalue > 1e-3, (name, counts)
+
+
+def test_generate_redraws_data_downstream_of_a_latent_site():
+    """Clamping x while drawing the rate from its prior would not be p(rate | x): x is replicated."""
+
+    def noisy(x):
+        rate = sample("rate", dist.Beta(2.0, 2.0))
+        sample("x", dist.Bernoulli(rate), obs=x)
+
+    from ppgen.inference.prior import kept_data
+
+    assert kept_data(ppgen.inspect(noisy, 1.0)) == frozenset()
+    draws = ppgen.generate(noisy, 1.0, num_samples=NUM, seed=5)
+    assert _z(draws["x"], 0.5, 0.25) < 4  # the prior predictive mean of x is E[rate] = 0.5

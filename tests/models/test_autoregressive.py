@@ -84,6 +84,60 @@ def test_char_model_prompt_is_observed_and_continuation_latent():
         char_model(x=encode("abcde")[None], prompt=encode("ab")[None], network=network)
 
 
+def _plain_beam(network, prompt: np.ndarray, new: int, num_beams: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textbook beam loop over the GRU that reorders its hidden state between steps: the B
+    continuations (B, new), best first, and their log p(prompt, continuation)."""
+    with torch.no_grad():
+        state, score = network.initial((1,)), torch.zeros(1, dtype=torch.float64)
+        for t, code in enumerate(prompt):
+            score = score + network.logits(state, t).log_softmax(-1)[:, code]
+            state = network.update(state, t, torch.tensor([code]))
+        history = torch.zeros(1, 0, dtype=torch.long)
+        for t in range(len(prompt), len(prompt) + new):
+            candidates = (score[:, None] + network.logits(state, t).log_softmax(-1)).reshape(-1)
+            score, best = torch.topk(candidates, min(num_beams, len(candidates)))
+            parents, values = best // network.vocabulary, best % network.vocabulary
+            history = torch.cat([history[parents], values[:, None]], 1)
+            if t + 1 < len(prompt) + new:
+                state = network.update(state[parents], t, values)
+    return history.numpy(), score.numpy()
+
+
+def test_char_model_beam_search_is_a_plain_beam_loop_over_its_gru():
+    network = make_network("char", embedding=5, hidden=12, seed=2)
+    prompt = encode("if x")
+    result = ppgen.infer(char_model, prompt=prompt[None], length=len(prompt) + 15, network=network, engine="beam", num_beams=4)
+    assert result.diagnostics["path"] == "carried"  # one run of the program, its GRU state carried
+    continuations, log_p = _plain_beam(network, prompt, 15, 4)
+    ours = np.stack([result.samples[f"x_{t}"] for t in range(len(prompt), len(prompt) + 15)], 1)
+    np.testing.assert_array_equal(ours, continuations)
+    np.testing.assert_allclose(result.sample_stats["log_joint"], log_p, rtol=0, atol=1e-9)
+
+
+def test_generate_keeps_the_prompt_and_continues_from_its_state():
+    """The prompt comes back unchanged in every draw; the next two characters follow
+    p(x_P, x_P+1 | prompt) computed by a plain loop over the GRU (χ², seeded)."""
+    from scipy.stats import chisquare
+
+    network = make_network("char", vocabulary=4, embedding=3, hidden=6, seed=4)
+    with torch.no_grad():
+        network.out.weight.mul_(4.0)  # sharp conditionals, far from the prompt-free marginals
+    prompt = np.array([[3, 1, 1, 0, 2]])
+    num_samples = 4000
+    draws = ppgen.generate(char_model, prompt=prompt, length=7, network=network, num_samples=num_samples, seed=6)
+    for t in range(5):
+        np.testing.assert_array_equal(draws[f"x_{t}"].reshape(-1), np.full(num_samples, prompt[0, t]))
+    with torch.no_grad():
+        state = network.initial((1,))
+        for t, code in enumerate(prompt[0]):
+            state = network.update(state, t, torch.tensor([code]))
+        first = network.logits(state, 5).softmax(-1)[0]  # p(x_5 | prompt)
+        after = network.logits(network.update(state.expand(4, -1), 5, torch.arange(4)), 6).softmax(-1)  # p(x_6 | prompt, x_5)
+    pairs = (first[:, None] * after).reshape(-1).numpy()
+    counts = np.bincount((4 * draws["x_5"] + draws["x_6"]).reshape(-1).astype(int), minlength=16)
+    assert chisquare(counts, num_samples * pairs).pvalue > 1e-3, counts
+
+
 def _hmm_source():
     initial = np.array([0.6, 0.4])
     transition = np.array([[0.9, 0.1], [0.2, 0.8]])
@@ -150,11 +204,22 @@ def test_digits_held_out_nll_orders_nade_fvsbn_independent_pixels():
     assert nll["nade"] < nll["fvsbn"] < nll["independent"], nll
 
 
-def test_diagram_draws_the_chain_of_sites_as_one_node():
-    from ppgen.diagram import diagram_spec
+@pytest.mark.parametrize(
+    "model, network, x",
+    [
+        (fvsbn, "fvsbn", np.zeros((5, 9))),
+        (nade, "nade", np.zeros((5, 9))),
+        (char_model, "char", np.zeros((3, 9), dtype=np.int64)),
+    ],
+)
+def test_diagram_draws_the_chain_of_sites_as_one_node_fed_by_the_network(model, network, x):
+    from ppgen.diagram import diagram_spec, to_graphviz
 
-    x = np.zeros((5, 9))
-    spec = diagram_spec(ppgen.inspect(fvsbn, x, network=make_network("fvsbn", 9, seed=0)))
+    sizes = {"hidden": 6} if network != "fvsbn" else {}
+    spec = diagram_spec(ppgen.inspect(model, x, network=make_network(network, 9, seed=0, **sizes)))
     chain = [name for name in spec["nodes"] if name.startswith("x_")]
     assert chain == ["x_t"] and spec["nodes"]["x_t"]["chain_length"] == 9
-    assert ("x_t", "x_t", "t−1 → t") in [(e["source"], e["target"], e.get("label")) for e in spec["edges"]]
+    edges = [(e["source"], e["target"], e.get("label")) for e in spec["edges"]]
+    assert ("x_t", "x_t", "t−1 → t") in edges
+    assert (network, "x_t", None) in edges and spec["nodes"][network]["kind"] == "param"  # the network's arrow
+    assert f"{network} -> x_t" in to_graphviz(spec).source
