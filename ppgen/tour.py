@@ -76,8 +76,36 @@ def judge(report: ModelReport) -> ModelReport:
     names = _small_globals(report.structure) + [n for n in report.structure.params if n in _comparable_params(results)]
     engines = registered_engines()
     learners = {engine for engine in results if engine in engines and "learn" in engines[engine].tasks}
-    report.verdicts, report.aligned = verdicts(results, trusted, report.structure, names, report.simulated.truth, learners)
+    fits = _fit_log_likelihoods(report.structure, results, learners)
+    report.verdicts, report.aligned = verdicts(results, trusted, report.structure, names, report.simulated.truth, learners, fits)
     return report
+
+
+def _fit_log_likelihoods(structure: ModelStructure, results: dict[str, Result], learners: set[str]) -> dict[str, float]:
+    """log p(x | θ) on the training data at each learner's ``param`` values, where it is exact:
+    the program's latents are all finite discrete (summed out by enumeration) or absent.
+    Two point fits are then compared by the likelihood they reach (see
+    :func:`ppgen.agreement.compare_fits`), not coordinate by coordinate."""
+    from dataclasses import replace
+
+    from ppgen.verbs import score
+
+    if not structure.params or any(not site.is_enumerable for site in structure.latent.values()):
+        return {}
+    out = {}
+    for engine, result in results.items():
+        if engine not in learners or result.model is None or not set(structure.params) <= set(result.params):
+            continue
+        fitted = replace(result, task="learn", samples={}, map_estimate={})  # the parameters alone; latents summed out
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                estimate = score(fitted, engine="enumerate" if structure.latent else None)
+        except Exception:  # a fit that cannot be scored is compared coordinate by coordinate
+            continue
+        if estimate.kind == "exact" and math.isfinite(estimate.value):
+            out[engine] = float(estimate.value)
+    return out
 
 
 def _comparable_params(results: dict[str, Result]) -> set[str]:
@@ -432,9 +460,11 @@ def _model_html(report: ModelReport) -> str:
 #: Capability-cell marks: the run's agreement with the model's reference (see ppgen.agreement).
 VERDICT_MARKS = {"reference": "★", "agrees": "✓", "disagrees": "✗", "not compared": "?"}
 CAPABILITY_LEGEND = (
-    "★ the reference (exact, else the best-converged MCMC run, else a converged run of another engine); "
+    "★ the reference: the best-founded run without warnings (exact, else MCMC or importance sampling, else a converged "
+    "deterministic fit such as EM or CAVI, else a stochastic fit converged by its own test; never a fixed-budget SVI run); "
     "✓ agreed with it within Monte Carlo error (4 MCSE; plus ½ posterior sd for variational engines, 1 sd for point "
-    "estimates; 5 % between two learned point values), mixture labels aligned first; ✗ disagreed; ? nothing to compare; "
+    "estimates), or, between two point fits, a log-likelihood within ½ χ²_d(0.95) of the reference's (5 % per value where "
+    "it cannot be computed), mixture labels aligned first; ✗ disagreed; ? nothing to compare; "
     "⚠ the run warned (R-hat, ESS, divergences, not converged, importance ESS near 1); — not applicable or skipped. "
     "Hover a cell for the numbers."
 )
