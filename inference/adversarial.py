@@ -53,9 +53,8 @@ from ppgen.models._networks import seeded_mlp
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
-from ._gradient_steps import _TouchedParameters
+from ._gradient_steps import TouchedParameters, copy_modules, named_modules, sliced
 from ._vi import Info, param_values, pyro_arguments
-from .svi import SVI, _copy_modules
 
 LOSSES = ("minimax", "non-saturating", "wgan-gp")
 CRITIC_HIDDEN = (128, 128)
@@ -292,14 +291,14 @@ class Adversarial(Engine):
             torch.manual_seed(self.seed)
             copies: dict[int, torch.nn.Module] = {}
             if self.copy_modules:
-                args, kwargs = _copy_modules(args, copies), _copy_modules(kwargs, copies)
+                args, kwargs = copy_modules(args, copies), copy_modules(kwargs, copies)
             args, kwargs = pyro_arguments(args, kwargs)
             trainer = _Trainer(self, model, layout, args, kwargs)
             training_start = time.perf_counter()
             progress = trainer.train(checkpoint)
             training_seconds = time.perf_counter() - training_start
             params = param_values(store)
-            modules = SVI._named_modules(None, copies, args, kwargs, store)
+            modules = named_modules(None, copies, args, kwargs, store)
         modules["critic"] = trainer.critic
         return Result(
             engine=self.name,
@@ -342,7 +341,7 @@ class _Trainer:
         if critic is None:
             critic = default_critic(self.data.shape[1], engine.seed, self.data.dtype)
         elif engine.copy_modules:
-            critic = _copy_modules(critic, {})
+            critic = copy_modules(critic, {})
         self.critic = critic
         self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=engine.critic_learning_rate, betas=engine.betas)
         self.batch = layout.size if engine.subsample_size is None else min(engine.subsample_size, layout.size)
@@ -368,8 +367,8 @@ class _Trainer:
         if index is None:
             return self.args, self.kwargs
         return (
-            tuple(SVI._sliced(a, index, self.layout.size) for a in self.args),
-            {k: SVI._sliced(v, index, self.layout.size) for k, v in self.kwargs.items()},
+            tuple(sliced(a, index, self.layout.size) for a in self.args),
+            {k: sliced(v, index, self.layout.size) for k, v in self.kwargs.items()},
         )
 
     def _draw(self, index: Optional[torch.Tensor]) -> torch.Tensor:
@@ -390,7 +389,7 @@ class _Trainer:
     # ---- steps ---------------------------------------------------------------------------------
     def _set_up_generator(self) -> None:
         """One run of the program to find the unconstrained tensors behind its param sites."""
-        touched = _TouchedParameters()
+        touched = TouchedParameters()
         with touched, torch.no_grad():
             self._draw(self._next_index())
         self.order["position"] = 0

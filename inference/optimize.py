@@ -49,8 +49,9 @@ from ppgen.inference._nonfinite import point_fault
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
+from ._gradient_steps import named_modules
 from ._vi import Info
-from .svi import SVI, _scaled
+from .svi import _scaled
 
 
 def _blocking_discrete(structure: ModelStructure) -> Optional[str]:
@@ -196,7 +197,7 @@ class _PointEstimate(Engine):
                     raise
             with torch.no_grad():
                 estimates = named(run_program())
-            modules = SVI._named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
+            modules = named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
         return Result(
             engine=self.name,
             params=estimates,
