@@ -22,7 +22,9 @@ PPCA's loadings): where the log-likelihood at each fit can be computed exactly, 
 when the run lies in the reference's 95 % likelihood-ratio confidence region,
 ℓ(θ_ref) − ℓ(θ_run) ≤ ½ χ²_d(0.95) (:func:`compare_fits`); elsewhere value by value within a
 relative ``POINT_RTOL`` = 5 % of the reference's magnitude (the site's mean absolute value
-added, so that values near 0 are not held to 0).
+added, so that values near 0 are not held to 0). Where the simulated true values are known,
+a point fit whose log-likelihood is more than ½ χ²_d(0.95) below theirs is not the maximum
+(which is at least as high): it is flagged, and never the reference.
 
 Mixtures are compared after aligning component labels (label switching): the components of
 every run are permuted to best match a target (the simulated truth where it is known, else
@@ -63,6 +65,9 @@ TIER_NAMES = {
     2: "a converged deterministic fit",
     1: "a converged stochastic fit: approximate",
 }
+
+#: Key of the simulated true values' log-likelihood in ``verdicts(..., log_likelihoods=...)``.
+TRUTH = "simulated truth"
 
 Status = Literal["reference", "agrees", "disagrees", "not compared"]
 
@@ -370,7 +375,9 @@ def verdicts(
     engine that does not learn reports the values it was given. ``log_likelihoods`` (engine
     -> log p(x | θ) at the run's point estimates, where it could be computed) judges two point
     fits by :func:`compare_fits` instead of coordinate by coordinate."""
-    log_likelihoods = log_likelihoods or {}
+    log_likelihoods = dict(log_likelihoods or {})
+    below_truth = _below_truth(results, names, log_likelihoods)
+    trusted = set(trusted) - set(below_truth)
     reference = choose_reference(_judged(results, structure, learners), trusted, names)
     target: dict[str, np.ndarray] = {}
     if truth:
@@ -381,7 +388,9 @@ def verdicts(
     judged = _judged(aligned, structure, learners)
     out: dict[str, Verdict] = {}
     for engine, result in judged.items():
-        if reference is None:
+        if engine in below_truth:
+            out[engine] = below_truth[engine]
+        elif reference is None:
             out[engine] = Verdict("not compared", None, None, "no converged engine to compare with")
         elif engine == reference:
             tier = reference_tier(result, names)
@@ -393,6 +402,32 @@ def verdicts(
             else:
                 out[engine] = compare(result, judged[reference], names, reference)
     return out, aligned
+
+
+def _below_truth(results: dict[str, Result], names: list[str], log_likelihoods: dict[str, float]) -> dict[str, Verdict]:
+    """Point fits whose log-likelihood falls more than ½ χ²_d(0.95) below that of the simulated
+    true values (``log_likelihoods[TRUTH]``): the maximum is at least as high as the truth's, so
+    such a fit lies outside the maximum's likelihood-ratio region (a local optimum, or a run
+    stopped early) and can be neither the reference nor in agreement with it."""
+    from scipy.stats import chi2
+
+    truth = log_likelihoods.get(TRUTH)
+    out: dict[str, Verdict] = {}
+    if truth is None:
+        return out
+    for engine, value in log_likelihoods.items():
+        result = results.get(engine)
+        if engine == TRUTH or result is None:
+            continue
+        count = sum(int(np.size(result.params[n])) for n in names if n in result.params)
+        allowed = 0.5 * float(chi2.ppf(LIKELIHOOD_RATIO_LEVEL, max(count, 1)))
+        if truth - value > allowed:
+            out[engine] = Verdict(
+                "disagrees", TRUTH, (truth - value) / allowed,
+                f"log-likelihood {value:.6g} is {truth - value:.3g} nats below the {TRUTH}'s {truth:.6g} (more than "
+                f"½ χ²_{count}({LIKELIHOOD_RATIO_LEVEL:g}) = {allowed:.3g}): not the maximum (a local optimum or an unfinished run)",
+            )
+    return out
 
 
 def _judged(results: dict[str, Result], structure: ModelStructure, learners: Optional[set[str]]) -> dict[str, Result]:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ppgen.agreement import Verdict, verdicts
+from ppgen.agreement import TRUTH, Verdict, verdicts
 from ppgen.catalogue import Example, Simulated, catalogue
 from ppgen.diagram import diagram_spec, to_graphviz
 from ppgen.engine import check_all, engine_options, registered_engines
@@ -76,14 +76,17 @@ def judge(report: ModelReport) -> ModelReport:
     names = _small_globals(report.structure) + [n for n in report.structure.params if n in _comparable_params(results)]
     engines = registered_engines()
     learners = {engine for engine in results if engine in engines and "learn" in engines[engine].tasks}
-    fits = _fit_log_likelihoods(report.structure, results, learners)
+    fits = _fit_log_likelihoods(report.structure, results, learners, report.simulated.truth)
     report.verdicts, report.aligned = verdicts(results, trusted, report.structure, names, report.simulated.truth, learners, fits)
     return report
 
 
-def _fit_log_likelihoods(structure: ModelStructure, results: dict[str, Result], learners: set[str]) -> dict[str, float]:
+def _fit_log_likelihoods(
+    structure: ModelStructure, results: dict[str, Result], learners: set[str], truth: Optional[dict[str, Any]] = None
+) -> dict[str, float]:
     """log p(x | θ) on the training data at each learner's ``param`` values, where it is exact:
-    the program's latents are all finite discrete (summed out by enumeration) or absent.
+    the program's latents are all finite discrete (summed out by enumeration) or absent; and,
+    under the key ``TRUTH``, at the simulated true values when ``truth`` holds every ``param``.
     Two point fits are then compared by the likelihood they reach (see
     :func:`ppgen.agreement.compare_fits`), not coordinate by coordinate."""
     from dataclasses import replace
@@ -92,11 +95,17 @@ def _fit_log_likelihoods(structure: ModelStructure, results: dict[str, Result], 
 
     if not structure.params or any(not site.is_enumerable for site in structure.latent.values()):
         return {}
+    fits = {engine: result.params for engine, result in results.items() if engine in learners and result.model is not None}
+    template = next((results[engine] for engine in fits), None)
+    true_params = {name: np.asarray((truth or {}).get(name)) for name in structure.params}
+    if template is not None and all(np.shape(true_params[n]) == np.shape(template.params.get(n)) for n in structure.params):
+        fits[TRUTH] = {**template.params, **true_params}
     out = {}
-    for engine, result in results.items():
-        if engine not in learners or result.model is None or not set(structure.params) <= set(result.params):
+    for engine, params in fits.items():
+        if not set(structure.params) <= set(params):
             continue
-        fitted = replace(result, task="learn", samples={}, map_estimate={})  # the parameters alone; latents summed out
+        base = template if engine == TRUTH else results[engine]
+        fitted = replace(base, params=params, task="learn", samples={}, map_estimate={})  # the parameters alone; latents summed out
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

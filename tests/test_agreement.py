@@ -270,3 +270,27 @@ def test_an_unidentified_rotation_of_a_point_fit_agrees_and_a_worse_fit_does_not
     assert found["rotated"].status == "agrees"
     assert compare(rotated, fit, names).status == "disagrees"  # coordinate by coordinate it would be a false ✗
     assert found["noisier"].status == "disagrees"
+
+
+def test_a_converged_fit_below_the_simulated_truths_likelihood_is_flagged_and_not_the_reference(checkout_fits):
+    """The maximum's log-likelihood is at least the true values'; a converged deterministic fit
+    more than ½ χ²_d(0.95) below the truth's (here both lanes merged: a local optimum) is ✗ and
+    cannot be the reference, even listed first."""
+    from scipy.stats import chi2
+
+    from ppgen.agreement import TRUTH
+    from ppgen.tour import _fit_log_likelihoods
+
+    delay, fits = checkout_fits
+    em = fits["em"]
+    pooled = {"share": np.array([0.5, 0.5]), "centre": np.full(2, delay.mean()), "width": np.full(2, delay.std())}
+    runs = {"stuck": replace(em, engine="stuck", params=pooled), "em": em}
+    truth = {"share": np.array([0.65, 0.35]), "centre": np.array([2.0, 6.0]), "width": np.array([0.5, 1.0]), "lane": np.zeros(120)}
+    structure = inspect(checkout_delays, delay)
+    fitted = _fit_log_likelihoods(structure, runs, set(runs), truth)
+    np.testing.assert_allclose(fitted[TRUTH], _mixture_log_likelihood(delay, truth["share"], truth["centre"], truth["width"]), rtol=1e-9)
+    assert fitted[TRUTH] - fitted["stuck"] > 0.5 * chi2.ppf(0.95, 6)  # brute force says: far below the truth
+    assert fitted["em"] >= fitted[TRUTH]  # EM reached the maximum
+    found, _ = verdicts(runs, set(runs), structure, ["share", "centre", "width"], log_likelihoods=fitted)
+    assert found["stuck"].status == "disagrees" and "below the simulated truth" in found["stuck"].detail
+    assert found["em"].status == "reference"
