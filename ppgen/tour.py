@@ -97,9 +97,11 @@ def _fit_log_likelihoods(
         return {}
     fits = {engine: result.params for engine, result in results.items() if engine in learners and result.model is not None}
     template = next((results[engine] for engine in fits), None)
-    true_params = {name: np.asarray((truth or {}).get(name)) for name in structure.params}
-    if template is not None and all(np.shape(true_params[n]) == np.shape(template.params.get(n)) for n in structure.params):
-        fits[TRUTH] = {**template.params, **true_params}
+    truth = truth or {}
+    if template is not None and all(
+        n in truth and n in template.params and np.shape(truth[n]) == np.shape(template.params[n]) for n in structure.params
+    ):
+        fits[TRUTH] = {**template.params, **{n: np.asarray(truth[n]) for n in structure.params}}
     out = {}
     for engine, params in fits.items():
         if not set(structure.params) <= set(params):
