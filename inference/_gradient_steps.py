@@ -27,6 +27,7 @@ finite is not applied: it raises :class:`~ppgen.driver.NonFiniteStep` naming the
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Optional
@@ -42,7 +43,7 @@ from ._nonfinite import elbo_fault, nonfinite_gradients
 OPTIMIZERS = ("adam", "clipped_adam")
 
 
-class _TouchedParameters(Messenger):
+class TouchedParameters(Messenger):
     """Collects the unconstrained tensors behind the ``param`` sites a run touches, in order."""
 
     def __init__(self) -> None:
@@ -52,6 +53,47 @@ class _TouchedParameters(Messenger):
     def _pyro_post_param(self, msg: dict) -> None:
         unconstrained = msg["value"].unconstrained()
         self.tensors.setdefault(id(unconstrained), unconstrained)
+
+
+def copy_modules(value: Any, copies: dict[int, torch.nn.Module]) -> Any:
+    """``value`` with every torch module replaced by a (shared per original) deep copy;
+    ``copies`` maps id(original) -> copy and is filled in (dicts, lists, tuples are walked)."""
+    if isinstance(value, torch.nn.Module):
+        if id(value) not in copies:
+            copies[id(value)] = copy.deepcopy(value)
+        return copies[id(value)]
+    if isinstance(value, dict):
+        return {k: copy_modules(v, copies) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(copy_modules(v, copies) for v in value)
+    return value
+
+
+def named_modules(guide: Optional[Callable], copies: dict, args: tuple, kwargs: dict, store: Any) -> dict[str, torch.nn.Module]:
+    """Trained modules by their ``ppgen.module`` names: the encoder of an amortised guide,
+    and every module among the arguments (or their ``copies``), matched to its parameters in
+    the param ``store``."""
+    out = {}
+    amortized = getattr(guide, "amortized", None)
+    if amortized is not None:
+        out[amortized.name] = amortized.encoder
+    candidates = list(copies.values()) or [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.nn.Module)]
+    pointers = {store._params[key].data_ptr(): key.split("$$$")[0] for key in store.keys() if "$$$" in key}
+    for module in candidates:
+        for parameter in module.parameters():
+            name = pointers.get(parameter.data_ptr())
+            if name is not None:
+                out.setdefault(name, module)
+                break
+    return out
+
+
+def sliced(value: Any, index: torch.Tensor, size: int) -> Any:
+    """``value[index]`` for a tensor whose leading dimension is the data plate's ``size`` (a
+    minibatch of it); any other value unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
+        return value[index]
+    return value
 
 
 def optimizer_factory(name: str, learning_rate: float, clip_norm: float = 10.0) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
@@ -91,7 +133,7 @@ class GradientSteps:
     def step(self, *args: Any, **kwargs: Any) -> float:
         if self._optimizer is not None:
             self._optimizer.zero_grad(set_to_none=False)
-        touched = _TouchedParameters()
+        touched = TouchedParameters()
         rng_state = torch.get_rng_state()  # to draw again what this step drew, should it fail
         with touched, self._validation():
             loss = float(self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs))
@@ -106,7 +148,7 @@ class GradientSteps:
             self._optimizer.step()
         return -loss
 
-    def _average_over_ranks(self, loss: float, touched: _TouchedParameters) -> float:
+    def _average_over_ranks(self, loss: float, touched: TouchedParameters) -> float:
         """The loss and the touched parameters' gradients averaged over the ranks (each rank
         touches the same parameters: the program is the same)."""
         self.world.average([tensor.grad for tensor in touched.tensors.values() if tensor.grad is not None])
@@ -115,7 +157,7 @@ class GradientSteps:
             self.noise.inexact = False
         return self.world.mean(loss)
 
-    def _check_finite(self, loss: float, touched: _TouchedParameters, args: tuple, kwargs: dict, rng_state: torch.Tensor) -> None:
+    def _check_finite(self, loss: float, touched: TouchedParameters, args: tuple, kwargs: dict, rng_state: torch.Tensor) -> None:
         """Raises :class:`~ppgen.driver.NonFiniteStep`, naming the sites to blame, when the loss
         or a touched parameter's gradient is not finite: the update is not applied, so the
         parameters stay where this step evaluated them."""

@@ -50,8 +50,9 @@ from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
 from ._distributed import World, world
+from ._gradient_steps import named_modules
 from ._vi import Info
-from .svi import SVI, _scaled
+from .svi import _scaled
 
 
 def _blocking_discrete(structure: ModelStructure) -> Optional[str]:
@@ -203,7 +204,7 @@ class _PointEstimate(Engine):
                     raise
             with torch.no_grad():  # (a program without latents has only its parameters to report: no run)
                 estimates = named(run_program() if latent_names else None)
-            modules = SVI._named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
+            modules = named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
         return Result(
             engine=self.name,
             params=estimates,

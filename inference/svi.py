@@ -20,7 +20,6 @@ are summed out (``TraceEnum_ELBO``). With an amortised Gaussian guide the KL ter
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -45,7 +44,7 @@ from ppgen.structure import ModelStructure, improper_latent, inspect
 
 from ._chain_elbo import WEIGHTINGS, ChainELBO, closed_form_chain
 from ._distributed import GlobalBatchNoise, World, world
-from ._gradient_steps import GradientSteps, optimizer_factory
+from ._gradient_steps import GradientSteps, copy_modules, named_modules, optimizer_factory, sliced
 from ._restarts import INITS, Restarts, StartRecord, check_restart_options, resolve_restarts, start_kinds, symmetric_sites, warn_symmetric
 from ._vi import Info, check_common_options, draw_from_guide, estimate_elbo, guide_sites, param_values, pyro_arguments, run_svi
 
@@ -93,19 +92,6 @@ def _scaled(program: Callable, plate: str, factor: float) -> Callable:
             return program(*args, **kwargs)
 
     return scaled
-
-
-def _copy_modules(value: Any, copies: dict[int, torch.nn.Module]) -> Any:
-    """``value`` with every torch module replaced by a (shared per original) deep copy."""
-    if isinstance(value, torch.nn.Module):
-        if id(value) not in copies:
-            copies[id(value)] = copy.deepcopy(value)
-        return copies[id(value)]
-    if isinstance(value, dict):
-        return {k: _copy_modules(v, copies) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copy_modules(v, copies) for v in value)
-    return value
 
 
 @register
@@ -287,12 +273,6 @@ class SVI(Engine):
         plate = structure.plates[self._data_plate(structure)]
         return lambda *args, **kwargs: pyro.plate(plate.name, plate.size, dim=plate.dim, subsample=minibatch["index"])
 
-    @staticmethod
-    def _sliced(value: Any, index: torch.Tensor, size: int) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
-            return value[index]
-        return value
-
     # ---- run -----------------------------------------------------------------------------------
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
@@ -320,7 +300,7 @@ class SVI(Engine):
             latent = {} if chain_guide else {name: fit.guided[name] for name in structure.latent if name in fit.guided}
             samples = draw_from_guide(fit.guide, fit.args, fit.kwargs, self.num_samples, latent, fit.batch_rank) if latent else {}
             params = param_values(store)
-            modules = self._named_modules(fit.guide, fit.copies, fit.args, fit.kwargs, store)
+            modules = named_modules(fit.guide, fit.copies, fit.args, fit.kwargs, store)
             marginals = self._discrete_marginals(fit) if discrete_latents else {}
         symmetric = symmetric_sites(marginals)
         if symmetric:
@@ -360,7 +340,7 @@ class SVI(Engine):
         the parameter store it reached."""
         copies: dict[int, torch.nn.Module] = {}
         if self.copy_modules:
-            args, kwargs = _copy_modules(args, copies), _copy_modules(kwargs, copies)
+            args, kwargs = copy_modules(args, copies), copy_modules(kwargs, copies)
         args, kwargs = pyro_arguments(args, kwargs)
         # the step's data indices, while training (the rank's shard of them under torch.distributed)
         minibatch: dict[str, Any] = {"index": None, "world": world()}
@@ -476,27 +456,9 @@ class SVI(Engine):
             index = order["permutation"][position * batch:(position + 1) * batch][lo:hi]
             minibatch["index"] = index
             return (
-                tuple(self._sliced(a, index, size) for a in args),
-                {k: self._sliced(v, index, size) for k, v in kwargs.items()},
+                tuple(sliced(a, index, size) for a in args),
+                {k: sliced(v, index, size) for k, v in kwargs.items()},
             )
 
         step_args.order = order  # the epoch's permutation, saved with a checkpoint
         return step_args, plate, size / (hi - lo)
-
-    @staticmethod
-    def _named_modules(guide: Callable, copies: dict, args: tuple, kwargs: dict, store: Any) -> dict[str, torch.nn.Module]:
-        """Trained modules by their ``ppgen.module`` names: the encoder of an amortised guide,
-        and every module among the arguments, matched to its parameters in the store."""
-        out = {}
-        amortized = getattr(guide, "amortized", None)
-        if amortized is not None:
-            out[amortized.name] = amortized.encoder
-        candidates = list(copies.values()) or [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.nn.Module)]
-        pointers = {store._params[key].data_ptr(): key.split("$$$")[0] for key in store.keys() if "$$$" in key}
-        for module in candidates:
-            for parameter in module.parameters():
-                name = pointers.get(parameter.data_ptr())
-                if name is not None:
-                    out.setdefault(name, module)
-                    break
-        return out

@@ -1,9 +1,12 @@
 """Did an engine's answer agree with the model's reference? Label alignment and verdicts.
 
-The tour's capability table states, for each engine run, whether its posterior over the
-model's small global latents agreed with a *reference*: an exact answer where an engine has
-one, else the best-converged MCMC run (no warnings, largest bulk ESS), else a converged
-run of another engine (then marked approximate). A quantity θ agrees when
+The tour's capability table states, for each engine run, whether its answer for the
+model's small global latents and learned ``param`` values agreed with a *reference*: the
+best-founded answer among the runs without warnings (:func:`reference_tier`): a closed form
+or exact enumeration first, then MCMC or importance sampling (exact up to Monte Carlo
+error), then a converged deterministic fit (EM, CAVI, L-BFGS), then a stochastic fit that
+converged by its own test. A run that was flagged, or whose convergence is unknown (SVI or
+ADVI for a fixed budget of noisy steps), is never the reference. A quantity θ agrees when
 
     |E_run[θ] − E_ref[θ]| ≤ 4 √(mcse_run² + mcse_ref²) + a (sd_ref),
 
@@ -13,10 +16,15 @@ engines that are exact up to Monte Carlo error (MCMC, importance sampling, enume
 a = ½ for approximations by design (variational engines), a = 1 for a point estimate (MAP,
 MLE: a mode, which differs from the mean of a skewed posterior), so that a mean-field
 posterior whose mean is half a posterior sd off still agrees, but one that never left the
-prior does not. Two point estimates of a learned ``param`` (EM against
-maximum likelihood) have no Monte Carlo error: they agree within a relative
-``POINT_RTOL`` = 5 % of the reference's magnitude (the site's mean absolute value added, so
-that values near 0 are not held to 0).
+prior does not. Two point fits of learned ``param`` values (EM against maximum likelihood
+or SVI) have no Monte Carlo error, and their coordinates may be unidentified (a rotation of
+PPCA's loadings): where the log-likelihood at each fit can be computed exactly, they agree
+when the run lies in the reference's 95 % likelihood-ratio confidence region,
+ℓ(θ_ref) − ℓ(θ_run) ≤ ½ χ²_d(0.95) (:func:`compare_fits`); elsewhere value by value within a
+relative ``POINT_RTOL`` = 5 % of the reference's magnitude (the site's mean absolute value
+added, so that values near 0 are not held to 0). Where the simulated true values are known,
+a point fit whose log-likelihood is more than ½ χ²_d(0.95) below theirs is not the maximum
+(which is at least as high): it is flagged, and never the reference.
 
 Mixtures are compared after aligning component labels (label switching): the components of
 every run are permuted to best match a target (the simulated truth where it is known, else
@@ -46,6 +54,20 @@ APPROXIMATION_SD = 0.5
 POINT_RTOL = 0.05
 #: Allowance, in reference posterior sd, for a point estimate (a mode) against a posterior.
 POINT_SD = 1.0
+#: Two fits agree when the reference's log-likelihood exceeds the run's by at most half this
+#: quantile of χ²_d (the run lies in the reference's likelihood-ratio confidence region).
+LIKELIHOOD_RATIO_LEVEL = 0.95
+
+#: What a reference of each :func:`reference_tier` is, for the capability cells.
+TIER_NAMES = {
+    4: "exact",
+    3: "exact up to Monte Carlo error",
+    2: "a converged deterministic fit",
+    1: "a converged stochastic fit: approximate",
+}
+
+#: Key of the simulated true values' log-likelihood in ``verdicts(..., log_likelihoods=...)``.
+TRUTH = "simulated truth"
 
 Status = Literal["reference", "agrees", "disagrees", "not compared"]
 
@@ -226,15 +248,19 @@ def compare(run: Result, reference: Result, names: list[str], reference_name: st
     already aligned); see the module docstring for the tolerance."""
     reference_name = reference_name or reference.engine
     allowance = 0.0 if is_exact_up_to_monte_carlo(run) and is_exact_up_to_monte_carlo(reference) else APPROXIMATION_SD
-    worst, where, compared = -math.inf, "", 0
+    worst, where, compared, rules = -math.inf, "", 0, set()
     for name in names:
         ours, theirs = _summary(run, name), _summary(reference, name)
         if ours is None or theirs is None or ours[0].shape != theirs[0].shape:
             continue
-        point = not ours[1].any()
-        tolerance = MCSE_MULTIPLE * np.sqrt(ours[2] ** 2 + theirs[2] ** 2) + (POINT_SD if point else allowance) * theirs[1]
-        if not (ours[1].any() or theirs[1].any()):  # two point estimates
+        if not (ours[1].any() or theirs[1].any()):  # two point estimates: no Monte Carlo error to scale by
             tolerance = POINT_RTOL * (np.abs(theirs[0]) + np.abs(theirs[0]).mean())
+            rules.add(f"within {POINT_RTOL:.0%} of the reference's scale (point estimates)")
+        else:
+            point = not ours[1].any()
+            tolerance = MCSE_MULTIPLE * np.sqrt(ours[2] ** 2 + theirs[2] ** 2) + (POINT_SD if point else allowance) * theirs[1]
+            extra = POINT_SD if point else allowance
+            rules.add("within Monte Carlo error" + (f" + {extra:g} sd" if extra else ""))
         tolerance = np.maximum(tolerance, 1e-9 * (1.0 + np.abs(theirs[0])))
         ratio = np.abs(ours[0] - theirs[0]) / tolerance
         compared += ratio.size
@@ -245,31 +271,92 @@ def compare(run: Result, reference: Result, names: list[str], reference_name: st
             where = f"{label}: {ours[0][index]:.3g} vs {theirs[0][index]:.3g} (tolerance {tolerance[index]:.2g})"
     if not compared:
         return Verdict("not compared", reference_name, None, f"no quantity shared with {reference_name}")
-    kind = "within Monte Carlo error" if allowance == 0 else f"within Monte Carlo error + {APPROXIMATION_SD} sd"
+    kind = "; ".join(sorted(rules))
     if worst <= 1.0:
         return Verdict("agrees", reference_name, worst, f"agrees with {reference_name} {kind} on {compared} quantities")
     return Verdict("disagrees", reference_name, worst, f"disagrees with {reference_name} ({kind}): worst {where}")
 
 
+def compare_fits(run_log_likelihood: float, reference_log_likelihood: float, num_parameters: int, reference_name: str) -> Verdict:
+    """:class:`Verdict` of one point fit against another by the log-likelihood each reaches on
+    the training data, the tolerance that suits point estimates (they have no Monte Carlo
+    error, and their coordinates may be unidentified: a rotation of PPCA's loadings, a
+    relabelling): the run agrees when
+
+        ℓ(θ_ref) − ℓ(θ_run) ≤ ½ χ²_d(0.95),
+
+    i.e. θ_run lies in the reference's 95 % likelihood-ratio confidence region (Wilks), d the
+    number of parameter values compared. A run that fits better than the reference agrees
+    (and says so: the reference is then a local optimum)."""
+    from scipy.stats import chi2
+
+    allowed = 0.5 * float(chi2.ppf(LIKELIHOOD_RATIO_LEVEL, max(num_parameters, 1)))
+    gap = reference_log_likelihood - run_log_likelihood
+    rule = f"log-likelihood within ½ χ²_{num_parameters}({LIKELIHOOD_RATIO_LEVEL:g}) = {allowed:.3g} nats"
+    where = f"log-likelihood {run_log_likelihood:.6g} vs {reference_log_likelihood:.6g}"
+    if gap <= allowed:
+        better = " (a better fit than the reference)" if gap < 0 else ""
+        return Verdict("agrees", reference_name, max(gap, 0.0) / allowed, f"agrees with {reference_name}: {where}, {rule}{better}")
+    return Verdict("disagrees", reference_name, gap / allowed, f"disagrees with {reference_name}: {where}, {gap:.3g} nats worse ({rule})")
+
+
+def _point_parameter_count(run: Result, reference: Result, names: list[str]) -> Optional[int]:
+    """Number of values of ``names`` that both runs hold as point estimates (``params``, or a
+    single draw), or None when some compared quantity has posterior draws in either run."""
+    count = 0
+    for name in names:
+        ours, theirs = _summary(run, name), _summary(reference, name)
+        if ours is None or theirs is None or ours[0].shape != theirs[0].shape:
+            continue
+        if ours[1].any() or theirs[1].any():
+            return None
+        count += ours[0].size
+    return count or None
+
+
+def is_stochastic_fit(result: Result) -> bool:
+    """A fit whose objective was a Monte Carlo or minibatch estimate (SVI, ADVI, minibatch
+    MLE): its end point moves with the seed, so it ranks below a deterministic fit."""
+    evidence = result.log_evidence
+    return bool(
+        (evidence is not None and evidence.kind != "exact" and evidence.stderr > 0)
+        or float(result.diagnostics.get("elbo_stderr", 0.0) or 0.0) > 0
+        or result.diagnostics.get("subsample_size") is not None
+    )
+
+
+def reference_tier(result: Result, names: list[str]) -> int:
+    """How well-founded ``result`` is as the answer for ``names`` (higher is better; 0: never
+    the reference): 4 exact (closed form, enumeration), 3 exact up to Monte Carlo error (MCMC,
+    importance sampling) with draws, 2 a converged deterministic fit (EM, CAVI, L-BFGS), 1 a
+    converged stochastic fit (SVI or ADVI stopped by ``tol``), 0 a run not known to have
+    converged (a fixed budget of noisy steps) or holding none of ``names``."""
+    if not any(name in result.samples or name in result.params for name in names):
+        return 0
+    draws = any(np.asarray(result.samples.get(n, np.zeros((1,)))).shape[0] > 1 for n in names)
+    if result.log_evidence is not None and result.log_evidence.kind == "exact" and any(n in result.samples for n in names):
+        return 4
+    if draws and is_exact_up_to_monte_carlo(result):
+        return 3
+    if result.converged is True:
+        return 1 if is_stochastic_fit(result) else 2
+    return 0
+
+
 def choose_reference(results: dict[str, Result], trusted: set[str], names: list[str]) -> Optional[str]:
-    """The reference among ``results`` (engine -> result): only engines in ``trusted`` (no
-    warnings, converged) with draws or values of ``names``; exact first, then MCMC by bulk
-    ESS, then any other engine with posterior draws, then point estimates."""
-
-    def has(result: Result) -> bool:
-        return any(name in result.samples or name in result.params for name in names)
-
-    candidates = {engine: r for engine, r in results.items() if engine in trusted and has(r)}
-    if not candidates:
-        return None
+    """The reference among ``results`` (engine -> result): the engine in ``trusted`` (no
+    warnings, not flagged as unconverged) of highest :func:`reference_tier`, MCMC runs ranked
+    by bulk ESS; ``None`` when no trusted run reaches tier 1 (a fixed-budget SVI run is never
+    the reference: the cells then say "not compared" instead of judging against it)."""
 
     def rank(item: tuple[str, Result]) -> tuple:
         engine, result = item
-        exact = result.log_evidence is not None and result.log_evidence.kind == "exact" and any(n in result.samples for n in names)
-        draws = any(np.asarray(result.samples.get(n, np.zeros((1,)))).shape[0] > 1 for n in names)
         ess = float(result.diagnostics.get("min_ess_bulk", 0.0) or 0.0) if is_mcmc(result) else 0.0
-        return (exact, is_mcmc(result), draws, "ess" in result.diagnostics and draws, ess)
+        return (reference_tier(result, names), is_mcmc(result), ess)
 
+    candidates = {engine: r for engine, r in results.items() if engine in trusted and reference_tier(r, names) > 0}
+    if not candidates:
+        return None
     return max(candidates.items(), key=rank)[0]
 
 
@@ -280,11 +367,17 @@ def verdicts(
     names: list[str],
     truth: Optional[dict[str, Any]] = None,
     learners: Optional[set[str]] = None,
+    log_likelihoods: Optional[dict[str, float]] = None,
 ) -> tuple[dict[str, Verdict], dict[str, Result]]:
     """Every run's :class:`Verdict` against the chosen reference, and the runs with their
     component labels aligned (to ``truth`` where it has the component sites, else to the
     reference). ``param`` values count only for engines in ``learners`` (default all): an
-    engine that does not learn reports the values it was given."""
+    engine that does not learn reports the values it was given. ``log_likelihoods`` (engine
+    -> log p(x | θ) at the run's point estimates, where it could be computed) judges two point
+    fits by :func:`compare_fits` instead of coordinate by coordinate."""
+    log_likelihoods = dict(log_likelihoods or {})
+    below_truth = _below_truth(results, names, log_likelihoods)
+    trusted = set(trusted) - set(below_truth)
     reference = choose_reference(_judged(results, structure, learners), trusted, names)
     target: dict[str, np.ndarray] = {}
     if truth:
@@ -295,14 +388,46 @@ def verdicts(
     judged = _judged(aligned, structure, learners)
     out: dict[str, Verdict] = {}
     for engine, result in judged.items():
-        if reference is None:
+        if engine in below_truth:
+            out[engine] = below_truth[engine]
+        elif reference is None:
             out[engine] = Verdict("not compared", None, None, "no converged engine to compare with")
         elif engine == reference:
-            kind = "" if is_exact_up_to_monte_carlo(result) else " (approximate: no exact or converged MCMC answer)"
-            out[engine] = Verdict("reference", reference, None, f"the reference{kind}")
+            tier = reference_tier(result, names)
+            out[engine] = Verdict("reference", reference, None, f"the reference ({TIER_NAMES[tier]})")
         else:
-            out[engine] = compare(result, judged[reference], names, reference)
+            count = _point_parameter_count(result, judged[reference], names)
+            if count is not None and engine in log_likelihoods and reference in log_likelihoods:
+                out[engine] = compare_fits(log_likelihoods[engine], log_likelihoods[reference], count, reference)
+            else:
+                out[engine] = compare(result, judged[reference], names, reference)
     return out, aligned
+
+
+def _below_truth(results: dict[str, Result], names: list[str], log_likelihoods: dict[str, float]) -> dict[str, Verdict]:
+    """Point fits whose log-likelihood falls more than ½ χ²_d(0.95) below that of the simulated
+    true values (``log_likelihoods[TRUTH]``): the maximum is at least as high as the truth's, so
+    such a fit lies outside the maximum's likelihood-ratio region (a local optimum, or a run
+    stopped early) and can be neither the reference nor in agreement with it."""
+    from scipy.stats import chi2
+
+    truth = log_likelihoods.get(TRUTH)
+    out: dict[str, Verdict] = {}
+    if truth is None:
+        return out
+    for engine, value in log_likelihoods.items():
+        result = results.get(engine)
+        if engine == TRUTH or result is None:
+            continue
+        count = sum(int(np.size(result.params[n])) for n in names if n in result.params)
+        allowed = 0.5 * float(chi2.ppf(LIKELIHOOD_RATIO_LEVEL, max(count, 1)))
+        if truth - value > allowed:
+            out[engine] = Verdict(
+                "disagrees", TRUTH, (truth - value) / allowed,
+                f"log-likelihood {value:.6g} is {truth - value:.3g} nats below the {TRUTH}'s {truth:.6g} (more than "
+                f"½ χ²_{count}({LIKELIHOOD_RATIO_LEVEL:g}) = {allowed:.3g}): not the maximum (a local optimum or an unfinished run)",
+            )
+    return out
 
 
 def _judged(results: dict[str, Result], structure: ModelStructure, learners: Optional[set[str]]) -> dict[str, Result]:

@@ -5,6 +5,8 @@ known permutation; the verdicts must recover them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,149 @@ def test_reference_prefers_exact_then_converged_mcmc_and_never_a_warned_run():
     assert choose_reference(results, {"advi", "nuts"}, ["w"]) == "nuts"
     assert choose_reference(results, {"advi"}, ["w"]) == "advi"
     assert choose_reference(results, set(), ["w"]) is None
+
+
+# ------------------------------------------------------------------------------------------
+# the reference for learned parameters, and point fits judged by their likelihood
+
+
+def checkout_delays(delay=None, num_orders=120, lanes=2):
+    """A user's model: delays at a shop's checkout, a mixture of lanes with learned centres."""
+    n = num_orders if delay is None else len(delay)
+    share = param("share", ops.ones(lanes) / lanes, constraint=dist.constraints.simplex)
+    centre = param("centre", ops.linspace(0.0, 8.0, lanes))
+    width = param("width", ops.ones(lanes), constraint=dist.constraints.positive)
+    with plate("orders", n):
+        lane = sample("lane", dist.Categorical(share))
+        sample("delay", dist.Normal(centre[lane], width[lane]), obs=delay)
+
+
+def sensor_factors(reading=None, num_reads=150, num_sensors=4, num_factors=2):
+    """A user's factor model with the factors integrated out: reading ~ N(m, L Lᵀ + s² I);
+    the loadings L are identified only up to a rotation."""
+    n, d = (num_reads, num_sensors) if reading is None else reading.shape
+    loadings = param("loadings", 0.3 * ops.sin(ops.arange(d * num_factors) * 1.0 + 0.5).reshape((d, num_factors)))
+    offset = param("offset", ops.zeros(d))
+    noise = param("noise", ops.ones(()), constraint=dist.constraints.positive)
+    covariance = loadings @ loadings.T + noise**2 * ops.eye(d)
+    with plate("reads", n):
+        sample("reading", dist.MultivariateNormal(offset, covariance_matrix=covariance), obs=reading)
+
+
+def _mixture_log_likelihood(delay, share, centre, width):
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    return float(logsumexp(np.log(share)[None] + norm.logpdf(delay[:, None], centre, width), axis=1).sum())
+
+
+def test_reference_is_the_best_founded_run_and_never_a_fixed_budget_stochastic_fit():
+    """Tiers: exact, then exact up to Monte Carlo error, then a converged deterministic fit,
+    then a stochastic fit converged by its own test; a fixed-budget SVI run (converged None,
+    a noisy ELBO) is never the reference, however early it comes in the table."""
+    values = {"centre": np.array([1.0, 4.0])}
+    results = {
+        "svi": Result("svi", params=values, log_evidence=Estimate(-50.0, 0.4, "lower-bound"), diagnostics={"elbo_stderr": 0.4}),
+        "advi": Result("advi", params=values, log_evidence=Estimate(-49.0, 0.3, "lower-bound"), converged=True, diagnostics={"elbo_stderr": 0.3}),
+        "em": Result("em", params=values, converged=True),
+        "nuts": Result("nuts", samples={"centre": np.zeros((10, 2))}, diagnostics={"r_hat": {}, "min_ess_bulk": 300.0}),
+    }
+    assert choose_reference(results, set(results), ["centre"]) == "nuts"
+    assert choose_reference(results, {"svi", "advi", "em"}, ["centre"]) == "em"
+    assert choose_reference(results, {"svi", "advi"}, ["centre"]) == "advi"
+    assert choose_reference(results, {"svi"}, ["centre"]) is None
+    found, _ = verdicts({"svi": results["svi"]}, {"svi"}, inspect(checkout_delays, np.zeros(5)), ["centre"])
+    assert found["svi"].status == "not compared"
+
+
+@pytest.fixture(scope="module")
+def checkout_fits():
+    from ppgen.verbs import learn
+
+    rng = np.random.default_rng(21)
+    lane = rng.random(120) < 0.35
+    delay = np.where(lane, rng.normal(6.0, 1.0, 120), rng.normal(2.0, 0.5, 120))
+    em = learn(checkout_delays, delay, engine="em")
+    # fixed budgets of noisy steps (converged unknown): 15 stop far from the maximum, 400 reach it
+    svi = {steps: learn(checkout_delays, delay, engine="svi", num_steps=steps, learning_rate=0.05, num_restarts=1, num_samples=10) for steps in (15, 400)}
+    return delay, {"svi_short": svi[15], "em": em, "svi_long": svi[400]}
+
+
+def test_point_fits_are_judged_by_the_log_likelihood_they_reach(checkout_fits):
+    """The log-likelihood at each fit (discrete lanes summed out) matches a brute-force sum;
+    converged EM is the reference ahead of fixed-budget SVI runs listed first; each SVI
+    verdict is the likelihood-ratio rule applied to the brute-force values."""
+    from scipy.stats import chi2
+
+    from ppgen.tour import _fit_log_likelihoods
+
+    delay, fits = checkout_fits
+    structure = inspect(checkout_delays, delay)
+    fitted = _fit_log_likelihoods(structure, fits, set(fits))
+    brute = {e: _mixture_log_likelihood(delay, r.params["share"], r.params["centre"], r.params["width"]) for e, r in fits.items()}
+    for engine in fits:
+        np.testing.assert_allclose(fitted[engine], brute[engine], rtol=1e-9)
+    names = ["share", "centre", "width"]
+    found, _ = verdicts(fits, set(fits), structure, names, log_likelihoods=fitted)
+    assert found["em"].status == "reference"
+    for run in ("svi_short", "svi_long"):
+        expected = "agrees" if brute["em"] - brute[run] <= 0.5 * chi2.ppf(0.95, 6) else "disagrees"
+        assert found[run].status == expected and "log-likelihood" in found[run].detail
+    assert brute["em"] - brute["svi_short"] > 20.0  # the budget was far too small: it must be flagged
+    assert found["svi_short"].status == "disagrees" and found["svi_long"].status == "agrees"
+
+
+def test_an_unidentified_rotation_of_a_point_fit_agrees_and_a_worse_fit_does_not():
+    """Rotating the loadings leaves the likelihood unchanged (brute force with scipy): the
+    rotated fit agrees although every coordinate moved, while doubling the noise scale is
+    far outside the 95 % likelihood-ratio region."""
+    from scipy.stats import multivariate_normal
+
+    from ppgen.tour import _fit_log_likelihoods
+    from ppgen.verbs import learn
+
+    rng = np.random.default_rng(8)
+    truth = rng.normal(0.0, 1.0, (4, 2))
+    reading = rng.normal(size=(150, 2)) @ truth.T + 0.4 * rng.normal(size=(150, 4)) + np.array([1.0, -2.0, 0.5, 3.0])
+    fit = learn(sensor_factors, reading, engine="mle")
+    angle = 0.9
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    rotated = replace(fit, engine="rotated", params={**fit.params, "loadings": fit.params["loadings"] @ rotation})
+    noisier = replace(fit, engine="noisier", params={**fit.params, "noise": 2.0 * fit.params["noise"]})
+    runs = {"mle": fit, "rotated": rotated, "noisier": noisier}
+    structure = inspect(sensor_factors, reading)
+    fitted = _fit_log_likelihoods(structure, runs, set(runs))
+    for engine, result in runs.items():
+        p = result.params
+        covariance = p["loadings"] @ p["loadings"].T + p["noise"] ** 2 * np.eye(4)
+        np.testing.assert_allclose(fitted[engine], multivariate_normal(p["offset"], covariance).logpdf(reading).sum(), rtol=1e-9)
+    names = ["loadings", "offset", "noise"]
+    found, _ = verdicts(runs, {"mle"}, structure, names, log_likelihoods=fitted)
+    assert found["mle"].status == "reference"
+    assert found["rotated"].status == "agrees"
+    assert compare(rotated, fit, names).status == "disagrees"  # coordinate by coordinate it would be a false ✗
+    assert found["noisier"].status == "disagrees"
+
+
+def test_a_converged_fit_below_the_simulated_truths_likelihood_is_flagged_and_not_the_reference(checkout_fits):
+    """The maximum's log-likelihood is at least the true values'; a converged deterministic fit
+    more than ½ χ²_d(0.95) below the truth's (here both lanes merged: a local optimum) is ✗ and
+    cannot be the reference, even listed first."""
+    from scipy.stats import chi2
+
+    from ppgen.agreement import TRUTH
+    from ppgen.tour import _fit_log_likelihoods
+
+    delay, fits = checkout_fits
+    em = fits["em"]
+    pooled = {"share": np.array([0.5, 0.5]), "centre": np.full(2, delay.mean()), "width": np.full(2, delay.std())}
+    runs = {"stuck": replace(em, engine="stuck", params=pooled), "em": em}
+    truth = {"share": np.array([0.65, 0.35]), "centre": np.array([2.0, 6.0]), "width": np.array([0.5, 1.0]), "lane": np.zeros(120)}
+    structure = inspect(checkout_delays, delay)
+    fitted = _fit_log_likelihoods(structure, runs, set(runs), truth)
+    np.testing.assert_allclose(fitted[TRUTH], _mixture_log_likelihood(delay, truth["share"], truth["centre"], truth["width"]), rtol=1e-9)
+    assert fitted[TRUTH] - fitted["stuck"] > 0.5 * chi2.ppf(0.95, 6)  # brute force says: far below the truth
+    assert fitted["em"] >= fitted[TRUTH]  # EM reached the maximum
+    found, _ = verdicts(runs, set(runs), structure, ["share", "centre", "width"], log_likelihoods=fitted)
+    assert found["stuck"].status == "disagrees" and "below the simulated truth" in found["stuck"].detail
+    assert found["em"].status == "reference"

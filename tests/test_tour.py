@@ -66,7 +66,7 @@ def test_capability_cells_state_agreement_with_the_reference():
     assert report.verdicts["cavi"].status == "agrees"
     assert report.verdicts["stuck"].status == "disagrees"
     table = _capability_table([report])
-    assert re.search(r"title='the reference'>★ [0-9.]+s", table)
+    assert re.search(r"title='the reference \(exact\)'>★ [0-9.]+s", table)
     assert re.search(r"<span class='error' title='disagrees with closed_form[^']*rate: 0\.[45]", table)
     importance_cell = re.search(r"<td><span class='[a-z]*' title='[^']*effective sample size[^']*'>(.)(⚠)", table)
     assert importance_cell is not None and importance_cell.group(1) != "★"

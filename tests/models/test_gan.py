@@ -13,6 +13,9 @@ from ppgen.tour import run_example
 
 #: P(‖ε‖ ≤ 3σ) for an isotropic 2-D Gaussian: 1 − exp(−9/2) (χ² with 2 degrees of freedom).
 WITHIN_THREE_SIGMA_2D = 1 - math.exp(-4.5)
+#: High-quality fraction VEEGAN reports on the 2-D ring of eight Gaussians (Srivastava et al.
+#: 2017, Table 1: 8.0 modes, 52.9 % high-quality samples; the plain GAN there: 1 mode).
+VEEGAN_HIGH_QUALITY_RING = 0.529
 
 
 @pytest.mark.parametrize("name", ["8gaussians", "25gaussians"])
@@ -61,21 +64,29 @@ def test_the_tour_runs_adversarial_only_where_an_example_asks():
     assert run.result is None and run.error is None and run.skipped.startswith("a learning-only engine")
 
 
+#: Adam's step per loss: WGAN-GP's critic (5 steps per generator step, gradient penalty) wants a
+#: smaller one, as Gulrajani et al. use (1e-4); at 1e-3 it covered 6 of 8 modes after 2,000 steps.
+EIGHT_GAUSSIANS_LEARNING_RATE = {"non-saturating": 1e-3, "wgan-gp": 3e-4}
+
+
 def _fit_eight_gaussians(loss, num_steps, seed):
     x = sample_toy2d("8gaussians", 2048, seed=seed)
     return ppgen.learn(gan, x=x, generator=make_generator(seed=seed), engine="adversarial", loss=loss, num_steps=num_steps,
-                       subsample_size=256, learning_rate=1e-3, seed=seed)
+                       subsample_size=256, learning_rate=EIGHT_GAUSSIANS_LEARNING_RATE[loss], seed=seed)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["non-saturating", "wgan-gp"])
 def test_trained_generator_covers_the_eight_gaussians(loss):
-    """After training ≥ 7 of the 8 modes are covered (PacGAN's rule) and the high-quality
-    fraction is far above the untrained generator's (≈ 0: it draws near the origin)."""
+    """After training ≥ 7 of the 8 modes are covered (PacGAN's rule), the high-quality fraction
+    is at least what VEEGAN reports on this set, and far above the untrained generator's (≈ 0:
+    it draws near the origin). 2,500 draws as PacGAN counts them; one to two minutes per loss
+    on an idle core (2,000 steps)."""
     untrained = toy_coverage("8gaussians", draw(make_generator(seed=0), 2500, seed=9))
     fit = _fit_eight_gaussians(loss, 2000, seed=0)
     trained = toy_coverage("8gaussians", draw(fit.diagnostics["modules"]["generator"], 2500, seed=9))
     assert trained.num_covered >= 7, trained
+    assert trained.high_quality >= VEEGAN_HIGH_QUALITY_RING, trained
     assert trained.high_quality > untrained.high_quality + 0.5, (trained, untrained)
 
 
