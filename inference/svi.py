@@ -39,7 +39,7 @@ from pyro.poutine.messenger import Messenger
 from ppgen.backend import to_numpy, torch_precision, use_backend
 from ppgen.checkpoint import Checkpoint
 from ppgen.checkpoint import check_options as check_checkpoint_options
-from ppgen.engine import Engine, missing_data, register
+from ppgen.engine import Engine, current_task, missing_data, register
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
 
@@ -378,6 +378,13 @@ class SVI(Engine):
             raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
         program = config_enumerate(model, default="parallel") if enumerated else model
         chain = closed_form_chain(guide)
+        num_steps = self.num_steps
+        if current_task() == "score":
+            # a score scores the program as given: only the guide's parameters are fitted (the
+            # model's are hidden from the optimiser), and a fixed guide (a noising chain) is not
+            # fitted at all
+            num_steps = 0 if chain is not None else num_steps
+            program = poutine.block(program, hide_types=["param"])
         loss = ChainELBO(chain, self.weighting, self.num_particles, self.step_sampling, self.num_step_groups) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
         step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
@@ -389,7 +396,7 @@ class SVI(Engine):
             steps = GradientSteps(_scaled(program, plate, factor), scaled_guide, loss, optimizer)
         training_start = time.perf_counter()
         try:
-            progress = run_svi(steps, step_args, self.num_steps, self.tol, self.progress, self.name, checkpoint, key)
+            progress = run_svi(steps, step_args, num_steps, self.tol, self.progress, self.name, checkpoint, key)
         finally:
             minibatch["index"] = None
         training_seconds = time.perf_counter() - training_start

@@ -254,15 +254,20 @@ def make_denoiser(dim: int, num_classes: Optional[int] = None, hidden: int = 128
     return Denoiser(dim, num_classes, hidden, num_layers, embedding, label_dropout, seed)
 
 
-def predict_noise(denoiser: Callable, x_t: torch.Tensor, t: int, y: Any = None, guidance_scale: float = 0.0) -> torch.Tensor:
+def predict_noise(denoiser: Callable, x_t: torch.Tensor, t: Any, y: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """ε_θ(x_t, t) for every row of ``x_t`` (``t`` passed as an integer tensor of shape
-    x_t.shape[:-1]); with labels ``y`` and guidance scale s > 0 the classifier-free guided
-    ε_θ(x_t, t) + s (ε_θ(x_t, t, y) − ε_θ(x_t, t)) (Ho & Salimans 2022)."""
-    steps = torch.full(x_t.shape[:-1], t, dtype=torch.long)
-    if y is None:
+    x_t.shape[:-1]); with labels ``y`` the classifier-free guided
+
+        ε = ε_θ(x_t, t) + s (ε_θ(x_t, t, y) − ε_θ(x_t, t))
+
+    (Ho & Salimans 2022) at guidance scale s, taken as written: s = 0 is the unconditional
+    ε_θ(x_t, t), s = 1 the conditional ε_θ(x_t, t, y) (one network call each), s > 1 pushes
+    away from the unconditional prediction (two calls)."""
+    steps = torch.as_tensor(t, dtype=torch.long).expand(x_t.shape[:-1])
+    if y is None or guidance_scale == 0:
         return denoiser(x_t, steps)
     conditional = denoiser(x_t, steps, y)
-    if not guidance_scale:
+    if guidance_scale == 1:
         return conditional
     unconditional = denoiser(x_t, steps, None)
     return unconditional + guidance_scale * (conditional - unconditional)
@@ -288,7 +293,7 @@ def ddpm(
     num_timesteps: int = 1000,
     denoiser: Optional[torch.nn.Module] = None,
     y: Optional[Any] = None,
-    guidance_scale: float = 0.0,
+    guidance_scale: float = 1.0,
     schedule: str = "linear",
 ) -> None:
     """DDPM: the reverse chain x_T → … → x_1 → x as a program.
@@ -301,8 +306,9 @@ def ddpm(
     denoiser : the noise predictor ε_θ, called ``denoiser(x_t, t)`` (``denoiser(x_t, t, y)``
         with labels), t an integer tensor in 1..T; trained in place of θ (name ``"theta"``).
     y : class labels of shape (N,) (or one label for all) for a class-conditional denoiser.
-    guidance_scale : s of classifier-free guidance when generating with labels (0: plain
-        conditional).
+    guidance_scale : s of classifier-free guidance with labels, ε = ε_u + s (ε_c − ε_u)
+        (:func:`predict_noise`): 1 (the default) is the plain conditional model, the one svi
+        trains; 0 ignores the labels (unconditional); s > 1 guides.
     schedule : the β schedule, ``"linear"`` or ``"cosine"`` (:func:`noise_schedule`).
 
     Examples
@@ -360,7 +366,7 @@ def ddim(
     num_timesteps: int = 1000,
     denoiser: Optional[torch.nn.Module] = None,
     y: Optional[Any] = None,
-    guidance_scale: float = 0.0,
+    guidance_scale: float = 1.0,
     schedule: str = "linear",
     num_sampling_steps: int = 50,
     eta: float = 0.0,
@@ -405,7 +411,7 @@ def ddim_encode(x: Any, denoiser: Callable, num_timesteps: int = 1000, num_sampl
 
 
 @torch.no_grad()
-def ddim_decode(x_T: Any, denoiser: Callable, num_timesteps: int = 1000, num_sampling_steps: int = 50, schedule: str = "linear", y: Any = None, guidance_scale: float = 0.0) -> torch.Tensor:
+def ddim_decode(x_T: Any, denoiser: Callable, num_timesteps: int = 1000, num_sampling_steps: int = 50, schedule: str = "linear", y: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """The deterministic DDIM (η = 0) map from noise x_{τ_S} back to data (the ``ddim``
     program's steps with ``x_{τ_S}`` given)."""
     alphas_cumprod = _cumulative(noise_schedule(num_timesteps, schedule))
@@ -447,7 +453,7 @@ def continuous_schedule(num_timesteps: int, schedule: str = "linear") -> tuple[C
     return alpha_bar, beta
 
 
-def interpolated_noise(denoiser: Callable, x_t: torch.Tensor, t: torch.Tensor, num_timesteps: int, y: Any = None, guidance_scale: float = 0.0) -> torch.Tensor:
+def interpolated_noise(denoiser: Callable, x_t: torch.Tensor, t: torch.Tensor, num_timesteps: int, y: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """ε_θ(x_t, t) at a real time t in [1, T]: linear in t between the network's integer steps
     ⌊t⌋ and ⌈t⌉ (the network was trained on integer steps only)."""
     t = float(torch.as_tensor(t).clamp(1, num_timesteps))
@@ -465,7 +471,7 @@ def probability_flow_log_prob(
     num_timesteps: int = 1000,
     schedule: str = "linear",
     y: Any = None,
-    guidance_scale: float = 0.0,
+    guidance_scale: float = 1.0,
     trace: str = "auto",
     rtol: float = 1e-6,
     atol: float = 1e-6,

@@ -253,6 +253,38 @@ def test_score_svi_is_the_closed_form_elbo_and_importance_lies_between_it_and_th
     assert exact_elbo - 4 * estimate.stderr < estimate.value < log_density + 4 * estimate.stderr, (exact_elbo, estimate, log_density)
 
 
+class _ScaledPredictor(torch.nn.Module):
+    """A trainable gain times a fixed predictor: gain 1 is the predictor itself."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.gain = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def forward(self, x_t, t, y=None):
+        return self.gain * self.inner(x_t, t)
+
+
+def test_score_svi_scores_the_given_network_without_training_it():
+    """score(engine="svi") with the noising guide is the ELBO of the network as passed, at any
+    num_steps: on ddpm it is the closed-form ELBO of the Gaussian predictor (training the gain
+    would move it), and on a user's chain the network passed in place is left untouched."""
+    data = np.random.default_rng(12).multivariate_normal(MEAN, COVARIANCE, size=5)
+    network = _ScaledPredictor(GaussianDenoiser(MEAN, 1.5 * COVARIANCE, T))
+    exact_elbo = gaussian_elbo(data, MEAN, 1.5 * COVARIANCE, T).sum()
+    bound = ppgen.score(
+        ddpm, x=data, num_timesteps=T, denoiser=network, engine="svi", guide=forward_process(T), num_steps=300, learning_rate=0.1,
+        num_elbo_evaluations=30, copy_modules=False,
+    )
+    assert float(network.gain) == 1.0
+    assert abs(bound.value - exact_elbo) < 4 * bound.stderr, (bound, exact_elbo)
+    user_net = make_denoiser(2, hidden=16, seed=5)
+    before = {k: v.clone() for k, v in user_net.state_dict().items()}
+    arguments = {"values": torch.as_tensor(data[:, :2]), "shifts": torch.zeros(5), "predictor": user_net}
+    ppgen.score(_shifted_chain, engine="svi", guide=forward_process(9), num_steps=200, num_elbo_evaluations=2, copy_modules=False, **arguments)
+    assert all(torch.equal(before[k], v) for k, v in user_net.state_dict().items())
+
+
 def test_ddim_maps_noise_to_the_data_law_and_round_trips():
     network = GaussianDenoiser(MEAN, COVARIANCE, 1000)
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
@@ -490,7 +522,7 @@ class _AffineByLabel(torch.nn.Module):
 
 @pytest.mark.parametrize("scale", [0.0, 1.0, 2.5])
 def test_guided_noise_is_the_classifier_free_combination_in_both_programs(scale):
-    """ε = ε_uncond + s (ε_cond − ε_uncond) (s = 0: the conditional ε alone), checked on the
+    """ε = ε_uncond + s (ε_cond − ε_uncond) as written (s = 0: unconditional, 1: conditional), on the
     sites of a DDPM and a DDIM run: each step's mean is recomputed from the traced x_t."""
     from ppgen.models.diffusion import ddim_step
 
@@ -499,7 +531,7 @@ def test_guided_noise_is_the_classifier_free_combination_in_both_programs(scale)
     x_t = torch.as_tensor(np.random.default_rng(8).normal(size=(4, 2)))
     steps = torch.full((4,), 7, dtype=torch.long)
     unconditional, conditional = network(x_t, steps), network(x_t, steps, labels)
-    expected = conditional if scale == 0 else unconditional + scale * (conditional - unconditional)
+    expected = unconditional + scale * (conditional - unconditional)
     torch.testing.assert_close(predict_noise(network, x_t, 7, labels, scale), expected)
     process = NoisingProcess(4)
     with use_backend("pyro"), torch.no_grad():
@@ -507,7 +539,7 @@ def test_guided_noise_is_the_classifier_free_combination_in_both_programs(scale)
         x_2, x_1 = trace.nodes["x_2"]["value"], trace.nodes["x_1"]["value"]
         steps = torch.full((4,), 2, dtype=torch.long)
         u, c = network(x_2, steps), network(x_2, steps, labels)
-        epsilon = c if scale == 0 else u + scale * (c - u)
+        epsilon = u + scale * (c - u)
         beta, a_t = process.betas[1], process.alphas_cumprod[2]
         mean = (x_2 - beta / (1 - a_t).sqrt() * epsilon) / (1 - beta).sqrt()
         torch.testing.assert_close(trace.nodes["x_1"]["fn"].base_dist.loc, mean)
@@ -515,7 +547,7 @@ def test_guided_noise_is_the_classifier_free_combination_in_both_programs(scale)
         start = trace.nodes["x_11"]["value"]
         steps = torch.full((4,), 11, dtype=torch.long)
         u, c = network(start, steps), network(start, steps, labels)
-        epsilon = c if scale == 0 else u + scale * (c - u)
+        epsilon = u + scale * (c - u)
         a = NoisingProcess(20).alphas_cumprod
         expected_next, _ = ddim_step(epsilon, start, a[11], a[1], 0.0)
         torch.testing.assert_close(trace.nodes["x_1"]["value"], expected_next)
