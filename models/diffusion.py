@@ -46,6 +46,7 @@ from ppgen.catalogue import Example, Simulated
 from ppgen.models._networks import seeded_mlp
 
 SCHEDULES = ("linear", "cosine")
+_NOT_OBSERVED = object()
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,20 +320,153 @@ def ddpm(
     (2, 3, 2)
     """
     x, dim, denoiser = _checked(x, dim, denoiser, None, "ddpm")
-    betas = noise_schedule(num_timesteps, schedule)
-    alphas_cumprod = _cumulative(betas)
     n = num_data if x is None else x.shape[0]
     module("theta", denoiser)
     with plate("N", n):
-        x_t = sample(f"x_{num_timesteps}", dist.Normal(torch.zeros(dim, dtype=torch.float64), 1.0).to_event(1))
-        for t in markov(range(num_timesteps, 0, -1)):
-            beta, a_t = betas[t - 1], alphas_cumprod[t]
-            epsilon = predict_noise(denoiser, x_t, t, y, guidance_scale)
-            loc = (x_t - beta / (1 - a_t).sqrt() * epsilon) / (1 - beta).sqrt()
-            if t > 1:
-                x_t = sample(f"x_{t - 1}", dist.Normal(loc, beta.sqrt()).to_event(1))
-            else:
-                sample("x", dist.Normal(loc, beta.sqrt()).to_event(1), obs=x)
+        reverse_chain("x", dim, num_timesteps, denoiser, y, guidance_scale, schedule, obs=x)
+
+
+def reverse_chain(
+    name: str, dim: int, num_timesteps: int, denoiser: Callable, y: Any = None, guidance_scale: float = 1.0, schedule: str = "linear",
+    obs: Any = _NOT_OBSERVED,
+) -> torch.Tensor:
+    """The reverse chain's sites inside the caller's data plate: ``{name}_T`` ~ N(0, I), then
+    ``{name}_{t−1}`` | ``{name}_t`` ~ N(μ_θ, β_t I) for t = T, …, 2, and the last step's site
+    ``name`` (x_0), observed when ``obs`` is given (``obs=None`` declares it data to be drawn).
+    Returns the value of ``name``: :func:`ddpm` observes it, :func:`latent_diffusion` decodes it."""
+    betas = noise_schedule(num_timesteps, schedule)
+    alphas_cumprod = _cumulative(betas)
+    x_t = sample(f"{name}_{num_timesteps}", dist.Normal(torch.zeros(dim, dtype=torch.float64), 1.0).to_event(1))
+    for t in markov(range(num_timesteps, 0, -1)):
+        beta, a_t = betas[t - 1], alphas_cumprod[t]
+        epsilon = predict_noise(denoiser, x_t, t, y, guidance_scale)
+        loc = (x_t - beta / (1 - a_t).sqrt() * epsilon) / (1 - beta).sqrt()
+        step = dist.Normal(loc, beta.sqrt()).to_event(1)
+        if t > 1:
+            x_t = sample(f"{name}_{t - 1}", step)
+        elif obs is _NOT_OBSERVED:
+            x_t = sample(name, step)
+        else:
+            x_t = sample(name, step, obs=obs)
+    return x_t
+
+
+# --------------------------------------------------------------------------------------------
+# latent diffusion: the VAE's decoder over a diffusion program's samples
+
+
+def latent_diffusion(
+    x: Optional[Any] = None,
+    num_data: int = 100,
+    latent_dim: int = 8,
+    num_timesteps: int = 100,
+    denoiser: Optional[torch.nn.Module] = None,
+    decoder: Optional[torch.nn.Module] = None,
+    y: Optional[Any] = None,
+    guidance_scale: float = 1.0,
+    schedule: str = "linear",
+) -> None:
+    """Latent diffusion (Rombach et al. 2022): a diffusion program over the latents z of the
+    digits VAE, whose decoder maps the chain's end to pixels,
+
+        z_T ~ N(0, I),  z_{t−1} | z_t ~ N(μ_θ(z_t, t), β_t I),  x | z_0 ~ Bernoulli(σ(f_ψ(z_0))),
+
+    one program composed of two: :func:`reverse_chain` (``ddpm``'s sites, named ``z_T`` … ``z_1``,
+    ``z``) in place of the VAE's N(0, I) prior on ``z``, then the VAE's observation. Trained in
+    two stages (:func:`fit_latent_diffusion`): the VAE on the images, then ``ddpm`` on the
+    encoder's latents; this program then generates, and its structure shows both parts.
+
+    Parameters
+    ----------
+    x : binary images (N, 64), or None to generate ``num_data``.
+    latent_dim : K, the VAE's latent dimension (the chain's width).
+    num_timesteps : T of the latent chain.
+    denoiser : ε_θ over latents (``make_denoiser(latent_dim[, num_classes])``), module ``"theta"``.
+    decoder : the VAE's decoder f_ψ (:class:`ppgen.models.vae.Decoder`), module ``"psi"``.
+    y, guidance_scale, schedule : as in :func:`ddpm`, for the latent chain.
+
+    Examples
+    --------
+    >>> import ppgen
+    >>> draws = ppgen.generate(latent_diffusion, num_data=3, latent_dim=4, num_timesteps=10, num_samples=1)
+    >>> draws["x"].shape
+    (1, 3, 64)
+    """
+    from ppgen.models.vae import Decoder
+
+    if denoiser is None or decoder is None:
+        if x is not None:
+            raise ValueError(
+                "latent_diffusion: pass the trained denoiser= and decoder= with x (fit_latent_diffusion trains both, "
+                "in two stages)"
+            )
+        denoiser = denoiser if denoiser is not None else make_denoiser(latent_dim)
+        decoder = decoder if decoder is not None else Decoder(latent_dim)
+    n = num_data if x is None else torch.as_tensor(x).shape[0]
+    module("theta", denoiser)
+    module("psi", decoder)
+    with plate("N", n):
+        z = reverse_chain("z", latent_dim, num_timesteps, denoiser, y, guidance_scale, schedule)
+        sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+
+class LatentDiffusionFit(dict):
+    """What :func:`fit_latent_diffusion` returns: ``encoder``, ``decoder``, ``denoiser`` (trained),
+    ``latents`` (the encoded training images), and the two stages' :class:`ppgen.Result`s
+    ``vae_result`` and ``diffusion_result``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as error:
+            raise AttributeError(key) from error
+
+
+def fit_latent_diffusion(
+    x: Any,
+    y: Optional[Any] = None,
+    latent_dim: int = 8,
+    num_timesteps: int = 100,
+    num_classes: Optional[int] = None,
+    vae_steps: int = 2000,
+    diffusion_steps: int = 2000,
+    hidden: int = 256,
+    seed: int = 0,
+) -> LatentDiffusionFit:
+    """The two training stages of :func:`latent_diffusion`, each a ``learn`` on a program:
+
+    1. the VAE (:func:`ppgen.models.vae.vae`) on the images ``x`` (N, 64), ``engine="svi"`` with
+       the amortised encoder guide;
+    2. :func:`ddpm` on the latents z_i = μ_φ(x_i) (the trained encoder's means), ``engine="svi"``
+       with :func:`forward_process` (labels ``y`` with ``num_classes`` make the denoiser
+       class-conditional, for guidance).
+
+    Then ``generate(latent_diffusion, decoder=fit.decoder, denoiser=fit.denoiser, ...)`` samples
+    images: the chain draws a latent, the decoder maps it back.
+    """
+    import ppgen
+    from ppgen.models.vae import Decoder, Encoder, vae
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    encoder = Encoder(latent_dim, seed=seed + 1)
+    vae_result = ppgen.learn(
+        vae, x=x, latent_dim=latent_dim, decoder=Decoder(latent_dim, seed=seed), engine="svi",
+        guide=ppgen.amortize(encoder, latent="z"), subsample_size=min(128, len(x)), num_steps=vae_steps, learning_rate=3e-3,
+        num_samples=1, num_elbo_evaluations=1, seed=seed,
+    )
+    modules = vae_result.diagnostics["modules"]
+    encoder, decoder = modules["phi"], modules["theta"]
+    with torch.no_grad():
+        latents = encoder(x)[0]
+    diffusion_result = ppgen.learn(
+        ddpm, x=latents, y=y, num_timesteps=num_timesteps, denoiser=make_denoiser(latent_dim, num_classes, hidden=hidden, seed=seed),
+        engine="svi", guide=forward_process(num_timesteps), subsample_size=min(128, len(x)), num_steps=diffusion_steps,
+        learning_rate=1e-3, num_elbo_evaluations=1, seed=seed,
+    )
+    return LatentDiffusionFit(
+        encoder=encoder, decoder=decoder, denoiser=diffusion_result.diagnostics["modules"]["theta"], latents=latents,
+        vae_result=vae_result, diffusion_result=diffusion_result,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -585,3 +585,56 @@ def test_svi_training_drops_labels_at_the_denoisers_rate_and_generation_does_not
     # class is exactly the unconditional half
     assert len(conditional) > 0 and len(conditional) % (2 * 8 * n) == 0
     assert int((conditional == num_classes).sum()) == len(conditional) // 2
+
+
+# ---- latent diffusion -------------------------------------------------------------------------
+
+
+def test_latent_diffusion_is_one_program_with_the_chain_over_latents_and_the_decoder():
+    """The composed program's structure: the chain z_T → … → z over latents (θ feeding every
+    step), then x | z through the decoder ψ; ancestral draws decode the chain's end z."""
+    from ppgen.models.diffusion import latent_diffusion
+    from ppgen.models.vae import Decoder
+
+    images = np.random.default_rng(13).integers(0, 2, size=(7, 64)).astype(float)
+    denoiser, decoder = make_denoiser(5, hidden=8, seed=3), Decoder(5, hidden=16, seed=4)
+    structure = ppgen.inspect(latent_diffusion, x=images, latent_dim=5, num_timesteps=6, denoiser=denoiser, decoder=decoder)
+    assert set(structure.latent) == {"z"} | {f"z_{t}" for t in range(1, 7)}
+    assert set(structure.observed) == {"x"}
+    assert set(structure.sites["x"].parents) == {"psi", "z"}
+    assert set(structure.sites["z"].parents) == {"theta", "z_1"}
+    assert structure.sites["z_6"].parents == ()
+    with use_backend("pyro"), torch.no_grad():
+        trace = poutine.trace(latent_diffusion).get_trace(num_data=7, latent_dim=5, num_timesteps=6, denoiser=denoiser, decoder=decoder)
+    torch.testing.assert_close(trace.nodes["x"]["fn"].base_dist.logits, decoder(trace.nodes["z"]["value"]))
+    with pytest.raises(ValueError, match="pass the trained denoiser= and decoder="):
+        ppgen.inspect(latent_diffusion, x=images, latent_dim=5)
+
+
+def _digit_classifier():
+    """The independent judge: scikit-learn's logistic regression on the real binarised digits."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ppgen.models.vae import load_digits_binary
+
+    x_train, y_train, x_test, y_test = load_digits_binary()
+    classifier = LogisticRegression(max_iter=3000).fit(x_train, y_train)
+    assert classifier.score(x_test, y_test) > 0.9
+    return classifier, x_train, y_train
+
+
+@pytest.mark.slow
+def test_latent_diffusion_samples_decode_to_digits_of_the_asked_class():
+    """Two stages (VAE, then a class-conditional ddpm on its latents); the composed program's
+    draws for each class are recognised by the independent classifier far above chance (0.1)."""
+    from ppgen.models.diffusion import fit_latent_diffusion, latent_diffusion
+
+    classifier, x_train, y_train = _digit_classifier()
+    fit = fit_latent_diffusion(x_train, y_train, latent_dim=6, num_timesteps=80, num_classes=10, vae_steps=1500, diffusion_steps=1500, seed=1)
+    labels = np.repeat(np.arange(10), 30)
+    draws = ppgen.generate(
+        latent_diffusion, num_data=len(labels), latent_dim=6, num_timesteps=80, denoiser=fit.denoiser, decoder=fit.decoder, y=labels,
+        guidance_scale=2.0, num_samples=1, seed=3,
+    )["x"][0]
+    accuracy = float((classifier.predict(draws) == labels).mean())
+    assert accuracy > 0.5, accuracy
