@@ -16,7 +16,9 @@ marginals and posteriors are closed form,
 
 so the ELBO is a sum of T Gaussian KL terms that ``engine="svi"`` estimates from sampled steps
 (see :mod:`ppgen.inference._chain_elbo`). :func:`ddim` is a second program sharing the trained
-network (Song, Meng & Ermon 2021). :func:`probability_flow_log_prob` is the score-SDE view: the
+network (Song, Meng & Ermon 2021). :func:`latent_diffusion` composes the chain (over a VAE's
+latents) with the VAE's decoder, trained in two stages by :func:`fit_latent_diffusion` (Rombach et
+al. 2022). :func:`probability_flow_log_prob` is the score-SDE view: the
 exact log-likelihood of a trained denoiser under the VP-SDE's probability-flow ODE (Song et al.
 2021), on the continuous-flow machinery of :mod:`ppgen.models._continuous_flow`.
 
@@ -28,6 +30,8 @@ A. Nichol, P. Dhariwal (2021), "Improved denoising diffusion probabilistic model
 Y. Song, J. Sohl-Dickstein, D. P. Kingma, A. Kumar, S. Ermon, B. Poole (2021), "Score-based
 generative modeling through stochastic differential equations", ICLR.
 J. Ho, T. Salimans (2022), "Classifier-free diffusion guidance", arXiv:2207.12598.
+R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer (2022), "High-resolution image synthesis
+with latent diffusion models", CVPR.
 """
 
 from __future__ import annotations
