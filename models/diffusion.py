@@ -339,13 +339,14 @@ def reverse_chain(
     ``name`` (x_0), observed when ``obs`` is given (``obs=None`` declares it data to be drawn).
     Returns the value of ``name``: :func:`ddpm` observes it, :func:`latent_diffusion` decodes it."""
     betas = noise_schedule(num_timesteps, schedule)
-    alphas_cumprod = _cumulative(betas)
+    alphas_cumprod = _cumulative(betas)[1:]
+    # μ_θ = (x_t − noise_gain_t ε) · rescale_t, with each step's scalars computed once per run
+    noise_gains, rescales, scales = (betas / (1 - alphas_cumprod).sqrt()).tolist(), (1 - betas).rsqrt().tolist(), betas.sqrt()
     x_t = sample(f"{name}_{num_timesteps}", dist.Normal(torch.zeros(dim, dtype=torch.float64), 1.0).to_event(1))
     for t in markov(range(num_timesteps, 0, -1)):
-        beta, a_t = betas[t - 1], alphas_cumprod[t]
         epsilon = predict_noise(denoiser, x_t, t, y, guidance_scale)
-        loc = (x_t - beta / (1 - a_t).sqrt() * epsilon) / (1 - beta).sqrt()
-        step = dist.Normal(loc, beta.sqrt()).to_event(1)
+        loc = (x_t - noise_gains[t - 1] * epsilon) * rescales[t - 1]
+        step = dist.Normal(loc, scales[t - 1]).to_event(1)
         if t > 1:
             x_t = sample(f"{name}_{t - 1}", step)
         elif obs is _NOT_OBSERVED:
