@@ -10,10 +10,13 @@ steps p_θ(x_{t−1} | x_t). The ELBO splits into T + 1 terms (Sohl-Dickstein et
     L_1 = E_{q(x_1 | x_0)} log p_θ(x_0 | x_1),
     L_t = −E_{q(x_t | x_0)} KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)),   t ≥ 2,
 
-each KL between Gaussians in closed form. A gradient step draws one t ~ U{1..T} and x_t ~ q(x_t | x_0)
-and uses T · L̂_t − KL_T, an unbiased estimate of the ELBO that costs one step of the model
-instead of T: the model's ``markov`` loop runs that one iteration only
-(:func:`ppgen.primitives.markov_window`), with the chain's first site x_T set to the drawn x_t.
+each KL between Gaussians in closed form. A gradient step draws, for each datum x_i of the
+minibatch, its own step t_i ~ p (uniform, or importance-weighted by the terms' past sizes) and
+x_{t_i} ~ q(x_{t_i} | x_i), and uses Σ_i [L̂_{t_i}(x_i) / p(t_i) − KL_T(x_i)], an unbiased estimate
+of the ELBO that costs one step of the model instead of T: the model's ``markov`` loop runs one
+iteration only (:func:`ppgen.primitives.markov_window`), with the chain's first site x_T set to
+the drawn x_t, once per distinct t on the data holding it. The data's steps are spread over 1..T
+on K levels (:meth:`ChainELBO.draw_steps`), so a step costs K short runs whatever the batch.
 ``weighting="simple"`` trains on Ho et al.'s L_simple instead: each KL_t reweighted to
 α_t (1 − ᾱ_t) / β_t² · ‖μ̃_t − μ_θ‖², which is ‖ε − ε_θ(x_t, t)‖² for the ε-parametrised mean; the
 objective it reports is still the step's ELBO estimate. ``loss`` (the final estimate, and
@@ -31,6 +34,13 @@ from pyro.poutine.messenger import Messenger
 from ppgen.primitives import markov_window
 
 WEIGHTINGS = ("elbo", "simple")
+STEP_SAMPLINGS = ("uniform", "importance")
+#: Distinct steps t per gradient step by default: each costs one run of the program's step.
+NUM_STEP_GROUPS = 8
+#: Squared terms kept per step for importance sampling, and the uniform share mixed into p_t
+#: (Nichol & Dhariwal 2021's values).
+HISTORY = 10
+UNIFORM_MIX = 1e-3
 
 
 def _normal(fn: Any, site: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,25 +78,101 @@ class ChainELBO:
     ``chain`` is the bound noising process (``chain.chain`` lists the site names x_0 … x_T and
     ``chain.data`` the data argument). The interface is a Pyro ELBO's: ``loss`` and
     ``loss_and_grads``.
+
+    Parameters
+    ----------
+    weighting : ``"elbo"`` (train on the bound) or ``"simple"`` (Ho et al.'s L_simple).
+    num_particles : independent draws of the data's steps per gradient estimate.
+    step_sampling : ``"uniform"`` (t ~ U{1..T}) or ``"importance"`` (t ~ p_t ∝ √E[L_t²] from the
+        last :data:`HISTORY` values of each term, uniform until every t has them; Nichol &
+        Dhariwal 2021), each term weighted by 1 / p_t.
+    num_step_groups : K, the most distinct steps per gradient step (one run of the program's
+        step each, see :meth:`draw_steps`).
     """
 
-    def __init__(self, chain: Any, weighting: str = "elbo", num_particles: int = 1) -> None:
+    def __init__(
+        self, chain: Any, weighting: str = "elbo", num_particles: int = 1, step_sampling: str = "uniform",
+        num_step_groups: int = NUM_STEP_GROUPS,
+    ) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"SVI: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if step_sampling not in STEP_SAMPLINGS:
+            raise ValueError(f"SVI: step_sampling must be one of {STEP_SAMPLINGS}, got {step_sampling!r}")
+        if isinstance(num_step_groups, bool) or not isinstance(num_step_groups, int) or num_step_groups < 1:
+            raise ValueError(f"SVI: num_step_groups must be a positive integer, got {num_step_groups!r}")
         self.chain = chain
         self.weighting = weighting
         self.num_particles = num_particles
+        self.step_sampling = step_sampling
+        self.num_step_groups = num_step_groups
+        T = chain.num_timesteps
+        # the last HISTORY squared terms per step (importance sampling), and how many are filled
+        self._squares = torch.zeros(T, HISTORY, dtype=torch.float64)
+        self._filled = torch.zeros(T, dtype=torch.long)
+        self._signature = None
 
-    def _data(self, model: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    # ---- which steps --------------------------------------------------------------------------
+    def step_probabilities(self) -> torch.Tensor:
+        """p_1, …, p_T (shape (T,)): uniform, or with ``step_sampling="importance"`` and a full
+        history p_t ∝ √(mean of the last HISTORY L_t²), mixed with 0.1% uniform so no p_t is 0."""
+        T = self.chain.num_timesteps
+        uniform = torch.full((T,), 1.0 / T, dtype=torch.float64)
+        if self.step_sampling == "uniform" or bool((self._filled < HISTORY).any()):
+            return uniform
+        weights = self._squares.mean(1).sqrt()
+        return (1 - UNIFORM_MIX) * weights / weights.sum() + UNIFORM_MIX * uniform
+
+    def draw_steps(self, num_data: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step t_i per datum and its probability p(t_i), shapes (num_data,).
+
+        Each datum's level is v_i = (u + k_i / K) mod 1 with one u ~ U[0, 1) and the data dealt
+        to K = min(num_step_groups, T, num_data) levels k_i by a random permutation, and t_i is
+        v_i through the inverse CDF of p (uniform: t_i = ⌊T v_i⌋ + 1). Every v_i is U[0, 1), so
+        every t_i has law p and Σ_i L_{t_i}(x_i) / p(t_i) is unbiased for the data's T-term sum;
+        the levels spread the minibatch's steps evenly over 1..T (the low-discrepancy sampler of
+        Kingma et al. 2021, on K levels), and a gradient step runs the program's step K times,
+        once per distinct t, on that step's data.
+        """
+        probabilities = self.step_probabilities()
+        K = min(self.num_step_groups, self.chain.num_timesteps, num_data)
+        levels = (torch.randperm(num_data) % K).to(torch.float64)
+        v = (torch.rand((), dtype=torch.float64) + levels / K) % 1.0
+        cdf = torch.cumsum(probabilities, 0)
+        steps = torch.searchsorted(cdf, v, right=True).clamp(max=len(cdf) - 1) + 1
+        return steps, probabilities[steps - 1]
+
+    def _record(self, t: int, terms: torch.Tensor) -> None:
+        """Keep the squares of step t's per-datum terms (the newest HISTORY of them)."""
+        values = terms.detach().to(torch.float64).reshape(-1)[-HISTORY:] ** 2
+        row = torch.cat([self._squares[t - 1], values])[-HISTORY:]
+        self._squares[t - 1] = row
+        self._filled[t - 1] = min(int(self._filled[t - 1]) + len(values), HISTORY)
+
+    # ---- the terms ----------------------------------------------------------------------------
+    def _arguments(self, model: Callable, args: tuple, kwargs: dict) -> dict:
         import inspect
 
         # the bound chain's model: ``model`` here may be a wrapper (minibatch scaling)
-        arguments = inspect.signature(self.chain.model).bind(*args, **kwargs).arguments
-        return torch.as_tensor(arguments[self.chain.data])
+        if self._signature is None:
+            self._signature = inspect.signature(self.chain.model)
+        return self._signature.bind(*args, **kwargs).arguments
+
+    def _data(self, model: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        return torch.as_tensor(self._arguments(model, args, kwargs)[self.chain.data])
+
+    def _rows(self, model: Callable, args: tuple, kwargs: dict, rows: torch.Tensor, num_data: int) -> tuple[tuple, dict]:
+        """The model's arguments restricted to data ``rows``: every tensor argument whose leading
+        dimension is the data plate's size (the data, per-datum labels) is indexed."""
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == num_data:
+                return value[rows]
+            return value
+
+        return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
 
     def step_terms(self, model: Callable, t: int, x0: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(L̂_t, KL_T, simple_t) at step t for one draw x_t ~ q(x_t | x_0), each summed over the
-        data with the model site's scale (N / B under minibatches)."""
+        """(L̂_t, KL_T, simple_t) at step t for one draw x_t ~ q(x_t | x_0) per datum, each of
+        shape (num_data,) and multiplied by the model site's scale (N / B under minibatches)."""
         T = self.chain.num_timesteps
         names = self.chain.chain
         loc, scale = self.chain.marginal(t, x0)
@@ -114,17 +200,27 @@ class ChainELBO:
         beta = self.chain.betas[t - 1].to(x0.dtype)
         a_t = self.chain.alphas_cumprod[t].to(x0.dtype)
         simple = ((target_loc - model_loc) ** 2).sum(-1) * (1 - beta) * (1 - a_t) / beta**2
-        return (weight * term).sum(), (weight * prior_kl).sum(), (weight * simple).sum()
+        return weight * term, weight * prior_kl, weight * simple
 
     def _estimate(self, model: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ELBO estimate T · L̂_t − KL_T, training loss) averaged over ``num_particles`` steps t."""
+        """(ELBO estimate Σ_i L̂_{t_i}(x_i) / p(t_i) − KL_T(x_i), training loss), each datum at its
+        own step t_i (:meth:`draw_steps`), averaged over ``num_particles`` draws of the steps."""
         T = self.chain.num_timesteps
         x0 = self._data(model, args, kwargs)
+        num_data = x0.shape[0]
         elbo, loss = 0.0, 0.0
         for _ in range(self.num_particles):
-            t = int(torch.randint(1, T + 1, ()))
-            term, prior_kl, simple = self.step_terms(model, t, x0, args, kwargs)
-            estimate = T * term - prior_kl
+            steps, probabilities = self.draw_steps(num_data)
+            estimate, simple = 0.0, 0.0
+            for t in torch.unique(steps).tolist():
+                rows = (steps == t).nonzero().squeeze(-1)
+                sub_args, sub_kwargs = self._rows(model, args, kwargs, rows, num_data)
+                term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs)
+                if self.step_sampling == "importance":
+                    self._record(t, term)
+                inverse = (1 / probabilities[rows]).to(x0.dtype)
+                estimate = estimate + (inverse * term - prior_kl).sum()
+                simple = simple + (inverse / T * simple_t).sum()  # unbiased for the mean over t of the simple terms
             elbo = elbo + estimate.detach() / self.num_particles
             loss = loss + (simple if self.weighting == "simple" else -estimate) / self.num_particles
         return elbo, loss
@@ -146,8 +242,8 @@ class ChainELBO:
             total = 0.0
             for t in range(1, T + 1):
                 term, prior_kl, _ = self.step_terms(model, t, x0, args, kwargs)
-                total += float(term)
-            return -(total - float(prior_kl))
+                total += float(term.sum())
+            return -(total - float(prior_kl.sum()))
 
 
 def closed_form_chain(guide: Callable) -> Any:

@@ -38,11 +38,11 @@ from pyro.poutine.messenger import Messenger
 from ppgen.backend import to_numpy, torch_precision, use_backend
 from ppgen.checkpoint import Checkpoint
 from ppgen.checkpoint import check_options as check_checkpoint_options
-from ppgen.engine import Engine, missing_data, register
+from ppgen.engine import Engine, current_task, missing_data, register
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
 
-from ._chain_elbo import WEIGHTINGS, ChainELBO, closed_form_chain
+from ._chain_elbo import NUM_STEP_GROUPS, STEP_SAMPLINGS, WEIGHTINGS, ChainELBO, closed_form_chain
 from ._distributed import GlobalBatchNoise, World, world
 from ._gradient_steps import GradientSteps, copy_modules, named_modules, optimizer_factory, sliced
 from ._restarts import INITS, Restarts, StartRecord, check_restart_options, resolve_restarts, start_kinds, symmetric_sites, warn_symmetric
@@ -114,9 +114,12 @@ class SVI(Engine):
         distributions with a registered KL to the prior).
     weighting : for a guide with closed-form Gaussian marginals q(x_t | x_0) over a chain (a
         diffusion program's ``forward_process``), whose ELBO svi estimates from one sampled step
-        per gradient step instead of all T (:mod:`ppgen.inference._chain_elbo`): ``"simple"``
+        per datum instead of all T (:mod:`ppgen.inference._chain_elbo`): ``"simple"``
         trains on Ho et al.'s reweighted loss ‖ε − ε_θ‖², ``"elbo"`` on the bound itself. Either
         way the reported objective and ``log_evidence`` are the ELBO.
+    step_sampling : for such a guide, how each datum draws its own step t: ``"uniform"`` or
+        ``"importance"`` (p_t ∝ √E[L_t²] from the terms seen so far, Nichol & Dhariwal 2021;
+        uniform until every step has been seen 10 times), each term weighted by 1 / p_t.
     num_samples : draws from the guide returned in ``Result.samples``.
     num_elbo_evaluations : full-data ELBO estimates averaged for ``log_evidence``.
     copy_modules : train copies of the torch modules passed as arguments and of the encoder
@@ -169,6 +172,8 @@ class SVI(Engine):
         num_particles: int = 1,
         elbo: str = "auto",
         weighting: str = "simple",
+        step_sampling: str = "uniform",
+        num_step_groups: int = NUM_STEP_GROUPS,
         num_samples: int = 1000,
         num_elbo_evaluations: int = 10,
         clip_norm: float = 10.0,
@@ -193,6 +198,10 @@ class SVI(Engine):
             raise ValueError(f"SVI: num_elbo_evaluations must be a positive integer, got {num_elbo_evaluations!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"SVI: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if step_sampling not in STEP_SAMPLINGS:
+            raise ValueError(f"SVI: step_sampling must be one of {STEP_SAMPLINGS}, got {step_sampling!r}")
+        if not isinstance(num_step_groups, (int, np.integer)) or isinstance(num_step_groups, bool) or num_step_groups < 1:
+            raise ValueError(f"SVI: num_step_groups must be a positive integer, got {num_step_groups!r}")
         check_restart_options("SVI", num_restarts, init, _INITS)
         if not copy_modules and num_restarts not in ("auto", 1):
             raise ValueError(f"SVI: num_restarts={num_restarts!r} needs copy_modules=True (every start trains fresh copies of the modules)")
@@ -209,6 +218,8 @@ class SVI(Engine):
         self.num_particles = int(num_particles)
         self.elbo = elbo
         self.weighting = weighting
+        self.step_sampling = step_sampling
+        self.num_step_groups = int(num_step_groups)
         self.num_samples = int(num_samples)
         self.num_elbo_evaluations = num_elbo_evaluations
         self.clip_norm = clip_norm
@@ -352,7 +363,14 @@ class SVI(Engine):
             raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
         program = config_enumerate(model, default="parallel") if enumerated else model
         chain = closed_form_chain(guide)
-        loss = ChainELBO(chain, self.weighting, self.num_particles) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
+        num_steps = self.num_steps
+        if current_task() == "score":
+            # a score scores the program as given: only the guide's parameters are fitted (the
+            # model's are hidden from the optimiser), and a fixed guide (a noising chain) is not
+            # fitted at all
+            num_steps = 0 if chain is not None else num_steps
+            program = poutine.block(program, hide_types=["param"])
+        loss = ChainELBO(chain, self.weighting, self.num_particles, self.step_sampling, self.num_step_groups) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
         if chain is not None and minibatch["world"] is not None:
             # its per-datum time steps are drawn inside the loss, out of GlobalBatchNoise's reach
@@ -372,7 +390,7 @@ class SVI(Engine):
         training_start = time.perf_counter()
         try:
             shown = self.progress and (shards is None or shards.rank == 0)
-            progress = run_svi(steps, step_args, self.num_steps, self.tol, shown, self.name, checkpoint, key)
+            progress = run_svi(steps, step_args, num_steps, self.tol, shown, self.name, checkpoint, key)
         finally:
             minibatch["index"] = None
         training_seconds = time.perf_counter() - training_start

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 import inspect as pyinspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 
 import numpy as np
 
@@ -260,3 +262,22 @@ def resolve(
             f"Engines that apply: {', '.join(applicable) or 'none'}"
         )
     return instance, args, model_kwargs, structure
+
+
+_current_task: ContextVar[Optional[str]] = ContextVar("current_task", default=None)
+
+
+@contextmanager
+def running_task(task: Task) -> Iterator[None]:
+    """Within this block, :func:`current_task` is ``task``: a verb tells the engine it runs
+    which task it serves, so an engine that can learn (svi) scores a program as it is."""
+    token = _current_task.set(task)
+    try:
+        yield
+    finally:
+        _current_task.reset(token)
+
+
+def current_task() -> Optional[str]:
+    """The task of the verb running now (``"score"``, ``"learn"``, ...), None outside a verb."""
+    return _current_task.get()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from ppgen.engine import Engine, check_option_types, registered_engines, resolve
+from ppgen.engine import Engine, check_option_types, registered_engines, resolve, running_task
 from ppgen.structure import bind_arguments
 from ppgen.errors import EngineNotApplicable
 from ppgen.results import Estimate, Result
@@ -23,7 +23,7 @@ from ppgen.structure import known_structure
 def _run(task: str, model: Callable, args: tuple, engine: Union[str, Engine], options: dict) -> Result:
     instance, args, model_kwargs, structure = resolve(engine, model, args, options, task)
     start = time.perf_counter()
-    with known_structure(structure, model, args, model_kwargs):
+    with known_structure(structure, model, args, model_kwargs), running_task(task):
         result = instance.run(model, *args, **model_kwargs)
     return replace(
         result,
