@@ -7,7 +7,7 @@ Maximises the evidence lower bound
 over the guide's parameters φ and the model's ``param`` sites and modules θ, with
 reparameterised gradients (Hoffman et al. 2013; Kingma & Welling 2014). The guide is a program
 over the model's latents, or ``ppgen.amortize(encoder, latent="z")`` (an encoder network giving
-q(z_i | x_i) for each datum), or, by default, a mean-field Gaussian (``AutoNormal``).
+q(z_i | x_i) for each datum, a Gaussian or, with ``flow=``, a Gaussian pushed through a flow), or, by default, a mean-field Gaussian (``AutoNormal``).
 
 Minibatches: ``subsample_size=B`` slices the data plate's arguments to B random data per step
 (without replacement within an epoch) and multiplies the log densities of every site in that
@@ -15,7 +15,7 @@ plate, in the model and in the guide, by N / B, so each step's ELBO is an unbias
 the full-data ELBO. The default guide keeps its factors q(z_i) of per-datum latents for all N
 data, and its plate picks the minibatch's. Finite discrete latents the guide does not sample
 are summed out (``TraceEnum_ELBO``). With an amortised Gaussian guide the KL terms are analytic
-(``TraceMeanField_ELBO``).
+(``TraceMeanField_ELBO``); through a flow, by Monte Carlo.
 """
 
 from __future__ import annotations
@@ -92,6 +92,13 @@ def _scaled(program: Callable, plate: str, factor: float) -> Callable:
             return program(*args, **kwargs)
 
     return scaled
+
+
+def _gaussian_amortized(guide: Callable) -> bool:
+    """An amortised guide whose q(z | x) is the encoder's Gaussian: its KL to a Gaussian prior is
+    analytic. Through a flow it is not, and the ELBO is estimated by Monte Carlo."""
+    amortized = getattr(guide, "amortized", None)
+    return amortized is not None and amortized.flow is None
 
 
 def _copy_modules(value: Any, copies: dict[int, torch.nn.Module]) -> Any:
@@ -367,7 +374,7 @@ class SVI(Engine):
             raise ValueError(f"SVI: the guide does not sample the continuous latent site(s) {missing}")
         program = config_enumerate(model, default="parallel") if enumerated else model
         chain = closed_form_chain(guide)
-        loss = ChainELBO(chain, self.weighting, self.num_particles) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
+        loss = ChainELBO(chain, self.weighting, self.num_particles) if chain is not None else self._loss(structure, enumerated, amortized=_gaussian_amortized(guide))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
         step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
         if plate is None:
@@ -462,12 +469,14 @@ class SVI(Engine):
 
     @staticmethod
     def _named_modules(guide: Callable, copies: dict, args: tuple, kwargs: dict, store: Any) -> dict[str, torch.nn.Module]:
-        """Trained modules by their ``ppgen.module`` names: the encoder of an amortised guide,
+        """Trained modules by their ``ppgen.module`` names: the encoder (and flow) of an amortised guide,
         and every module among the arguments, matched to its parameters in the store."""
         out = {}
         amortized = getattr(guide, "amortized", None)
         if amortized is not None:
             out[amortized.name] = amortized.encoder
+            if amortized.flow is not None:
+                out[amortized.flow_name] = amortized.flow
         candidates = list(copies.values()) or [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.nn.Module)]
         pointers = {store._params[key].data_ptr(): key.split("$$$")[0] for key in store.keys() if "$$$" in key}
         for module in candidates:
