@@ -169,11 +169,14 @@ def test_flow_options_are_checked_with_clear_errors():
             ppgen.learn(rooms, x, guide=ppgen.amortize(encoder, latent="heat", flow=flow), engine="svi", num_steps=1)
 
 
-def test_plate_diagram_draws_the_encoder_the_flow_and_the_data_as_parents_of_the_latent():
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_plate_diagram_draws_the_encoder_the_flow_and_the_data_as_parents_of_the_latent(context_dim):
     """q(heat | readings) depends on the data and the encoder through the flow's base, and on the
-    flow's own parameters: three dashed edges into the latent."""
+    flow's own parameters (also when a conditional layer is conditioned anew on every call):
+    three dashed edges into the latent."""
     readings = torch.as_tensor(_linear_gaussian(LOADINGS, OFFSET, NOISE, num_data=5, seed=0)[0])
-    flow = affine_autoregressive(2).to(DTYPE)
-    source = ppgen.render(rooms, readings, guide=ppgen.amortize(LinearEncoder(3, 2), latent="heat", flow=flow)).source
+    flow = (conditional_affine_autoregressive(2, context_dim) if context_dim else affine_autoregressive(2)).to(DTYPE)
+    guide = ppgen.amortize(LinearEncoder(3, 2, context_dim), latent="heat", flow=flow)
+    source = ppgen.render(rooms, readings, guide=guide).source
     for parent in ("phi", "phi_flow", "readings"):
         assert f'{parent} -> heat [color="#c0392b" style=dashed]' in source
