@@ -81,20 +81,37 @@ def test_conditional_flow_options_are_checked():
 
 @pytest.mark.slow
 def test_iaf_guide_beats_the_diagonal_guide_on_held_out_digits():
-    """Same decoder initialisation, data, batches, steps and rate for both guides; held-out ELBO
-    per image (256 draws per image), compared image by image: the IAF guide's is higher by more
-    than 3 standard errors of the paired difference, and IWAE ≥ ELBO for both."""
+    """Both guides infer z under one decoder (trained first with the diagonal guide, then held
+    fixed: a program that calls it without registering it), with the same data, batches, steps
+    and rate, so that the held-out ELBO per image differs only by each guide's KL(q‖posterior):
+    the IAF guide's is higher image by image by more than 3 standard errors of the paired
+    difference (256 draws per image), and IWAE ≥ ELBO for both.
+
+    (Trained jointly with their own decoders, the two VAEs differ image by image by more than
+    the guides do: 3000 steps gave +0.21 ± 0.15 nats per image for the IAF, 8000 steps
+    +0.33 ± 0.26; see the report.)"""
     simulated = simulate_digits(latent_dim=2, seed=0)
-    options = {"engine": "svi", "subsample_size": 128, "num_steps": 8000, "learning_rate": 3e-3, "num_samples": 2, "num_elbo_evaluations": 2}
+    options = {"engine": "svi", "subsample_size": 128, "learning_rate": 3e-3, "num_samples": 2, "num_elbo_evaluations": 2}
+    trained = ppgen.learn(vae, **simulated.data, guide=ppgen.amortize(Encoder(2)), num_steps=2000, **options)
+    decoder = trained.diagnostics["modules"]["theta"]
+    for parameter in decoder.parameters():
+        parameter.requires_grad_(False)
+
+    def scans(pixels):  # a user's program around the fixed decoder
+        with ppgen.plate("scans", pixels.shape[0]):
+            code = ppgen.sample("code", ppgen.dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            ppgen.sample("pixels", ppgen.dist.Bernoulli(logits=decoder(code)).to_event(1), obs=pixels)
+
     bounds = {}
-    for name, guide in (("diagonal", ppgen.amortize(Encoder(2))), ("iaf", make_iaf_guide())):
-        result = ppgen.learn(vae, **simulated.data, guide=guide, **options)
+    for name, guide in (("diagonal", ppgen.amortize(Encoder(2), latent="code")), ("iaf", make_iaf_guide())):
+        guide.latent = "code"
+        result = ppgen.learn(scans, simulated.data["x"], guide=guide, num_steps=2000, **options)
         modules = result.diagnostics["modules"]
-        bounds[name] = elbo_and_iwae(modules["theta"], modules["phi"], simulated.truth["x_test"], num_samples=256, flow=modules.get("phi_flow"))
+        bounds[name] = elbo_and_iwae(decoder, modules["phi"], simulated.truth["x_test"], num_samples=256, flow=modules.get("phi_flow"))
     for elbo, iwae in bounds.values():
-        assert iwae.mean() >= elbo.mean()
+        assert np.all(iwae >= elbo)
     difference = bounds["iaf"][0] - bounds["diagonal"][0]
     stderr = difference.std(ddof=1) / math.sqrt(len(difference))
-    print(f"held-out ELBO per image: diagonal {bounds['diagonal'][0].mean():.3f}, IAF {bounds['iaf'][0].mean():.3f}, "
-          f"difference {difference.mean():.3f} ± {stderr:.3f}")
+    print(f"held-out ELBO per image, one decoder: diagonal {bounds['diagonal'][0].mean():.3f}, IAF {bounds['iaf'][0].mean():.3f}, "
+          f"difference {difference.mean():.3f} ± {stderr:.3f}; IWAE diagonal {bounds['diagonal'][1].mean():.3f}, IAF {bounds['iaf'][1].mean():.3f}")
     assert difference.mean() > 3 * stderr
