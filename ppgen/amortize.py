@@ -215,8 +215,8 @@ class Amortized:
 
 def _flow_layers(flow: Any) -> list:
     """The transforms of ``flow`` in the order they act: a torch module that is a transform (or a
-    conditional one), or that holds them in ``transforms`` (Pyro's ``ComposeTransformModule``,
-    ``ppgen.models.flows.Flow``)."""
+    conditional one), or that holds them in ``transforms`` (``ppgen.models.flows.Flow``) or
+    ``parts`` (Pyro's ``ComposeTransformModule``)."""
     if not isinstance(flow, torch.nn.Module):
         raise TypeError(f"amortize: flow must be a torch.nn.Module holding transforms (e.g. pyro's affine_autoregressive), got {type(flow).__name__}")
     if isinstance(flow, (torch.distributions.Transform, ConditionalTransform)) and not isinstance(flow, torch.distributions.ComposeTransform):
