@@ -70,13 +70,15 @@ def copy_modules(value: Any, copies: dict[int, torch.nn.Module]) -> Any:
 
 
 def named_modules(guide: Optional[Callable], copies: dict, args: tuple, kwargs: dict, store: Any) -> dict[str, torch.nn.Module]:
-    """Trained modules by their ``ppgen.module`` names: the encoder of an amortised guide,
+    """Trained modules by their ``ppgen.module`` names: the encoder (and flow) of an amortised guide,
     and every module among the arguments (or their ``copies``), matched to its parameters in
     the param ``store``."""
     out = {}
     amortized = getattr(guide, "amortized", None)
     if amortized is not None:
         out[amortized.name] = amortized.encoder
+        if amortized.flow is not None:
+            out[amortized.flow_name] = amortized.flow
     candidates = list(copies.values()) or [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.nn.Module)]
     pointers = {store._params[key].data_ptr(): key.split("$$$")[0] for key in store.keys() if "$$$" in key}
     for module in candidates:

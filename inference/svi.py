@@ -7,7 +7,7 @@ Maximises the evidence lower bound
 over the guide's parameters φ and the model's ``param`` sites and modules θ, with
 reparameterised gradients (Hoffman et al. 2013; Kingma & Welling 2014). The guide is a program
 over the model's latents, or ``ppgen.amortize(encoder, latent="z")`` (an encoder network giving
-q(z_i | x_i) for each datum), or, by default, a mean-field Gaussian (``AutoNormal``).
+q(z_i | x_i) for each datum, a Gaussian or, with ``flow=``, a Gaussian pushed through a flow), or, by default, a mean-field Gaussian (``AutoNormal``).
 
 Minibatches: ``subsample_size=B`` slices the data plate's arguments to B random data per step
 (without replacement within an epoch) and multiplies the log densities of every site in that
@@ -15,7 +15,7 @@ plate, in the model and in the guide, by N / B, so each step's ELBO is an unbias
 the full-data ELBO. The default guide keeps its factors q(z_i) of per-datum latents for all N
 data, and its plate picks the minibatch's. Finite discrete latents the guide does not sample
 are summed out (``TraceEnum_ELBO``). With an amortised Gaussian guide the KL terms are analytic
-(``TraceMeanField_ELBO``).
+(``TraceMeanField_ELBO``); through a flow, by Monte Carlo.
 """
 
 from __future__ import annotations
@@ -92,6 +92,13 @@ def _scaled(program: Callable, plate: str, factor: float) -> Callable:
             return program(*args, **kwargs)
 
     return scaled
+
+
+def _gaussian_amortized(guide: Callable) -> bool:
+    """An amortised guide whose q(z | x) is the encoder's Gaussian: its KL to a Gaussian prior is
+    analytic. Through a flow it is not, and the ELBO is estimated by Monte Carlo."""
+    amortized = getattr(guide, "amortized", None)
+    return amortized is not None and amortized.flow is None
 
 
 @register
@@ -370,7 +377,7 @@ class SVI(Engine):
             # fitted at all
             num_steps = 0 if chain is not None else num_steps
             program = poutine.block(program, hide_types=["param"])
-        loss = ChainELBO(chain, self.weighting, self.num_particles, self.step_sampling, self.num_step_groups) if chain is not None else self._loss(structure, enumerated, amortized=hasattr(guide, "amortized"))
+        loss = ChainELBO(chain, self.weighting, self.num_particles, self.step_sampling, self.num_step_groups) if chain is not None else self._loss(structure, enumerated, amortized=_gaussian_amortized(guide))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
         if chain is not None and minibatch["world"] is not None:
             # its per-datum time steps are drawn inside the loss, out of GlobalBatchNoise's reach

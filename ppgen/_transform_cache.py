@@ -20,6 +20,7 @@ drawn or scored (:func:`forget_cached_pairs`); what the site computes after that
 
 from __future__ import annotations
 
+import functools
 import sys
 import weakref
 from typing import Any, Iterator
@@ -29,8 +30,10 @@ __all__ = ["forget_cached_pairs", "flow_modules"]
 #: Attributes through which a distribution or transform holds further distributions/transforms:
 #: torch's and Pyro's wrappers (``Independent``, ``ExpandedDistribution``, ``MaskedDistribution``,
 #: ``TransformedDistribution``, ``ComposeTransform``, inverses, ``IndependentTransform``) and
-#: zuko's (``ComposedTransform.transforms``, ``NormalizingFlow.transform``).
-_CHILDREN = ("base_dist", "transforms", "transform", "parts", "_inv", "base_transform", "flow")
+#: zuko's (``ComposedTransform.transforms``, ``NormalizingFlow.transform``), and the network of a
+#: conditioned Pyro layer (``ConditionalAffineAutoregressive.condition(h)`` holds its network as
+#: ``arn = partial(network, context=h)``).
+_CHILDREN = ("base_dist", "transforms", "transform", "parts", "_inv", "base_transform", "flow", "arn", "nn")
 
 
 def _reachable(fn: Any, kinds: tuple[type, ...]) -> Iterator[Any]:
@@ -50,6 +53,8 @@ def _reachable(fn: Any, kinds: tuple[type, ...]) -> Iterator[Any]:
             child = getattr(node, attribute, None)
             if isinstance(child, weakref.ref):  # torch holds a transform's own inverse weakly
                 child = child()
+            if isinstance(child, functools.partial):
+                child = child.func
             if isinstance(child, (list, tuple)) or isinstance(child, kinds):
                 stack.append(child)
 

@@ -390,11 +390,15 @@ def _describe_constant(value: Any) -> str:
 
 
 def _provenance(value: Any) -> frozenset:
-    """Provenance of a tensor, or of the tensors inside a list/tuple argument."""
+    """Provenance of a tensor, of the tensors inside a list/tuple argument, or of the arguments
+    of a distribution argument (a ``TransformedDistribution``'s base, whose location may come
+    from an encoder)."""
     if isinstance(value, torch.Tensor):
         return get_provenance(value)
     if isinstance(value, (list, tuple)):
         return frozenset().union(*(_provenance(item) for item in value))
+    if isinstance(value, torch.distributions.Distribution):
+        return frozenset().union(*(_provenance(item) for item in _distribution_args(value).values()))
     return frozenset()
 
 
