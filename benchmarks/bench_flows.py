@@ -42,6 +42,19 @@ def median_seconds(fn, repeats):
     return statistics.median(times)
 
 
+def paired_medians(first, second, repeats):
+    """Medians of ``first`` and ``second`` timed alternately (after one warm-up each), so that a
+    drift of the machine's speed during the run falls on both sides alike."""
+    first(), second()
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def library_choice(repeats, batch=512, dim=2):
     import zuko
 
@@ -178,7 +191,7 @@ def cnf_vs_plain(repeats, num_points=1000):
             zs, ells = odeint(augmented, (x, torch.zeros(num_points, dtype=torch.float64)), times, rtol=1e-5, atol=1e-5)
             return -0.5 * (zs[-1] ** 2).sum(-1) - math.log(2 * math.pi) - ells[-1]
 
-    ours_time, plain_time = median_seconds(ours, repeats), median_seconds(plain, repeats)
+    ours_time, plain_time = paired_medians(ours, plain, 4 * repeats)
     print(f"CNF log p of {num_points} points: ode_log_prob {ours_time * 1e3:.1f} ms, plain torchdiffeq {plain_time * 1e3:.1f} ms, "
           f"ratio {ours_time / plain_time:.2f}")
 
