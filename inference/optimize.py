@@ -51,6 +51,7 @@ from ppgen.structure import ModelStructure, inspect
 
 from ._distributed import World, world
 from ._gradient_steps import named_modules
+from ._log_density_interpreter import VerifiedLogDensity
 from ._vi import Info
 from .svi import _scaled
 
@@ -163,15 +164,20 @@ class _PointEstimate(Engine):
             def run_program() -> Any:
                 return poutine.trace(constrained(model)).get_trace(*args, **kwargs)
 
+            # without latent sites the objective is the log-likelihood of the data alone: once shown
+            # equal to Pyro's, computed without Pyro's per-site messages (_log_density_interpreter)
+            fast_reason = f"latent sites {latent_names[:3]}" if latent_names else None
+            fast = VerifiedLogDensity(model, reason=fast_reason)
+
             def log_objective() -> torch.Tensor:
-                return run_program().log_prob_sum(site_filter=lambda name, site: name in counted)
+                return fast(lambda: run_program().log_prob_sum(site_filter=lambda name, site: name in counted), args, kwargs)
 
             optimizer = self.optimizer or ("adam" if structure.has_modules or self._subsampled(structure) else "lbfgs")
             # L-BFGS's line search needs the full-data objective: every rank then runs the same full steps
             shards = world() if optimizer == "adam" else None
             if shards is not None and checkpoint is not None:
                 raise ValueError(f"{self.name}: checkpoint is not available under torch.distributed (the ranks step on shards); pass one of them")
-            minibatch_objective = self._minibatch_objective(structure, constrained(model), args, kwargs, counted, shards)
+            minibatch_objective = self._minibatch_objective(structure, constrained(model), args, kwargs, counted, shards, model, fast_reason)
 
             with torch.no_grad():  # creates param sites in the (scoped) store, on one minibatch if there are minibatches
                 minibatch_objective(0) if minibatch_objective is not None else log_objective()
@@ -217,6 +223,7 @@ class _PointEstimate(Engine):
             diagnostics={
                 **({"modules": Info(modules), "subsample_size": self.subsample_size} if modules else {}),
                 **({"processes": shards.size} if shards is not None else {}),  # data-parallel ranks (torch.distributed)
+                "log_density": getattr(minibatch_objective, "fast", fast).how,
             },
             seconds=time.perf_counter() - start,
         )
@@ -311,13 +318,23 @@ class _PointEstimate(Engine):
         return self.subsample_size is not None and (not sizes or self.subsample_size < max(sizes))
 
     def _minibatch_objective(
-        self, structure: ModelStructure, program: Callable, args: tuple, kwargs: dict, counted: set[str], shards: Optional[World] = None
+        self,
+        structure: ModelStructure,
+        program: Callable,
+        args: tuple,
+        kwargs: dict,
+        counted: set[str],
+        shards: Optional[World] = None,
+        model: Optional[Callable] = None,
+        fast_reason: Optional[str] = "no model given",
     ) -> Optional[Callable[[int], torch.Tensor]]:
         """With ``subsample_size`` B < N: step -> the objective on that step's minibatch, its
         data-plate sites weighted N / B (a fresh permutation every epoch). Under
         torch.distributed (``shards``): the rank's shard of the global batch (of all N data
         without ``subsample_size``), weighted N P / B, so that the mean over the ranks is the
-        single-process objective (:mod:`ppgen.inference._distributed`). None otherwise."""
+        single-process objective (:mod:`ppgen.inference._distributed`). None otherwise. The
+        objective's ``fast.how`` says whether it runs ``model`` by the log-density interpreter (when
+        ``fast_reason`` is None and the first minibatch showed it equal to Pyro's) or by Pyro."""
         plates = {p for site in structure.observed.values() for p in site.plates}
         if self.subsample_size is None and (shards is None or not plates):
             return None  # (every rank then runs the same full steps)
@@ -335,6 +352,7 @@ class _PointEstimate(Engine):
         # the full data need no permutation (none is drawn, as in a single process)
         order = {"permutation": torch.randperm(size) if batch < size else torch.arange(size)}
         scaled = _scaled(program, plate, size / (hi - lo))
+        fast = VerifiedLogDensity(model, plate, size / (hi - lo), reason=fast_reason)
 
         def sliced(value: Any, index: torch.Tensor) -> Any:
             return value[index] if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size else value
@@ -346,9 +364,14 @@ class _PointEstimate(Engine):
             index = order["permutation"][position * batch:(position + 1) * batch][lo:hi]
             step_args = tuple(sliced(a, index) for a in args)
             step_kwargs = {k: sliced(v, index) for k, v in kwargs.items()}
-            trace = poutine.trace(scaled).get_trace(*step_args, **step_kwargs)
-            return trace.log_prob_sum(site_filter=lambda name, site: name in counted)
 
+            def by_pyro() -> torch.Tensor:
+                trace = poutine.trace(scaled).get_trace(*step_args, **step_kwargs)
+                return trace.log_prob_sum(site_filter=lambda name, site: name in counted)
+
+            return fast(by_pyro, step_args, step_kwargs)
+
+        objective.fast = fast  # type: ignore[attr-defined]
         return objective
 
     def _optimise_minibatches(
