@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Callable, Iterator, Optional
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 import pyro
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
 from ppgen.primitives import interpreted_by
+from ppgen.warpers import warp_distribution
 
 from ._interpreter import Unsupported, _PyroGuard
 
@@ -96,13 +99,15 @@ class DrawInterpreter:
             self.values[name] = value
         return value
 
-    def _broadcast(self, name: str, fn: Any) -> Any:
-        """``fn`` expanded to the active plates, as Pyro's ``BroadcastMessenger`` expands it."""
-        if not self.active_plates:
+    def _broadcast(self, name: str, fn: Any, plates: Optional[list[_Plate]] = None) -> Any:
+        """``fn`` expanded to the active plates (or to ``plates``), as Pyro's ``BroadcastMessenger``
+        expands it."""
+        plates = self.active_plates if plates is None else plates
+        if not plates:
             return fn
         actual = tuple(fn.batch_shape)
         target: list[Optional[int]] = [None if size == 1 else size for size in actual]
-        for plate in self.active_plates:
+        for plate in plates:
             if -plate.dim > len(target):
                 target = [None] * (-plate.dim - len(target)) + target
             if target[plate.dim] is not None and target[plate.dim] != plate.size:
@@ -180,3 +185,102 @@ def same_draws(pyro_draw: Callable[[], torch.Tensor], interpreted_draw: Callable
         except Unsupported:
             return False
     return found.shape == expected.shape and found.dtype == expected.dtype and bool(torch.equal(found, expected))
+
+
+class AncestralInterpreter(DrawInterpreter):
+    """``generate``'s run of a program (``engine="prior"``) without Pyro's handler stack: every
+    site drawn forwards from its conditional except the ``kept`` data (a prompt, returned as
+    given), each drawn site's distribution first expanded to the program's plates, then
+    tempered (``temper(fn, name)``) and warped (the ``chain`` of :mod:`ppgen.warpers`), then
+    expanded to the outer plate of draws, in the order Pyro's handlers apply them; the values
+    of every sample and deterministic site are kept. Parameters come from the (fresh) store or
+    are created from their initial values as ``pyro.param`` creates them, and modules keep
+    their own tensors (what a first ``pyro.module`` in a fresh store does)."""
+
+    def __init__(self, kept: frozenset[str], temper: Optional[Callable[[Any, str], Any]] = None, chain: Sequence[Any] = ()) -> None:
+        super().__init__(())
+        self.kept, self.temper, self.chain = kept, temper, list(chain)
+        self._params: dict[str, torch.Tensor] = {}
+        self._outer: Optional[_Plate] = None
+
+    def draw(self, program: Callable, args: tuple, kwargs: dict, plate_name: str, size: int, dim: int) -> dict[str, torch.Tensor]:
+        """Run ``program`` once under a plate of ``size`` draws at ``dim``; site -> value."""
+        if _PYRO_STACK:
+            raise Unsupported("called inside a Pyro handler, which would see every site")
+        self.values, self._params = {}, {}
+        self._outer = _Plate(self, plate_name, size, dim)
+        with _PyroGuard(), interpreted_by(self):
+            self._depth = len(_PYRO_STACK)
+            with self._outer:
+                program(*args, **kwargs)
+        return self.values
+
+    def sample(self, name: str, fn: Any, obs: Any, infer: dict) -> Any:
+        self._check_stack(name)
+        if name in self.values:
+            raise Unsupported(f"site {name!r} is sampled twice")
+        if obs is not None and name in self.kept:
+            self.values[name] = obs
+            return obs
+        if not hasattr(fn, "expand") or not hasattr(fn, "batch_shape"):
+            raise Unsupported(f"site {name!r}: {type(fn).__name__} is not a distribution")
+        fn = self._broadcast(name, fn, [plate for plate in self.active_plates if plate is not self._outer])
+        if self.temper is not None:
+            fn = self.temper(fn, name)
+        if self.chain:
+            fn = warp_distribution(fn, self.chain) or fn
+        fn = self._broadcast(name, fn)
+        value = fn.rsample() if fn.has_rsample else fn.sample()
+        self.values[name] = value
+        return value
+
+    def deterministic(self, name: str, value: Any) -> Any:
+        self._check_stack(name)
+        self.values[name] = value
+        return value
+
+    def param(self, name: str, init_value: Any, constraint: Any, event_dim: Optional[int]) -> torch.Tensor:
+        self._check_stack(name)
+        if name in self._store:
+            return self._store[name]
+        if name not in self._params:
+            if init_value is None or callable(init_value):
+                raise Unsupported(f"param {name!r} has no initial value in the program")
+            transform = torch.distributions.transform_to(torch.distributions.constraints.real if constraint is None else constraint)
+            self._params[name] = transform(transform.inv(torch.as_tensor(init_value)))
+        return self._params[name]
+
+    def module(self, name: str, nn_module: Any) -> Any:
+        self._check_stack(name)
+        for parameter_name, parameter in nn_module.named_parameters():
+            stored = self._store._params.get(f"{name}$$${parameter_name}")
+            if stored is not None and stored is not parameter:  # pyro.module would load the store's values
+                raise Unsupported(f"module {name!r}: the parameter store holds other tensors for {parameter_name!r}")
+        return nn_module
+
+
+#: Call signatures (per program, held weakly; the 8 latest) whose ancestral draws the
+#: interpreter has been shown to give bit for bit as Pyro's handlers give them.
+_SAME_AS_PYRO: "weakref.WeakKeyDictionary[Callable, OrderedDict[Hashable, None]]" = weakref.WeakKeyDictionary()
+_REMEMBERED = 8
+
+
+def shown_same(program: Callable, signature: Optional[Hashable]) -> bool:
+    """Whether a comparison showed the interpreter draws ``program``'s call ``signature`` as Pyro does."""
+    try:
+        return signature is not None and signature in _SAME_AS_PYRO.get(program, ())
+    except TypeError:  # a program that cannot be weakly referenced
+        return False
+
+
+def remember_same(program: Callable, signature: Optional[Hashable]) -> None:
+    if signature is None:
+        return
+    try:
+        signatures = _SAME_AS_PYRO.setdefault(program, OrderedDict())
+    except TypeError:
+        return
+    signatures[signature] = None
+    signatures.move_to_end(signature)
+    while len(signatures) > _REMEMBERED:
+        signatures.popitem(last=False)

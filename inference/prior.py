@@ -26,7 +26,11 @@ from ppgen.backend import torch_precision, to_backend, to_numpy, use_backend
 from ppgen.engine import Engine, register
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
+from ppgen.structure_cache import call_key
 from ppgen.warpers import Warp, warpers
+
+from ._draw_interpreter import AncestralInterpreter, remember_same, shown_same
+from ._interpreter import Unsupported
 
 
 def temper(fn: Any, temperature: float, site: str) -> Any:
@@ -96,9 +100,19 @@ class _Temperature(Messenger):
         self.temperature = temperature
 
     def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"] or msg["infer"].get("_deterministic") or type(msg["fn"]).__name__ == "Unit":
+        # (a plate's own subsample site is no draw of the program's)
+        if msg["is_observed"] or msg["infer"].get("_deterministic") or type(msg["fn"]).__name__ in ("Unit", "_Subsample"):
             return
         msg["fn"] = temper(msg["fn"], self.temperature, msg["name"])
+
+
+def _same_samples(expected: dict[str, np.ndarray], found: Optional[dict[str, np.ndarray]]) -> bool:
+    """Whether two sets of draws are the same sites with equal values, bit for bit."""
+    return (
+        found is not None
+        and found.keys() == expected.keys()
+        and all(found[k].dtype == expected[k].dtype and np.array_equal(found[k], expected[k]) for k in expected)
+    )
 
 
 @register
@@ -131,6 +145,7 @@ class Prior(Engine):
         # temperature stays with _Temperature (it also tempers continuous sites); the truncating
         # warpers come after it, in Hugging Face's order
         self.warpers = warpers(top_k=top_k, top_p=top_p, min_p=min_p)
+        self._warper_options = (top_k, top_p, min_p)
 
     def check(self, structure: ModelStructure) -> Optional[str]:
         improper = improper_latent(structure) if self.posterior is None else None
@@ -183,8 +198,35 @@ class Prior(Engine):
         except (RuntimeError, ValueError, IndexError):
             return None
 
+    def _interpreted(
+        self, model: Callable, structure: ModelStructure, kept: frozenset[str], args: tuple, kwargs: dict
+    ) -> Optional[dict[str, np.ndarray]]:
+        """What :meth:`_vectorised` draws, by :class:`AncestralInterpreter` (no Pyro message per
+        site); None when the program does something it does not model."""
+        temperature = self.temperature
+        interpreter = AncestralInterpreter(kept, None if temperature == 1.0 else lambda fn, name: temper(fn, temperature, name), self.warpers)
+        try:
+            values = interpreter.draw(model, args, kwargs, "_num_samples", self.num_samples, -(structure.max_plate_nesting + 1))
+        except (Unsupported, RuntimeError, ValueError, IndexError, TypeError):  # Pyro's run says what is wrong
+            return None
+        samples = {}
+        for name, site in structure.sites.items():
+            if site.kind in ("param", "factor"):
+                continue
+            if name not in values:
+                return None
+            draws = _draws(values[name], self.num_samples, tuple(site.batch_shape) + tuple(site.event_shape), name in kept)
+            if draws is None:
+                return None
+            samples[name] = draws
+        return samples
+
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         structure = inspect(model, *args, **kwargs)
+        # a call of this signature drawn as Pyro draws it by the handler-free interpreter once
+        # (compared bit for bit below) is drawn by the interpreter from then on
+        key = call_key(model, args, kwargs) if self.posterior is None else None
+        signature = None if key is None else (key, self.num_samples, self.temperature, self._warper_options)
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         kept = kept_data(structure)
         program = self._program(model, kept)
@@ -194,9 +236,18 @@ class Prior(Engine):
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             torch.manual_seed(self.seed)
             if not draws:
+                if shown_same(model, signature):
+                    interpreted = self._interpreted(model, structure, kept, args, kwargs)
+                    if interpreted is not None:
+                        return Result(engine=self.name, samples=interpreted, diagnostics={"draws": "interpreted"})
+                    torch.manual_seed(self.seed)
                 vectorised = self._vectorised(program, structure, kept, args, kwargs)
                 if vectorised is not None:
-                    return Result(engine=self.name, samples=vectorised)
+                    if signature is not None and not shown_same(model, signature):
+                        torch.manual_seed(self.seed)
+                        if _same_samples(vectorised, self._interpreted(model, structure, kept, args, kwargs)):
+                            remember_same(model, signature)
+                    return Result(engine=self.name, samples=vectorised, diagnostics={"draws": "pyro"})
                 torch.manual_seed(self.seed)
             trace = poutine.trace(program).get_trace(*args, **kwargs)
             return_sites = [
@@ -220,6 +271,7 @@ class Prior(Engine):
         shapes = {name: tuple(trace.nodes[name]["value"].shape) for name in return_sites}
         return Result(
             engine=self.name,
+            diagnostics={"draws": "pyro"},
             samples={
                 k: _draws(v, self.num_samples, shapes[k], True) if k in kept else to_numpy(v).reshape((self.num_samples,) + shapes[k])
                 for k, v in samples.items()
