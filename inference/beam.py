@@ -46,12 +46,18 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 
 from ppgen.backend import to_backend, to_numpy, torch_precision, use_backend
 from ppgen.engine import Engine, missing_data, register
 from ppgen.errors import ReliabilityWarning, user_stacklevel
+from ppgen.primitives import interpreted_by
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
+from ppgen.structure_cache import call_key
+
+from ._draw_interpreter import AncestralInterpreter, remember_same, shown_same
+from ._interpreter import Unsupported, _PyroGuard
 
 _BEAMS = "_beams"
 _NOT_SITES = ("_Subsample",)  # subsampling plates' index sites
@@ -223,6 +229,57 @@ class _Search(Messenger):
         return {name: decided[name] for name, _ in self.choices}
 
 
+class _SearchInterpreter(AncestralInterpreter):
+    """Runs :class:`_Search` without Pyro's handler stack: each site's distribution expanded to
+    its plates as Pyro's ``BroadcastMessenger`` expands it, then handed to the search as Pyro's
+    message would be (observed sites scored, latent ones decided, factors scored as ``Unit``
+    sites), and ``carry`` answered by the search. Parameters and modules as in
+    :class:`~ppgen.inference._draw_interpreter.AncestralInterpreter` (a fresh parameter store)."""
+
+    def __init__(self, search: _Search) -> None:
+        super().__init__(frozenset())
+        self.search = search
+
+    def run(self, program: Callable, args: tuple, kwargs: dict) -> None:
+        if _PYRO_STACK:
+            raise Unsupported("called inside a Pyro handler, which would see every site")
+        self.values, self._params = {}, {}
+        with _PyroGuard(), interpreted_by(self):
+            self._depth = len(_PYRO_STACK)
+            program(*args, **kwargs)
+
+    def sample(self, name: str, fn: Any, obs: Any, infer: dict) -> Any:
+        self._check_stack(name)
+        if name in self.values:
+            raise Unsupported(f"site {name!r} is sampled twice")
+        if not hasattr(fn, "log_prob") or not hasattr(fn, "batch_shape"):
+            raise Unsupported(f"site {name!r}: {type(fn).__name__} is not a distribution")
+        msg = {"name": name, "fn": self._broadcast(name, fn), "value": obs, "is_observed": obs is not None, "scale": 1.0, "mask": None}
+        self.search._pyro_sample(msg)
+        self.values[name] = msg["value"]
+        return msg["value"]
+
+    def factor(self, name: str, log_factor: Any) -> None:
+        unit = pdist.Unit(log_factor)
+        self.sample(name, unit, unit.sample(), {})
+
+    def deterministic(self, name: str, value: Any) -> Any:
+        self._check_stack(name)
+        return value
+
+    def reorder_carried(self, name: str, value: Any, event_dim: int) -> Any:
+        return self.search.reorder_carried(name, value, event_dim)
+
+
+def _same_search(expected: _Search, found: _Search) -> bool:
+    """Whether two searches decided the same values for the same beams with the same scores."""
+    if len(expected.choices) != len(found.choices) or expected.num_carried != found.num_carried:
+        return False
+    pairs = [(expected.scores, found.scores)] + [(a, b) for a, b in zip(expected.parents, found.parents)]
+    pairs += [(a[1], b[1]) for a, b in zip(expected.choices, found.choices)]
+    return all(a.dtype == b.dtype and torch.equal(a, b) for a, b in pairs) and [c[0] for c in expected.choices] == [c[0] for c in found.choices]
+
+
 class _Score(Messenger):
     """Runs the beams with their latent sites fixed (``fixed``: site -> values, shape (B,)),
     summing each beam's log density, up to the first latent site not fixed (raises _Reached)."""
@@ -297,12 +354,15 @@ class Beam(Engine):
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
         structure = inspect(model, *args, **kwargs)
+        key = call_key(model, args, kwargs)
+        signature = None if key is None else (key, self.num_beams)
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         nesting = structure.max_plate_nesting
         with use_backend("pyro"), torch_precision(enabled=structure.float64), pyro.get_param_store().scope(), torch.no_grad(), pyro.validation_enabled(False):
             program = _Program(model, args, kwargs, nesting)
             path = "carried"
-            found = self._carried(program)
+            self.how = "pyro"
+            found = self._carried(program, signature)
             if found is None:
                 path = "rerun"
                 found = self._rerun(program)
@@ -315,21 +375,41 @@ class Beam(Engine):
             map_estimate={name: value[0] for name, value in samples.items()},
             samples=samples,
             sample_stats={"log_joint": to_numpy(log_joint[order])},
-            diagnostics={"num_beams": self.num_beams, "path": path},
+            diagnostics={"num_beams": self.num_beams, "path": path, "search": self.how if path == "carried" else "pyro"},
             seconds=time.perf_counter() - start,
         )
 
-    def _carried(self, program: "_Program") -> Optional[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """One run deciding each site as it is reached; None when the program declares no state,
-        or when its carried state does not reproduce the first decisions' scores."""
+    def _interpreted_search(self, program: "_Program", signature: Optional[tuple]) -> Optional[_Search]:
+        """The carried path's run by :class:`_SearchInterpreter`; None when it cannot run the
+        program (Pyro's run then says what is wrong, if anything)."""
         search = _Search(self.num_beams, program.nesting, _CHECKED_DECISIONS)
         try:
-            with search:
-                program.model(*program.args, **program.kwargs)
-        except (_NotCarried, RuntimeError, ValueError, IndexError) as error:
-            if search.num_carried:
-                _warn_rerun(f"the run with carried state failed ({type(error).__name__}: {error})")
+            _SearchInterpreter(search).run(program.model, program.args, program.kwargs)
+        except (Unsupported, _NotCarried, RuntimeError, ValueError, IndexError, TypeError):
             return None
+        return search
+
+    def _carried(self, program: "_Program", signature: Optional[tuple] = None) -> Optional[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """One run deciding each site as it is reached; None when the program declares no state,
+        or when its carried state does not reproduce the first decisions' scores. A call
+        ``signature`` whose search the handler-free interpreter once ran exactly as Pyro's
+        handlers did (same decisions, parents and scores, compared after Pyro's run) is run by
+        the interpreter (``self.how``)."""
+        search = self._interpreted_search(program, signature) if shown_same(program.model, signature) else None
+        self.how = "interpreted" if search is not None else "pyro"
+        if search is None:
+            search = _Search(self.num_beams, program.nesting, _CHECKED_DECISIONS)
+            try:
+                with search:
+                    program.model(*program.args, **program.kwargs)
+            except (_NotCarried, RuntimeError, ValueError, IndexError) as error:
+                if search.num_carried:
+                    _warn_rerun(f"the run with carried state failed ({type(error).__name__}: {error})")
+                return None
+            if search.num_carried and signature is not None:
+                twin = self._interpreted_search(program, signature)
+                if twin is not None and _same_search(search, twin):
+                    remember_same(program.model, signature)
         if not search.num_carried:
             return None
         if self.num_beams > 1:  # one beam is never reordered

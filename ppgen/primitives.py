@@ -178,13 +178,15 @@ def carry(name: str, value: Any, event_dim: int = 0) -> Any:
     """
     if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 0:
         raise ValueError(f"carry({name!r}): event_dim must be an integer >= 0, got {event_dim!r}")
-    if _INTERPRETER is None:
-        from pyro.poutine.runtime import _PYRO_STACK
+    if _INTERPRETER is not None:  # beam search's handler-free run reorders; other interpreters keep it
+        reorder = getattr(_INTERPRETER, "reorder_carried", None)
+        return value if reorder is None else reorder(name, value, event_dim)
+    from pyro.poutine.runtime import _PYRO_STACK
 
-        for handler in _PYRO_STACK:  # beam search's handler, when one is running
-            reorder = getattr(handler, "reorder_carried", None)
-            if reorder is not None:
-                return reorder(name, value, event_dim)
+    for handler in _PYRO_STACK:  # beam search's handler, when one is running
+        reorder = getattr(handler, "reorder_carried", None)
+        if reorder is not None:
+            return reorder(name, value, event_dim)
     return value
 
 
