@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import pyro.distributions as pdist
 import torch
 from pyro.distributions.unit import Unit
 from pyro.poutine.runtime import _PYRO_STACK
@@ -46,21 +47,23 @@ class LogDensityInterpreter(DrawInterpreter):
         super().__init__(())
         self.scaled_plate, self.scale = scaled_plate, scale
         self._terms: list[torch.Tensor] = []
+        self._scaled_terms: list[torch.Tensor] = []
         self._seen: set[str] = set()
 
     def log_density(self, program: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         """Σ over the sites of (scale ×) log p(site value | its parents)."""
         if _PYRO_STACK:
             raise Unsupported("called inside a Pyro handler, which would see every site")
-        self._terms, self._seen = [], set()
+        self._terms, self._scaled_terms, self._seen = [], [], set()
         with _PyroGuard(), interpreted_by(self):
             self._depth = len(_PYRO_STACK)
             program(*args, **kwargs)
-        if not self._terms:
+        if not self._terms and not self._scaled_terms:
             raise Unsupported("the program has no observed or factor sites")
-        total = self._terms[0]
-        for term in self._terms[1:]:
-            total = total + term
+        # the scale multiplies the sum of its plate's terms once (one node for backward, not one per site)
+        total = _sum(self._scaled_terms) * self.scale if self._scaled_terms else None
+        if self._terms:
+            total = _sum(self._terms) if total is None else total + _sum(self._terms)
         return total
 
     # ---- primitives ----------------------------------------------------------------------------
@@ -86,10 +89,31 @@ class LogDensityInterpreter(DrawInterpreter):
         self._seen.add(name)
         if not hasattr(fn, "log_prob") or not hasattr(fn, "batch_shape"):
             raise Unsupported(f"site {name!r}: {type(fn).__name__} is not a distribution")
-        log_p = self._broadcast(name, fn).log_prob(value).sum()
+        fn = self._broadcast(name, fn)
+        log_p = _log_prob_sum(fn, value)
         if self.scaled_plate is not None and any(plate.name == self.scaled_plate for plate in self.active_plates):
-            log_p = log_p * self.scale
-        self._terms.append(log_p)
+            self._scaled_terms.append(log_p)
+        else:
+            self._terms.append(log_p)
+
+
+def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _log_prob_sum(fn: Any, value: torch.Tensor) -> torch.Tensor:
+    """Σ fn.log_prob(value). A Bernoulli or Categorical whose logits already have the value's
+    shape (its plates') is summed in one fused call, as torch computes its log_prob but without
+    broadcasting the two again: Σ −BCE(logits, x), or Σ of the normalised logits at x."""
+    kind = type(fn)
+    if kind is pdist.Bernoulli and "logits" in fn.__dict__ and fn.logits.shape == value.shape:
+        return -torch.nn.functional.binary_cross_entropy_with_logits(fn.logits, value.to(fn.logits.dtype), reduction="sum")
+    if kind is pdist.Categorical and "logits" in fn.__dict__ and fn.logits.shape[:-1] == value.shape:
+        return fn.logits.gather(-1, value.long().unsqueeze(-1)).sum()
+    return fn.log_prob(value).sum()
 
 
 def same_log_density(expected: torch.Tensor, found: torch.Tensor) -> tuple[bool, str]:

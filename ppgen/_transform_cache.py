@@ -59,6 +59,23 @@ def _reachable(fn: Any, kinds: tuple[type, ...]) -> Iterator[Any]:
                 stack.append(child)
 
 
+_CHILD_NAMES = frozenset(_CHILDREN) | {"_cached_x_y"}
+
+
+@functools.lru_cache(maxsize=None)
+def _class_may_hold_children(cls: type) -> bool:
+    """Whether ``cls`` (or a base) defines an attribute named like a child or a cache (a
+    property, a slot): its instances then take the full walk."""
+    return any(hasattr(cls, name) for name in _CHILD_NAMES) or not hasattr(cls, "__dict__")
+
+
+def _is_leaf(fn: Any) -> bool:
+    """Whether ``fn`` holds no transform or distribution to walk to and no cached pair of its
+    own: neither its class nor its instance dict has an attribute of those names."""
+    instance = getattr(fn, "__dict__", None)
+    return instance is not None and not _class_may_hold_children(type(fn)) and _CHILD_NAMES.isdisjoint(instance)
+
+
 def forget_cached_pairs(fn: Any) -> None:
     """Reset the ``(x, y)`` cache of every transform reachable from distribution ``fn``.
 
@@ -71,6 +88,8 @@ def forget_cached_pairs(fn: Any) -> None:
 
     kinds = (torch.distributions.Distribution, torch.distributions.Transform)
     if not isinstance(fn, kinds):
+        return
+    if _is_leaf(fn):  # (most sites: a Bernoulli, a Normal; the walk would cost more than their log density)
         return
     for node in _reachable(fn, kinds):
         if getattr(node, "_cached_x_y", None) is not None:
