@@ -47,7 +47,8 @@ from ppgen.errors import EngineFailure
 from ppgen.inference._no_mode import Runaway, Variable, find_runaway
 from ppgen.inference._nonfinite import point_fault
 from ppgen.results import Result
-from ppgen.structure import ModelStructure, inspect
+from ppgen.structure import ModelStructure, inspect, structure_cache
+from ppgen.structure_cache import call_key
 
 from ._distributed import World, world
 from ._gradient_steps import named_modules
@@ -144,6 +145,8 @@ class _PointEstimate(Engine):
     def run(self, model: Callable, *args: Any, **kwargs: Any) -> Result:
         start = time.perf_counter()
         structure = inspect(model, *args, **kwargs)
+        # the structure this run trains with is the one of the trained modules too (rekeyed below)
+        given, key_before = (args, kwargs), (call_key(model, args, kwargs) if structure.has_modules else None)
         args, kwargs = to_backend(args, "pyro"), to_backend(kwargs, "pyro")
         counted = self._objective_sites(structure)
         latent_names = list(structure.latent)
@@ -211,6 +214,8 @@ class _PointEstimate(Engine):
             with torch.no_grad():  # (a program without latents has only its parameters to report: no run)
                 estimates = named(run_program() if latent_names else None)
             modules = named_modules(None, {}, args, kwargs, param_store) if structure.has_modules else {}
+        if key_before is not None:
+            structure_cache().rekey(model, key_before, call_key(model, *given))
         return Result(
             engine=self.name,
             params=estimates,

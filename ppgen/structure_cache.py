@@ -9,7 +9,10 @@ a value in Python (reads are caught by :func:`ppgen.provenance.recording_value_r
   since they may set plate sizes and control flow; arrays *inside* them are not traced, so
   they enter by their content (:func:`content_digest`);
 * torch modules: the module itself, its training flag and the version counter of each of its
-  tensors (an optimiser step changes them in place);
+  tensors (an optimiser step changes them in place). A learning engine that trains the modules
+  with one traced structure moves that structure to the trained modules' key
+  (:meth:`StructureCache.rekey`): a ``score`` or ``learn`` after ``learn`` does not trace again;
+  weights changed any other way do;
 * functions and classes: themselves;
 * anything else: no signature, and the structure is not reused.
 
@@ -170,6 +173,16 @@ class StructureCache(Generic[Entry]):
         entries.move_to_end(key)
         while len(entries) > self.size:
             entries.popitem(last=False)
+
+    def rekey(self, model: Callable, old: Optional[tuple], new: Optional[tuple]) -> None:
+        """Keep the entry of ``old`` under ``new`` instead: a learning engine that trained a
+        program's modules in place (their version counters moved, so ``old`` cannot match again)
+        trained it with the structure traced before, which the next call then reuses."""
+        entries = self._entries(model, create=False)
+        if entries is None or old is None or new is None or old not in entries:
+            return
+        entries[new] = entries.pop(old)
+        entries.move_to_end(new)
 
     def discard(self, model: Callable, key: tuple) -> None:
         entries = self._entries(model, create=False)

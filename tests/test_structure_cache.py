@@ -263,6 +263,36 @@ def test_a_module_trained_in_place_traces_again():
     assert traces() == 2
 
 
+def test_learn_hands_its_structure_to_the_trained_module():
+    """``learn`` trains with one traced structure; a ``score`` or ``learn`` of the trained module
+    reuses it, and the score is the trained model's (against the closed form), while weights
+    changed outside ``learn`` still trace again."""
+    from ppgen import module
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(40, 3))
+    y = x @ np.array([0.5, -1.0, 2.0]) + 0.3 + rng.normal(scale=0.7, size=40)
+    line = torch.nn.Linear(3, 1).double()
+
+    def calibration(inputs, outputs, fit=line):
+        module("fit", fit)
+        with plate("samples", inputs.shape[0]):
+            sample("out", dist.Normal(fit(inputs).squeeze(-1), 0.7), obs=outputs)
+
+    ppgen.learn(calibration, x, y, engine="mle", num_steps=400, optimizer="adam", learning_rate=0.05)
+    assert traces() == 1
+    score = ppgen.score(calibration, x, y, engine="enumerate").value
+    with torch.no_grad():
+        prediction = line(torch.as_tensor(x)).squeeze(-1).numpy()
+    assert score == pytest.approx(norm.logpdf(y, prediction, 0.7).sum(), rel=1e-10)
+    ppgen.learn(calibration, x, y, engine="mle", num_steps=2, optimizer="adam", learning_rate=0.05)
+    assert traces() == 1
+    with torch.no_grad():
+        line.bias.add_(1.0)
+    ppgen.score(calibration, x, y, engine="enumerate")
+    assert traces() == 2
+
+
 def test_scalar_data_value_is_rebound():
     def one_reading(y):
         with plate("n", 1):
