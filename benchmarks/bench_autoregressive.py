@@ -17,8 +17,11 @@ Both NADE trainings of a repeat start from the same weights and draw the same mi
 held-out NLLs agree to rounding.
 
 Each ppgen call is made once before the timed repeats: the first call on a program and its
-arguments traces its structure (``ppgen.inspect``, cached afterwards), which is reported apart
-("first call"). The machine may be shared: the sides alternate within each repeat, ratios are taken per repeat
+arguments traces its structure (``ppgen.inspect``, cached afterwards; ``learn`` hands it on to
+the trained network), and the first ``generate`` / beam search of a call signature also runs
+the handler-free interpreter next to Pyro once and keeps it when the two agree bit for bit;
+all this is reported apart ("first call"). ``learn`` compares its interpreter with Pyro on its
+first minibatch, inside the timed run. The paths taken are printed (``diagnostics``). The machine may be shared: the sides alternate within each repeat, ratios are taken per repeat
 and their median reported; torch runs on one thread (tiny ops on a loaded machine otherwise
 wait on OpenMP's spinning threads).
 
@@ -69,8 +72,12 @@ def plain_nade_training(network: torch.nn.Module, x: torch.Tensor, epochs: int) 
 
 def ppgen_nade_training(network: torch.nn.Module, x: np.ndarray, epochs: int, seed: int = 0) -> float:
     start = time.perf_counter()
-    ppgen.learn(nade, x, network=network, engine="mle", subsample_size=BATCH, num_steps=epochs * (len(x) // BATCH), learning_rate=LEARNING_RATE, seed=seed)
+    result = ppgen.learn(nade, x, network=network, engine="mle", subsample_size=BATCH, num_steps=epochs * (len(x) // BATCH), learning_rate=LEARNING_RATE, seed=seed)
+    paths["learn"] = result.diagnostics.get("log_density")
     return (time.perf_counter() - start) / epochs
+
+
+paths: dict[str, object] = {}
 
 
 @torch.no_grad()
@@ -157,6 +164,7 @@ def main() -> None:
         start = time.perf_counter()
         result = ppgen.infer(char_model, prompt=prompt[None], length=len(prompt) + 100, network=char_net, engine="beam", num_beams=5)
         rows["beam B=5, 100 chars"].append((time.perf_counter() - start, plain))
+        paths["beam"] = f"{result.diagnostics['path']}, {result.diagnostics['search']}"
         ours_best = [int(result.map_estimate[f"x_{t}"]) for t in range(len(prompt), len(prompt) + 100)]
         assert ours_best == plain_best, "the two beam searches disagree"
     print(f"torch threads {torch.get_num_threads()}; medians of {options.repeats} repeats; NADE: {options.epochs} epochs, batch {BATCH}, Adam {LEARNING_RATE}")
@@ -165,6 +173,7 @@ def main() -> None:
         ratio = statistics.median(a / b for a, b in pairs)
         print(f"{task:<22} {statistics.median(a for a, _ in pairs):9.3f} {statistics.median(b for _, b in pairs):9.3f} {ratio:7.2f}")
     print("first calls (structure traced, then cached), seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in first.items()))
+    print(f"paths: learn's log density {paths['learn']}; beam search {paths['beam']}")
     print(f"held-out NLL after {options.epochs} epochs (last repeat), nats/digit: ppgen {nll['ppgen']:.2f}, plain {nll['plain']:.2f}")
 
 
