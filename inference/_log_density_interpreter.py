@@ -32,11 +32,13 @@ import pyro.distributions as pdist
 import torch
 from pyro.distributions.unit import Unit
 from pyro.poutine.runtime import _PYRO_STACK
+from pyroapi.dispatch import GenericModule
 
 from ppgen.primitives import DATA_SITE, interpreted_by
 
 from ._draw_interpreter import DrawInterpreter
-from ._interpreter import Unsupported, _PyroGuard
+from ._deferred import Deferred
+from ._interpreter import _DEFERRED_DISTRIBUTIONS, Unsupported, _PyroGuard
 
 
 class LogDensityInterpreter(DrawInterpreter):
@@ -55,9 +57,14 @@ class LogDensityInterpreter(DrawInterpreter):
         if _PYRO_STACK:
             raise Unsupported("called inside a Pyro handler, which would see every site")
         self._terms, self._scaled_terms, self._seen = [], [], set()
-        with _PyroGuard(), interpreted_by(self):
-            self._depth = len(_PYRO_STACK)
-            program(*args, **kwargs)
+        saved = GenericModule.current_backend["distributions"]
+        GenericModule.current_backend["distributions"] = _DEFERRED_DISTRIBUTIONS  # records, not built
+        try:
+            with _PyroGuard(), interpreted_by(self):
+                self._depth = len(_PYRO_STACK)
+                program(*args, **kwargs)
+        finally:
+            GenericModule.current_backend["distributions"] = saved
         if not self._terms and not self._scaled_terms:
             raise Unsupported("the program has no observed or factor sites")
         # the scale multiplies the sum of its plate's terms once (one node for backward, not one per site)
@@ -105,14 +112,17 @@ def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _log_prob_sum(fn: Any, value: torch.Tensor) -> torch.Tensor:
-    """Σ fn.log_prob(value). A Bernoulli or Categorical whose logits already have the value's
-    shape (its plates') is summed in one fused call, as torch computes its log_prob but without
-    broadcasting the two again: Σ −BCE(logits, x), or Σ of the normalised logits at x."""
-    kind = type(fn)
-    if kind is pdist.Bernoulli and "logits" in fn.__dict__ and fn.logits.shape == value.shape:
-        return -torch.nn.functional.binary_cross_entropy_with_logits(fn.logits, value.to(fn.logits.dtype), reduction="sum")
-    if kind is pdist.Categorical and "logits" in fn.__dict__ and fn.logits.shape[:-1] == value.shape:
-        return fn.logits.gather(-1, value.long().unsqueeze(-1)).sum()
+    """Σ fn.log_prob(value). A Bernoulli or Categorical given by logits of the value's shape (its
+    plates') is summed from its logits in one fused call, without building the distribution:
+    Σ −BCE(logits, x), or Σ (logits at x − logsumexp(logits))."""
+    if type(fn) is Deferred and not fn.reinterpreted and "logits" in fn.arguments and len(fn.arguments) == 1:
+        logits, family = fn.arguments["logits"], fn.family
+        if family is pdist.Bernoulli and logits.shape == value.shape:
+            return -torch.nn.functional.binary_cross_entropy_with_logits(logits, value.to(logits.dtype), reduction="sum")
+        if family is pdist.Categorical and logits.shape[:-1] == value.shape:
+            return (logits.gather(-1, value.long().unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).sum()
+    if type(fn) is Deferred:
+        fn = fn.build()
     return fn.log_prob(value).sum()
 
 
