@@ -19,6 +19,14 @@ Whatever it does not model (a ``pyro.*`` primitive or a Pyro handler in the prog
 subsampled or sequential plate, a parameter not yet in the store) raises
 :class:`~ppgen.inference._interpreter.Unsupported`, and :func:`same_draws` lets the caller check
 once, from one random state, that the interpreter draws exactly what Pyro draws before using it.
+
+:class:`AncestralInterpreter` is ``generate``'s variant (``engine="prior"``): every site drawn
+except the kept data (a prompt), temperature and sampling warpers applied where Pyro's handlers
+apply them, an outer plate of draws. A single ``generate`` call has no later steps to amortise a
+comparison over, so the comparison is remembered per call signature (:func:`shown_same`,
+:func:`remember_same`): the first call of a signature draws with Pyro and with the interpreter
+from the same seed, and later calls use the interpreter if the draws were equal bit for bit.
+Beam search's carried path uses the same memory (:mod:`ppgen.inference.beam`).
 """
 
 from __future__ import annotations

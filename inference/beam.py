@@ -27,6 +27,10 @@ Two paths compute this same search (``Result.diagnostics["path"]``):
   the first 8 decisions, and finds a misplaced ``carry`` in a loop, which misplaces it at every
   step; a mistake only in a long program's later steps it cannot see. With one beam
   (greedy decoding) nothing is reordered and nothing is checked.
+  The search itself runs without Pyro's handler stack (:class:`_SearchInterpreter`,
+  ``diagnostics["search"] == "interpreted"``) for a call signature whose search it once ran with
+  the same decisions, parents and scores as the search under Pyro (compared after Pyro's run, on
+  the signature's first call); the check above still runs under Pyro.
 - ``"rerun"``, for every other program (which does not expose state to reorder): each decision
   runs the program for all beams at once up to the first undecided site, so the search costs
   O(L²) site visits, exact for any program.

@@ -17,6 +17,11 @@ autoregressive model by exact maximum likelihood; the objective trace then holds
 minibatch estimates, and the run stops after ``num_steps`` (a noisy objective never meets
 ``tol``). The no-mode check below needs the objective on the full data and is not run.
 
+A program without latent sites has the log-likelihood of its data as its objective; it is
+computed without Pyro's per-site messages (:mod:`ppgen.inference._log_density_interpreter`)
+once the first evaluation shows the interpreter's value equal to Pyro's (float tolerance), and
+``Result.diagnostics["log_density"]`` says which computed it (and why Pyro, if Pyro).
+
 Where no mode exists (the objective still rising as a site runs to the boundary of its
 support: a hierarchical scale collapsing to 0, a variance fitted to one datum) the run ends in
 an :class:`~ppgen.errors.EngineFailure` naming the site, keeping the last finite point
