@@ -30,7 +30,7 @@ Two paths compute this same search (``Result.diagnostics["path"]``):
   The search itself runs without Pyro's handler stack (:class:`_SearchInterpreter`,
   ``diagnostics["search"] == "interpreted"``) for a call signature whose search it once ran with
   the same decisions, parents and scores as the search under Pyro (compared after Pyro's run, on
-  the signature's first call); the check above still runs under Pyro.
+  the signature's first call); the check above then runs by the same interpreter.
 - ``"rerun"``, for every other program (which does not expose state to reorder): each decision
   runs the program for all beams at once up to the first undecided site, so the search costs
   O(L²) site visits, exact for any program.
@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pyro
@@ -234,13 +234,14 @@ class _Search(Messenger):
 
 
 class _SearchInterpreter(AncestralInterpreter):
-    """Runs :class:`_Search` without Pyro's handler stack: each site's distribution expanded to
-    its plates as Pyro's ``BroadcastMessenger`` expands it, then handed to the search as Pyro's
-    message would be (observed sites scored, latent ones decided, factors scored as ``Unit``
-    sites), and ``carry`` answered by the search. Parameters and modules as in
+    """Runs :class:`_Search` (or the check's :class:`_Score`) without Pyro's handler stack: each
+    site's distribution expanded to its plates as Pyro's ``BroadcastMessenger`` expands it, then
+    handed to the handler as Pyro's message would be (observed sites scored, latent ones decided
+    or fixed, factors scored as ``Unit`` sites), and ``carry`` answered by the search (the
+    identity for the check). Parameters and modules as in
     :class:`~ppgen.inference._draw_interpreter.AncestralInterpreter` (a fresh parameter store)."""
 
-    def __init__(self, search: _Search) -> None:
+    def __init__(self, search: Union["_Search", "_Score"]) -> None:
         super().__init__(frozenset())
         self.search = search
 
@@ -272,7 +273,8 @@ class _SearchInterpreter(AncestralInterpreter):
         return value
 
     def reorder_carried(self, name: str, value: Any, event_dim: int) -> Any:
-        return self.search.reorder_carried(name, value, event_dim)
+        reorder = getattr(self.search, "reorder_carried", None)
+        return value if reorder is None else reorder(name, value, event_dim)
 
 
 def _same_search(expected: _Search, found: _Search) -> bool:
@@ -421,11 +423,18 @@ class Beam(Engine):
                 next_site, fixed, expected = None, search.assignments(), search.scores
             else:
                 next_site, fixed, expected = search.checkpoint
-            check = _Score(fixed, len(expected), program.nesting)
-            reached = None
+            check, reached = _Score(fixed, len(expected), program.nesting), None
             try:
-                with check:
-                    program.model(*program.args, **program.kwargs)
+                if self.how == "interpreted":  # this signature's searches ran alike both ways
+                    try:
+                        _SearchInterpreter(check).run(program.model, program.args, program.kwargs)
+                    except Unsupported:
+                        check = _Score(fixed, len(expected), program.nesting)
+                        with check:
+                            program.model(*program.args, **program.kwargs)
+                else:
+                    with check:
+                        program.model(*program.args, **program.kwargs)
             except _Reached as stop:
                 reached = stop.name
             tolerance = math.sqrt(torch.finfo(expected.dtype).eps)
