@@ -13,10 +13,23 @@ steps p_θ(x_{t−1} | x_t). The ELBO splits into T + 1 terms (Sohl-Dickstein et
 each KL between Gaussians in closed form. A gradient step draws, for each datum x_i of the
 minibatch, its own step t_i ~ p (uniform, or importance-weighted by the terms' past sizes) and
 x_{t_i} ~ q(x_{t_i} | x_i), and uses Σ_i [L̂_{t_i}(x_i) / p(t_i) − KL_T(x_i)], an unbiased estimate
-of the ELBO that costs one step of the model instead of T: the model's ``markov`` loop runs one
-iteration only (:func:`ppgen.primitives.markov_window`), with the chain's first site x_T set to
-the drawn x_t, once per distinct t on the data holding it. The data's steps are spread over 1..T
-on K levels (:meth:`ChainELBO.draw_steps`), so a step costs K short runs whatever the batch.
+of the ELBO that costs one step of the model instead of T. How the step is run depends on how the
+program writes its chain:
+
+- declared with :func:`ppgen.chain` (``step(x_t, t)`` a function of the state and the step): the
+  step is called once, on the whole minibatch, with the tensor of the data's steps t_i
+  (:func:`ppgen.primitives.chain_steps`), as a plain training loop calls its network once with a
+  per-row t. The data's steps are stratified over 1..T (:meth:`ChainELBO.draw_steps` with one
+  level per datum);
+- a plain ``for t in ppgen.markov(...)`` loop, whose site names depend on t so it can only run at
+  one t at a time: its loop runs one iteration (:func:`ppgen.primitives.markov_window`), with the
+  chain's first site x_T set to the drawn x_t, once per distinct t on the data holding it; the
+  data's steps are dealt over K levels (``num_step_groups``, default :data:`NUM_STEP_GROUPS`), so
+  a step costs K short runs whatever the batch.
+
+Which of the two a program is, is read from its run (verify-then-use): the first estimate runs it
+with :func:`~ppgen.primitives.chain_steps` active, and a site marked as the declared chain's step
+means the program declared it.
 ``weighting="simple"`` trains on Ho et al.'s L_simple instead: each KL_t reweighted to
 α_t (1 − ᾱ_t) / β_t² · ‖μ̃_t − μ_θ‖², which is ‖ε − ε_θ(x_t, t)‖² for the ε-parametrised mean; the
 objective it reports is still the step's ELBO estimate. ``loss`` (the final estimate, and
@@ -25,17 +38,18 @@ objective it reports is still the step's ELBO estimate. ``loss`` (the final esti
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
-from ppgen.primitives import markov_window
+from ppgen.primitives import CHAIN_SITE, chain_steps, markov_window
 
 WEIGHTINGS = ("elbo", "simple")
 STEP_SAMPLINGS = ("uniform", "importance")
-#: Distinct steps t per gradient step by default: each costs one run of the program's step.
+#: Distinct steps t per gradient step by default for a chain written as a ``markov`` loop: each
+#: costs one run of the program's step (a declared :func:`ppgen.chain` draws one t per datum).
 NUM_STEP_GROUPS = 8
 #: Squared terms kept per step for importance sampling, and the uniform share mixed into p_t
 #: (Nichol & Dhariwal 2021's values).
@@ -86,20 +100,22 @@ class ChainELBO:
     step_sampling : ``"uniform"`` (t ~ U{1..T}) or ``"importance"`` (t ~ p_t ∝ √E[L_t²] from the
         last :data:`HISTORY` values of each term, uniform until every t has them; Nichol &
         Dhariwal 2021), each term weighted by 1 / p_t.
-    num_step_groups : K, the most distinct steps per gradient step (one run of the program's
-        step each, see :meth:`draw_steps`).
+    num_step_groups : K, the most distinct steps per gradient step (see :meth:`draw_steps`);
+        None (the default): one per datum for a chain declared with :func:`ppgen.chain` (its
+        step runs once whatever K), :data:`NUM_STEP_GROUPS` for a ``markov`` loop (one run of
+        the program's step per distinct t).
     """
 
     def __init__(
         self, chain: Any, weighting: str = "elbo", num_particles: int = 1, step_sampling: str = "uniform",
-        num_step_groups: int = NUM_STEP_GROUPS,
+        num_step_groups: Optional[int] = None,
     ) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"SVI: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if step_sampling not in STEP_SAMPLINGS:
             raise ValueError(f"SVI: step_sampling must be one of {STEP_SAMPLINGS}, got {step_sampling!r}")
-        if isinstance(num_step_groups, bool) or not isinstance(num_step_groups, int) or num_step_groups < 1:
-            raise ValueError(f"SVI: num_step_groups must be a positive integer, got {num_step_groups!r}")
+        if num_step_groups is not None and (isinstance(num_step_groups, bool) or not isinstance(num_step_groups, int) or num_step_groups < 1):
+            raise ValueError(f"SVI: num_step_groups must be a positive integer or None, got {num_step_groups!r}")
         self.chain = chain
         self.weighting = weighting
         self.num_particles = num_particles
@@ -110,6 +126,8 @@ class ChainELBO:
         self._squares = torch.zeros(T, HISTORY, dtype=torch.float64)
         self._filled = torch.zeros(T, dtype=torch.long)
         self._signature = None
+        self._declared: Optional[bool] = None  # the program declares its chain (ppgen.chain); None: not yet known
+        self._coefficients: Optional[torch.Tensor] = None
 
     # ---- which steps --------------------------------------------------------------------------
     def step_probabilities(self) -> torch.Tensor:
@@ -122,19 +140,21 @@ class ChainELBO:
         weights = self._squares.mean(1).sqrt()
         return (1 - UNIFORM_MIX) * weights / weights.sum() + UNIFORM_MIX * uniform
 
-    def draw_steps(self, num_data: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_steps(self, num_data: int, num_levels: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step t_i per datum and its probability p(t_i), shapes (num_data,).
 
         Each datum's level is v_i = (u + k_i / K) mod 1 with one u ~ U[0, 1) and the data dealt
-        to K = min(num_step_groups, T, num_data) levels k_i by a random permutation, and t_i is
+        to K = min(num_levels, T, num_data) levels k_i by a random permutation (``num_levels``
+        defaults to ``num_step_groups``, and to :data:`NUM_STEP_GROUPS` when that is None), and t_i is
         v_i through the inverse CDF of p (uniform: t_i = ⌊T v_i⌋ + 1). Every v_i is U[0, 1), so
         every t_i has law p and Σ_i L_{t_i}(x_i) / p(t_i) is unbiased for the data's T-term sum;
         the levels spread the minibatch's steps evenly over 1..T (the low-discrepancy sampler of
-        Kingma et al. 2021, on K levels), and a gradient step runs the program's step K times,
-        once per distinct t, on that step's data.
+        Kingma et al. 2021, on K levels). A ``markov`` loop runs its step once per distinct t.
         """
         probabilities = self.step_probabilities()
-        K = min(self.num_step_groups, self.chain.num_timesteps, num_data)
+        if num_levels is None:
+            num_levels = self.num_step_groups if self.num_step_groups is not None else NUM_STEP_GROUPS
+        K = min(num_levels, self.chain.num_timesteps, num_data)
         levels = (torch.randperm(num_data) % K).to(torch.float64)
         v = (torch.rand((), dtype=torch.float64) + levels / K) % 1.0
         cdf = torch.cumsum(probabilities, 0)
@@ -202,6 +222,66 @@ class ChainELBO:
         simple = ((target_loc - model_loc) ** 2).sum(-1) * (1 - beta) * (1 - a_t) / beta**2
         return weight * term, weight * prior_kl, weight * simple
 
+    def declares_chain(self, model: Callable, args: tuple, kwargs: dict, x0: torch.Tensor) -> bool:
+        """Whether the program declares its chain with :func:`ppgen.chain`: one run with
+        :func:`~ppgen.primitives.chain_steps` active (and a one-iteration window, so a
+        ``markov``-loop program stays short) samples x_0's site marked as the chain's step."""
+        with torch.no_grad(), markov_window(0, 1), chain_steps(torch.ones(x0.shape[:-1], dtype=torch.long), x0):
+            trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args, **kwargs)
+        site = trace.nodes.get(self.chain.chain[0])
+        return site is not None and site["infer"].get(CHAIN_SITE) is not None
+
+    def coefficients(self, dtype: torch.dtype) -> torch.Tensor:
+        """Per-step constants of the guide's closed forms, shape (T + 1, 6), row t (row 0 unused):
+        q(x_t | x_0) = N(a_t x_0, s_t²) as (a_t, s_t); q(x_{t−1} | x_t, x_0) = N(b_t x_0 + c_t x_t, r_t²)
+        as (b_t, c_t, r_t), with r_1 = 1 in place of 0 (the t = 1 term is the likelihood, and a
+        unit scale keeps the unused KL and its gradient finite); and the simple loss's weight
+        α_t (1 − ᾱ_t) / β_t². Read once from the guide's ``marginal`` and ``posterior`` (affine
+        in x_0 and x_t), so a gradient step indexes one table."""
+        if self._coefficients is None or self._coefficients.dtype != dtype:
+            T = self.chain.num_timesteps
+            t = torch.arange(T + 1)
+            ones, zeros = torch.ones(T + 1, 1, dtype=dtype), torch.zeros(T + 1, 1, dtype=dtype)
+            a, s = self.chain.marginal(t, ones)
+            steps = t.clamp(min=1)
+            b, r = self.chain.posterior(steps, zeros, ones)
+            c, _ = self.chain.posterior(steps, ones, zeros)
+            r = torch.where(steps[:, None] == 1, ones, r)
+            beta = torch.cat([torch.ones(1, dtype=dtype), self.chain.betas.to(dtype)])[:, None]
+            weight = (1 - beta) * (1 - a**2) / beta**2
+            self._coefficients = torch.cat([a, s, b, c, r, weight], -1)
+        return self._coefficients
+
+    def declared_terms(self, model: Callable, steps: torch.Tensor, x0: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L̂_{t_i}, KL_T, simple_{t_i}) per datum, shapes (num_data,), every datum at its own
+        step t_i in one call of the program's declared step (:func:`ppgen.chain`); the same
+        terms and site scale as :meth:`step_terms`. Only the training loss carries gradients:
+        with ``weighting="simple"`` the ELBO terms (reported, not trained on) are computed
+        without, and with ``"elbo"`` the simple terms are not computed (zeros)."""
+        names = self.chain.chain
+        T = self.chain.num_timesteps
+        marginal_loc, marginal_scale, posterior_x0, posterior_xt, posterior_scale, simple_weight = (
+            column[..., None] for column in self.coefficients(x0.dtype)[steps].unbind(-1)
+        )
+        x_t = marginal_loc * x0 + marginal_scale * torch.randn_like(x0)
+        with chain_steps(steps, x_t):
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        site = trace.nodes[names[0]]
+        model_loc, model_scale = _normal(site["fn"], names[0])
+        weight = site["scale"]
+        target_loc = posterior_x0 * x0 + posterior_xt * x_t
+        if self.weighting == "simple":
+            simple = ((target_loc - model_loc) ** 2).sum(-1) * simple_weight[..., 0]
+        else:
+            simple = torch.zeros_like(x0[..., 0])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.weighting == "elbo"):
+            kl = _kl_normal(target_loc, posterior_scale, model_loc, model_scale)
+            term = torch.where(steps == 1, site["fn"].log_prob(x0), -kl)
+            prior_loc, prior_scale = _normal(trace.nodes[names[T]]["fn"], names[T])
+            marginal_loc, marginal_scale = self.chain.marginal(T, x0)
+            prior_kl = _kl_normal(marginal_loc, marginal_scale, prior_loc.expand_as(x0), prior_scale.expand_as(x0))
+        return weight * term, weight * prior_kl, weight * simple
+
     def _estimate(self, model: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(ELBO estimate Σ_i L̂_{t_i}(x_i) / p(t_i) − KL_T(x_i), training loss), each datum at its
         own step t_i (:meth:`draw_steps`), averaged over ``num_particles`` draws of the steps."""
@@ -210,20 +290,41 @@ class ChainELBO:
         num_data = x0.shape[0]
         elbo, loss = 0.0, 0.0
         for _ in range(self.num_particles):
-            steps, probabilities = self.draw_steps(num_data)
-            estimate, simple = 0.0, 0.0
-            for t in torch.unique(steps).tolist():
-                rows = (steps == t).nonzero().squeeze(-1)
-                sub_args, sub_kwargs = self._rows(model, args, kwargs, rows, num_data)
-                term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs)
+            if self._declared is None:
+                self._declared = self.declares_chain(model, args, kwargs, x0)
+            if self._declared:
+                levels = self.num_step_groups if self.num_step_groups is not None else num_data
+                steps, probabilities = self.draw_steps(num_data, levels)
+                term, prior_kl, simple_t = self.declared_terms(model, steps, x0, args, kwargs)
                 if self.step_sampling == "importance":
-                    self._record(t, term)
-                inverse = (1 / probabilities[rows]).to(x0.dtype)
-                estimate = estimate + (inverse * term - prior_kl).sum()
-                simple = simple + (inverse / T * simple_t).sum()  # unbiased for the mean over t of the simple terms
+                    for t in torch.unique(steps).tolist():
+                        self._record(t, term[steps == t])
+                inverse = (1 / probabilities).to(x0.dtype)
+                estimate = (inverse * term - prior_kl).sum()
+                simple = (inverse / T * simple_t).sum()
+            else:
+                estimate, simple = self._grouped_estimate(model, args, kwargs, x0)
             elbo = elbo + estimate.detach() / self.num_particles
             loss = loss + (simple if self.weighting == "simple" else -estimate) / self.num_particles
         return elbo, loss
+
+    def _grouped_estimate(self, model: Callable, args: tuple, kwargs: dict, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One particle of :meth:`_estimate` for a ``markov``-loop chain: the program's step run
+        once per distinct t, on the data holding it."""
+        T = self.chain.num_timesteps
+        num_data = x0.shape[0]
+        steps, probabilities = self.draw_steps(num_data)
+        estimate, simple = 0.0, 0.0
+        for t in torch.unique(steps).tolist():
+            rows = (steps == t).nonzero().squeeze(-1)
+            sub_args, sub_kwargs = self._rows(model, args, kwargs, rows, num_data)
+            term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs)
+            if self.step_sampling == "importance":
+                self._record(t, term)
+            inverse = (1 / probabilities[rows]).to(x0.dtype)
+            estimate = estimate + (inverse * term - prior_kl).sum()
+            simple = simple + (inverse / T * simple_t).sum()  # unbiased for the mean over t of the simple terms
+        return estimate, simple
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         elbo, loss = self._estimate(model, args, kwargs)

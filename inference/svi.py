@@ -42,7 +42,7 @@ from ppgen.engine import Engine, current_task, missing_data, register
 from ppgen.results import Estimate, Result
 from ppgen.structure import ModelStructure, improper_latent, inspect
 
-from ._chain_elbo import NUM_STEP_GROUPS, STEP_SAMPLINGS, WEIGHTINGS, ChainELBO, closed_form_chain
+from ._chain_elbo import STEP_SAMPLINGS, WEIGHTINGS, ChainELBO, closed_form_chain
 from ._distributed import GlobalBatchNoise, World, world
 from ._gradient_steps import GradientSteps, copy_modules, named_modules, optimizer_factory, sliced
 from ._restarts import INITS, Restarts, StartRecord, check_restart_options, resolve_restarts, start_kinds, symmetric_sites, warn_symmetric
@@ -127,6 +127,9 @@ class SVI(Engine):
     step_sampling : for such a guide, how each datum draws its own step t: ``"uniform"`` or
         ``"importance"`` (p_t ∝ √E[L_t²] from the terms seen so far, Nichol & Dhariwal 2021;
         uniform until every step has been seen 10 times), each term weighted by 1 / p_t.
+    num_step_groups : for such a guide, K, the most distinct steps t per gradient step. None:
+        one per datum when the program declares its chain with ``ppgen.chain`` (its step runs
+        once on the minibatch), 8 for a ``markov`` loop (one run of its step per distinct t).
     num_samples : draws from the guide returned in ``Result.samples``.
     num_elbo_evaluations : full-data ELBO estimates averaged for ``log_evidence``.
     copy_modules : train copies of the torch modules passed as arguments and of the encoder
@@ -180,7 +183,7 @@ class SVI(Engine):
         elbo: str = "auto",
         weighting: str = "simple",
         step_sampling: str = "uniform",
-        num_step_groups: int = NUM_STEP_GROUPS,
+        num_step_groups: Optional[int] = None,
         num_samples: int = 1000,
         num_elbo_evaluations: int = 10,
         clip_norm: float = 10.0,
@@ -207,8 +210,8 @@ class SVI(Engine):
             raise ValueError(f"SVI: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if step_sampling not in STEP_SAMPLINGS:
             raise ValueError(f"SVI: step_sampling must be one of {STEP_SAMPLINGS}, got {step_sampling!r}")
-        if not isinstance(num_step_groups, (int, np.integer)) or isinstance(num_step_groups, bool) or num_step_groups < 1:
-            raise ValueError(f"SVI: num_step_groups must be a positive integer, got {num_step_groups!r}")
+        if num_step_groups is not None and (not isinstance(num_step_groups, (int, np.integer)) or isinstance(num_step_groups, bool) or num_step_groups < 1):
+            raise ValueError(f"SVI: num_step_groups must be a positive integer or None, got {num_step_groups!r}")
         check_restart_options("SVI", num_restarts, init, _INITS)
         if not copy_modules and num_restarts not in ("auto", 1):
             raise ValueError(f"SVI: num_restarts={num_restarts!r} needs copy_modules=True (every start trains fresh copies of the modules)")
@@ -226,7 +229,7 @@ class SVI(Engine):
         self.elbo = elbo
         self.weighting = weighting
         self.step_sampling = step_sampling
-        self.num_step_groups = int(num_step_groups)
+        self.num_step_groups = None if num_step_groups is None else int(num_step_groups)
         self.num_samples = int(num_samples)
         self.num_elbo_evaluations = num_elbo_evaluations
         self.clip_norm = clip_norm

@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ppgen import dist, markov, module, plate, sample
+from ppgen import chain, dist, markov, module, plate, sample
 from ppgen.catalogue import Example, Simulated
 from ppgen.models._networks import seeded_mlp
 
@@ -102,15 +102,24 @@ class NoisingProcess:
         return f"forward_process({self.num_timesteps}, schedule={self.schedule!r})"
 
     # ---- closed forms -----------------------------------------------------------------------
-    def marginal(self, t: int, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), t in 0..T."""
-        a = self.alphas_cumprod[t].to(x0.dtype)
+    @staticmethod
+    def _at(table: torch.Tensor, t: Any, x0: torch.Tensor) -> torch.Tensor:
+        """``table[t]`` in x0's dtype, shaped to broadcast against x0: t is an int or an integer
+        tensor of steps, one per datum (shape x0.shape[:-1])."""
+        value = table[t].to(x0.dtype)
+        return value.reshape(value.shape + (1,) * (x0.dim() - value.dim())) if value.dim() else value
+
+    def marginal(self, t: Any, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), t in 0..T (an int, or a
+        tensor of per-datum steps)."""
+        a = self._at(self.alphas_cumprod, t, x0)
         return a.sqrt() * x0, (1 - a).sqrt().expand_as(x0)
 
-    def posterior(self, t: int, x_t: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(x_{t−1} | x_t, x_0), t in 1..T (scale 0 at t = 1, where x_{t−1} = x_0)."""
-        beta = self.betas[t - 1].to(x0.dtype)
-        a_t, a_prev = self.alphas_cumprod[t].to(x0.dtype), self.alphas_cumprod[t - 1].to(x0.dtype)
+    def posterior(self, t: Any, x_t: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of q(x_{t−1} | x_t, x_0), t in 1..T (an int, or a tensor of per-datum
+        steps; scale 0 at t = 1, where x_{t−1} = x_0)."""
+        beta = self._at(self.betas, t - 1, x0)
+        a_t, a_prev = self._at(self.alphas_cumprod, t, x0), self._at(self.alphas_cumprod, t - 1, x0)
         loc = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t
         return loc, ((1 - a_prev) / (1 - a_t) * beta).sqrt().expand_as(x0)
 
@@ -330,6 +339,17 @@ def ddpm(
         reverse_chain("x", dim, num_timesteps, denoiser, y, guidance_scale, schedule, obs=x)
 
 
+@functools.lru_cache(maxsize=8)
+def _reverse_step_table(num_timesteps: int, schedule: str) -> torch.Tensor:
+    """Row t (1..T; row 0 unused) holds the reverse step's constants (β_t / √(1 − ᾱ_t), 1 / √α_t,
+    √β_t): μ_θ = (x_t − β_t / √(1 − ᾱ_t) ε) / √α_t and the step's scale. Computed once per
+    (T, schedule), so a step indexes one table whether t is one step or one per datum."""
+    betas = noise_schedule(num_timesteps, schedule)
+    alphas_cumprod = _cumulative(betas)[1:]
+    rows = torch.stack([betas / (1 - alphas_cumprod).sqrt(), (1 - betas).rsqrt(), betas.sqrt()], -1)
+    return torch.cat([torch.ones(1, 3, dtype=torch.float64), rows])
+
+
 def reverse_chain(
     name: str, dim: int, num_timesteps: int, denoiser: Callable, y: Any = None, guidance_scale: float = 1.0, schedule: str = "linear",
     obs: Any = _NOT_OBSERVED,
@@ -337,23 +357,18 @@ def reverse_chain(
     """The reverse chain's sites inside the caller's data plate: ``{name}_T`` ~ N(0, I), then
     ``{name}_{t−1}`` | ``{name}_t`` ~ N(μ_θ, β_t I) for t = T, …, 2, and the last step's site
     ``name`` (x_0), observed when ``obs`` is given (``obs=None`` declares it data to be drawn).
-    Returns the value of ``name``: :func:`ddpm` observes it, :func:`latent_diffusion` decodes it."""
-    betas = noise_schedule(num_timesteps, schedule)
-    alphas_cumprod = _cumulative(betas)[1:]
-    # μ_θ = (x_t − noise_gain_t ε) · rescale_t, with each step's scalars computed once per run
-    noise_gains, rescales, scales = (betas / (1 - alphas_cumprod).sqrt()).tolist(), (1 - betas).rsqrt().tolist(), betas.sqrt()
-    x_t = sample(f"{name}_{num_timesteps}", dist.Normal(torch.zeros(dim, dtype=torch.float64), 1.0).to_event(1))
-    for t in markov(range(num_timesteps, 0, -1)):
+    Returns the value of ``name``: :func:`ddpm` observes it, :func:`latent_diffusion` decodes it.
+    The chain is declared with :func:`ppgen.chain` (its step a function of x_t and t), so svi
+    trains it with one denoiser call per gradient step, every datum at its own t."""
+    table = _reverse_step_table(num_timesteps, schedule)
+
+    def step(x_t: torch.Tensor, t: torch.Tensor) -> Any:
         epsilon = predict_noise(denoiser, x_t, t, y, guidance_scale)
-        loc = (x_t - noise_gains[t - 1] * epsilon) * rescales[t - 1]
-        step = dist.Normal(loc, scales[t - 1]).to_event(1)
-        if t > 1:
-            x_t = sample(f"{name}_{t - 1}", step)
-        elif obs is _NOT_OBSERVED:
-            x_t = sample(name, step)
-        else:
-            x_t = sample(name, step, obs=obs)
-    return x_t
+        row = table[t]
+        return dist.Normal((x_t - row[..., 0:1] * epsilon) * row[..., 1:2], row[..., 2:3]).to_event(1)
+
+    init = dist.Normal(torch.zeros(dim, dtype=torch.float64), 1.0).to_event(1)
+    return chain(name, num_timesteps, init, step, **({} if obs is _NOT_OBSERVED else {"obs": obs}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -889,6 +904,19 @@ def simulate_latents(latent_dim: int = 8, num_timesteps: int = 50, vae_steps: in
     )
 
 
+def latent_structure_data(latent_dim: int = 8, num_timesteps: int = 50, seed: int = 0) -> dict[str, Any]:
+    """The arguments of the ``latent_diffusion`` catalogue entry's program with stand-ins of the
+    right shapes (zero latents, labels 0..9 in turn, an untrained class-conditional denoiser):
+    its structure, without training the VAE of stage 1 (:func:`simulate_latents`)."""
+    from ppgen.models.vae import load_digits_binary
+
+    num_data = len(load_digits_binary(seed=seed)[0])
+    return {
+        "x": np.zeros((num_data, latent_dim)), "y": np.arange(num_data) % 10, "num_timesteps": num_timesteps,
+        "denoiser": make_denoiser(latent_dim, num_classes=10, hidden=128),
+    }
+
+
 def latent_report(example: Example, simulated: Simulated, result: Any) -> list[Any]:
     """Figures for the tour: guided digits per class at several s, judged by the independent
     classifier, and latent-diffusion draws next to the plain VAE's prior draws."""
@@ -963,5 +991,6 @@ EXAMPLES = [
         options={"svi": {"guide": TOUR_GUIDE, "subsample_size": 128, "num_steps": 400, "learning_rate": 3e-3, "num_step_groups": 4, "num_samples": 1, "num_elbo_evaluations": 1}},
         skip=("advi", "map", "mle", "importance", "nuts", "hmc", "gibbs", "mh", "meanfield", "cavi", "enumerate", "em"),
         report=latent_report,
+        structure_data=latent_structure_data,
     ),
 ]

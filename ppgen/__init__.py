@@ -11,7 +11,7 @@ from ppgen.diagram import render
 from ppgen.engine import Engine, EngineCheck, engines_for, register, registered_engines
 from ppgen.errors import ConvergenceWarning, DataError, EngineNotApplicable, ParameterError, ReliabilityWarning
 from ppgen.flow_guide import flow_guide
-from ppgen.primitives import carry, deterministic, dist, factor, markov, module, ops, param, plate, sample
+from ppgen.primitives import carry, chain, deterministic, dist, factor, markov, module, ops, param, plate, sample
 from ppgen.results import Estimate, Result
 from ppgen.structure import Argument, ModelStructure, Plate, Site, Support, inspect
 from ppgen.verbs import generate, infer, learn, score
@@ -20,6 +20,7 @@ __all__ = [
     "Argument",
     "amortize",
     "carry",
+    "chain",
     "ConvergenceWarning",
     "DataError",
     "Engine",

@@ -47,6 +47,9 @@ class Example:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     report: Optional[Callable[..., Any]] = None
+    #: the program's arguments for reading its structure without fitting anything (untrained
+    #: networks of the right shapes), where ``simulate`` trains (default: ``simulate().data``)
+    structure_data: Optional[Callable[[], dict[str, Any]]] = None
 
     @property
     def family(self) -> str:

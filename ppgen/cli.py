@@ -33,7 +33,8 @@ def models_table(markdown: bool = False) -> str:
 
     rows = []
     for example in catalogue():
-        structure = inspect(example.model, **example.simulate().data)
+        data = example.structure_data() if example.structure_data is not None else example.simulate().data
+        structure = inspect(example.model, **data)
         engines = sorted(c.name for c in check_all(structure) if c.applies and c.name != "prior")
         rows.append(
             (example.family, example.name, _compress_steps(list(structure.latent)) or "—",

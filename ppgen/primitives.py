@@ -18,7 +18,7 @@ from pyroapi import ops
 from ppgen._transform_cache import forget_cached_pairs
 from ppgen.backend import current_backend
 
-__all__ = ["sample", "plate", "param", "deterministic", "factor", "module", "markov", "carry", "dist", "ops"]
+__all__ = ["sample", "plate", "param", "deterministic", "factor", "module", "markov", "chain", "carry", "dist", "ops"]
 
 _NOT_GIVEN = object()
 
@@ -31,6 +31,12 @@ _INTERPRETER: Any = None
 
 #: The iterations ``markov(iterable)`` yields while :func:`markov_window` is active.
 _MARKOV_WINDOW: Optional[slice] = None
+
+#: (t, x_t) while :func:`chain_steps` is active: ``chain`` runs its declared step once there.
+_CHAIN_STEPS: Optional[tuple[Any, Any]] = None
+
+#: Key set in the ``infer`` dict of the sites ``chain`` samples: the chain's name.
+CHAIN_SITE = "ppgen_chain"
 
 
 @contextmanager
@@ -59,6 +65,22 @@ def markov_window(start: int, stop: int) -> Iterator[None]:
         yield
     finally:
         _MARKOV_WINDOW = previous
+
+
+@contextmanager
+def chain_steps(t: Any, x_t: Any) -> Iterator[None]:
+    """Make every :func:`chain` run its declared step once, at the steps ``t`` (an integer
+    tensor, one step per datum of the data plate) from the states ``x_t``, instead of unrolling:
+    it records its first site ``{name}_T`` (its law only, the value given as x_t) and then the
+    site ``name`` from ``step(x_t, t)``, both marked :data:`CHAIN_SITE`. An engine evaluates
+    one step per datum of a long chain in one call of the step (the step-sampled ELBO of a
+    diffusion program), each datum at its own t."""
+    global _CHAIN_STEPS
+    previous, _CHAIN_STEPS = _CHAIN_STEPS, (t, x_t)
+    try:
+        yield
+    finally:
+        _CHAIN_STEPS = previous
 
 
 def _numpyro():
@@ -205,3 +227,59 @@ def markov(fn: Optional[Callable] = None, history: int = 1, keep: bool = False):
 
         return numpyro_markov(fn, history=history, keep=keep)
     return pyro.markov(fn, history=history, keep=keep)
+
+
+def chain(name: str, num_steps: int, init: Any, step: Callable[[Any, Any], Any], obs: Any = _NOT_GIVEN) -> Any:
+    """A Markov chain declared by its step: x_T ~ ``init``, x_{t−1} | x_t ~ ``step(x_t, t)`` for
+    t = T, …, 1, with sites ``{name}_T``, …, ``{name}_1`` and ``name`` (x_0, observed when ``obs``
+    is given). Returns x_0's value.
+
+    It is the loop ::
+
+        x = sample(f"{name}_{T}", init)
+        for t in markov(range(T, 0, -1)):
+            x = sample(f"{name}_{t - 1}" if t > 1 else name, step(x, t), obs=obs if t == 1 else ...)
+
+    and every engine, diagram and structure sees exactly those sites. Declaring the step as a
+    function says more than the loop: ``step`` computes the law of x_{t−1} for *any* t, so an
+    engine may call it once with a tensor of steps, one per datum (:func:`chain_steps`; svi's
+    step-sampled ELBO of a diffusion program does), or run the chain without per-site messaging
+    when nothing reads the intermediate sites.
+
+    Parameters
+    ----------
+    name : the last site's name; the latents are ``{name}_{t}``.
+    num_steps : T ≥ 1.
+    init : the law of x_T (a distribution, batched by the enclosing plates).
+    step : ``step(x_t, t) -> distribution of x_{t−1}``; ``t`` is an integer tensor (``ops``'
+        backend) broadcastable against x_t's batch shape: a 0-d tensor in the unrolled chain, one
+        step per datum (shape ``x_t.shape[:-event_dim]``) when an engine runs all data at once.
+        Index per-step constants as ``table[t]`` and broadcast them with ``[..., None]``.
+    obs : the observed x_0 (``None`` declares it data to be drawn); omitted, x_0 is latent.
+
+    Examples
+    --------
+    >>> import torch, ppgen
+    >>> def walk(x=None):
+    ...     with ppgen.plate("N", 3):
+    ...         return ppgen.chain("x", 4, ppgen.dist.Normal(0.0, 1.0),
+    ...                            lambda x_t, t: ppgen.dist.Normal(0.9 * x_t, 0.1 * t), obs=x)
+    >>> sorted(ppgen.inspect(walk).sites)
+    ['x', 'x_1', 'x_2', 'x_3', 'x_4']
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"chain({name!r}): num_steps must be a positive integer, got {num_steps!r}")
+    if not callable(step):
+        raise TypeError(f"chain({name!r}): step must be a function (x_t, t) -> distribution, got {type(step).__name__}")
+    marker = {CHAIN_SITE: name}
+    last = {} if obs is _NOT_GIVEN else {"obs": obs}
+    if _CHAIN_STEPS is not None:
+        t, x_t = _CHAIN_STEPS
+        sample(f"{name}_{num_steps}", init, obs=x_t, infer=marker)  # its law is what is read: no draw
+        return sample(name, step(x_t, t), infer=marker, **last)
+    array = ops.array if current_backend() == "numpyro" else ops.tensor
+    x = sample(f"{name}_{num_steps}", init, infer=marker)
+    for t in markov(range(num_steps, 0, -1)):
+        law = step(x, array(t))
+        x = sample(f"{name}_{t - 1}", law, infer=marker) if t > 1 else sample(name, law, infer=marker, **last)
+    return x
