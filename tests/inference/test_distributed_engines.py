@@ -1,0 +1,71 @@
+"""Adversarial (and diffusion) training under torch.distributed: two processes on the loopback
+interface (gloo, float64), started as torchrun starts them, give the single process's loss traces
+and parameters at the same global batch and seed (:mod:`ppgen.inference._distributed`); with
+the ranks' gradient average switched off they do not, so the comparison can fail."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ._distributed_programs import fit, saved
+
+CASES = ("adversarial_non_saturating", "adversarial_wgan_gp")
+UNAVERAGED = "adversarial_wgan_gp+unaveraged"
+WORKER = Path(__file__).with_name("_distributed_programs.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """Every case fitted by 2 processes (one launch, the environment torchrun sets)."""
+    out = tmp_path_factory.mktemp("ranks")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(out), *CASES, UNAVERAGED], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_process() -> dict[str, dict[str, np.ndarray]]:
+    return {case: saved(fit(case)) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_ranks_give_the_single_process_traces_and_parameters(case, two_ranks, single_process):
+    single = single_process[case]
+    for rank in range(2):
+        with np.load(two_ranks / f"{case}-rank{rank}.npz") as parallel:
+            assert set(parallel.files) == set(single)
+            for key, value in single.items():
+                np.testing.assert_allclose(parallel[key], value, rtol=1e-6, atol=1e-6, err_msg=f"{case} rank {rank}: {key}")
+
+
+def test_without_the_gradient_average_the_ranks_leave_the_single_process_path(two_ranks, single_process):
+    case = UNAVERAGED.partition("+")[0]
+    single = single_process[case]
+    for rank in range(2):
+        with np.load(two_ranks / f"{UNAVERAGED}-rank{rank}.npz") as parallel:
+            # each rank's first loss is its own shard's (half the data), not the global batch's, and
+            # the parameters drift apart by far more than the comparison's tolerance of 1e-6
+            assert abs(parallel["trace:critic_loss"][0] - single["trace:critic_loss"][0]) > 1e-3
+            assert max(np.abs(parallel[key] - single[key]).max() for key in ("param:shift", "param:spread")) > 1e-4
