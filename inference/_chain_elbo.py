@@ -25,13 +25,16 @@ objective it reports is still the step's ELBO estimate. ``loss`` (the final esti
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Optional
 
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from ppgen.primitives import markov_window
+
+from ._distributed import GlobalBatchNoise, draw_for_batch, flag_local_draws
 
 WEIGHTINGS = ("elbo", "simple")
 STEP_SAMPLINGS = ("uniform", "importance")
@@ -105,6 +108,8 @@ class ChainELBO:
         self.num_particles = num_particles
         self.step_sampling = step_sampling
         self.num_step_groups = num_step_groups
+        # under torch.distributed (set by svi): the rank's rows of each step's global batch
+        self.noise: Optional[GlobalBatchNoise] = None
         T = chain.num_timesteps
         # the last HISTORY squared terms per step (importance sampling), and how many are filled
         self._squares = torch.zeros(T, HISTORY, dtype=torch.float64)
@@ -170,14 +175,20 @@ class ChainELBO:
 
         return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
 
-    def step_terms(self, model: Callable, t: int, x0: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step_terms(
+        self, model: Callable, t: int, x0: torch.Tensor, args: tuple, kwargs: dict, noise: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L̂_t, KL_T, simple_t) at step t for one draw x_t ~ q(x_t | x_0) per datum, each of
-        shape (num_data,) and multiplied by the model site's scale (N / B under minibatches)."""
+        shape (num_data,) and multiplied by the model site's scale (N / B under minibatches);
+        ``noise``: the standard normal draws that make x_t (None: drawn here)."""
         T = self.chain.num_timesteps
         names = self.chain.chain
         loc, scale = self.chain.marginal(t, x0)
-        x_t = loc + scale * torch.randn_like(x0)
-        with markov_window(T - t, T - t + 1), _StartAt(names[T], x_t):
+        x_t = loc + scale * (torch.randn_like(x0) if noise is None else noise)
+        # the model's x_{t−1} is never read (only its distribution): set, not drawn, so the step's
+        # random numbers are the data's steps and x_t noise alone, whatever the split over ranks
+        unread = _StartAt(names[t - 1], x_t) if t > 1 else contextlib.nullcontext()
+        with markov_window(T - t, T - t + 1), _StartAt(names[T], x_t), unread, flag_local_draws(self.noise):
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         site = trace.nodes.get(names[t - 1])
         if site is None:
@@ -210,12 +221,16 @@ class ChainELBO:
         num_data = x0.shape[0]
         elbo, loss = 0.0, 0.0
         for _ in range(self.num_particles):
-            steps, probabilities = self.draw_steps(num_data)
+            # each datum's step and the noise of its x_t, drawn for the global batch under torch.distributed
+            steps, probabilities, noise = draw_for_batch(
+                lambda n: (*self.draw_steps(n), torch.randn(n, *x0.shape[1:], dtype=x0.dtype)), num_data,
+                None if self.noise is None else self.noise.shard,
+            )
             estimate, simple = 0.0, 0.0
             for t in torch.unique(steps).tolist():
                 rows = (steps == t).nonzero().squeeze(-1)
                 sub_args, sub_kwargs = self._rows(model, args, kwargs, rows, num_data)
-                term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs)
+                term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs, noise[rows])
                 if self.step_sampling == "importance":
                     self._record(t, term)
                 inverse = (1 / probabilities[rows]).to(x0.dtype)

@@ -16,7 +16,7 @@ import pytest
 
 from ._distributed_programs import fit, saved
 
-CASES = ("adversarial_non_saturating", "adversarial_wgan_gp")
+CASES = ("adversarial_non_saturating", "adversarial_wgan_gp", "diffusion_minibatch", "diffusion_full_batch_simple")
 UNAVERAGED = "adversarial_wgan_gp+unaveraged"
 WORKER = Path(__file__).with_name("_distributed_programs.py")
 
