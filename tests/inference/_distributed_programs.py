@@ -6,7 +6,8 @@ Run as a script with torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_
 single process (ppgen initialises the gloo process group itself) and saves each result's loss
 traces and parameters to ``<out>/<case>-rank<r>.npz``. A case name ending in ``+unaveraged``
 runs the case with the ranks' gradient average switched off (each rank steps on its own
-shard's gradient): the tests use it to show that the comparison catches a missing average.
+shard's gradient): the tests use it to show that the comparison catches a missing average. A
+case refused with a ``ValueError`` saves its message as ``error``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,13 @@ def fit(case: str) -> ppgen.Result:
             growth_chain, sizes, drift, predictor=StepPredictor(3, 4).double(), length=4, engine="svi", guide=forward_process(4),
             weighting="simple", num_particles=2, num_step_groups=3, num_steps=5, learning_rate=0.02, num_elbo_evaluations=2, seed=8,
         )
-    raise ValueError(f"unknown case {case!r}")
+    if case == "diffusion_importance":
+        sizes, drift = _plants(8, 16)
+        return ppgen.learn(
+            growth_chain, sizes, drift, predictor=StepPredictor(3, 5).double(), engine="svi", guide=forward_process(5),
+            step_sampling="importance", num_steps=2, seed=1,
+        )
+    raise KeyError(f"unknown case {case!r}")
 
 
 def saved(result: ppgen.Result) -> dict[str, np.ndarray]:
@@ -162,7 +169,10 @@ if __name__ == "__main__":
     rank = int(os.environ["RANK"])
     for name in cases:
         base, _, variant = name.partition("+")
-        with _without_average() if variant == "unaveraged" else contextlib.nullcontext():
-            result = fit(base)
-        np.savez(os.path.join(out_dir, f"{name}-rank{rank}.npz"), **saved(result))
+        try:
+            with _without_average() if variant == "unaveraged" else contextlib.nullcontext():
+                out = saved(fit(base))
+        except ValueError as refusal:  # (a case the tests expect to be refused, with its message)
+            out = {"error": np.asarray(str(refusal))}
+        np.savez(os.path.join(out_dir, f"{name}-rank{rank}.npz"), **out)
     torch.distributed.destroy_process_group()

@@ -18,6 +18,7 @@ from ._distributed_programs import fit, saved
 
 CASES = ("adversarial_non_saturating", "adversarial_wgan_gp", "diffusion_minibatch", "diffusion_full_batch_simple")
 UNAVERAGED = "adversarial_wgan_gp+unaveraged"
+REFUSED = "diffusion_importance"
 WORKER = Path(__file__).with_name("_distributed_programs.py")
 
 
@@ -34,7 +35,7 @@ def two_ranks(tmp_path_factory) -> Path:
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     processes = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), *CASES, UNAVERAGED], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            [sys.executable, str(WORKER), str(out), *CASES, UNAVERAGED, REFUSED], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for rank in range(2)
@@ -69,3 +70,12 @@ def test_without_the_gradient_average_the_ranks_leave_the_single_process_path(tw
             # the parameters drift apart by far more than the comparison's tolerance of 1e-6
             assert abs(parallel["trace:critic_loss"][0] - single["trace:critic_loss"][0]) > 1e-3
             assert max(np.abs(parallel[key] - single[key]).max() for key in ("param:shift", "param:spread")) > 1e-4
+
+
+def test_importance_step_sampling_is_refused_under_torch_distributed(two_ranks):
+    # each rank's p_t would follow its own shard's terms, so the ranks would draw different steps
+    for rank in range(2):
+        with np.load(two_ranks / f"{REFUSED}-rank{rank}.npz") as refused:
+            assert str(refused["error"]) == (
+                "SVI: step_sampling='importance' is not trained data-parallel; use step_sampling='uniform' under torch.distributed"
+            )
