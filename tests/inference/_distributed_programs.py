@@ -56,16 +56,19 @@ def noisy_shift(heights: torch.Tensor, weights: torch.Tensor):
 
 
 class StepPredictor(torch.nn.Module):
-    """ε(h_k, k): a small MLP on the state and the step's fraction k / length."""
+    """ε(h_k, k): a small MLP on the state and the step's fraction k / length; with ``jitter`` > 0
+    a stochastic layer adds one N(0, jitter²) draw to every output of a call while training (a
+    network whose random numbers follow its calls: one per distinct step among a rank's data)."""
 
-    def __init__(self, size: int, length: int) -> None:
+    def __init__(self, size: int, length: int, jitter: float = 0.0) -> None:
         super().__init__()
-        self.length = length
+        self.length, self.jitter = length, jitter
         self.net = torch.nn.Sequential(torch.nn.Linear(size + 1, 12), torch.nn.Tanh(), torch.nn.Linear(12, size))
 
     def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         fraction = (k.to(h.dtype) / self.length).unsqueeze(-1).expand(*h.shape[:-1], 1)
-        return self.net(torch.cat([h, fraction], -1))
+        out = self.net(torch.cat([h, fraction], -1))
+        return out + self.jitter * torch.randn((), dtype=h.dtype) if self.training and self.jitter else out
 
 
 def growth_chain(sizes: torch.Tensor, drift: torch.Tensor, predictor: torch.nn.Module, length: int = 5):
@@ -128,6 +131,13 @@ def fit(case: str) -> ppgen.Result:
         return ppgen.learn(
             growth_chain, sizes, drift, predictor=StepPredictor(3, 4).double(), length=4, engine="svi", guide=forward_process(4),
             weighting="simple", num_particles=2, num_step_groups=3, num_steps=5, learning_rate=0.02, num_elbo_evaluations=2, seed=8,
+        )
+    if case == "diffusion_stochastic_layer":
+        torch.manual_seed(17)
+        sizes, drift = _plants(24, 18)
+        return ppgen.learn(
+            growth_chain, sizes, drift, predictor=StepPredictor(3, 5, jitter=0.1).double(), engine="svi", guide=forward_process(5),
+            subsample_size=12, num_steps=6, learning_rate=0.02, num_elbo_evaluations=3, seed=9,
         )
     if case == "diffusion_importance":
         sizes, drift = _plants(8, 16)
