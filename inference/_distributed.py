@@ -23,12 +23,15 @@ per-datum draw of the guide is made for the whole global batch and sliced to the
 data, and every rank's random stream advances as the single process's does; the program's own
 draws of its observed sites (a GAN's x̃ = g_θ(ε) with its observation noise) are made the same
 way, and per-datum numbers an engine draws itself (the WGAN-GP interpolation weights) go through
-:func:`draw_for_batch`. This is exact for
-distributions whose sampler consumes random numbers independently of their parameters (all
-location-scale families: Normal, Laplace, Cauchy, Gumbel, Uniform, their transforms); for the
+:func:`draw_for_batch`, as do the diffusion chain ELBO's per-datum steps t and x_t noise.
+This is exact for distributions whose sampler consumes random numbers independently of their
+parameters (all location-scale families: Normal, Laplace, Cauchy, Gumbel, Uniform, their
+transforms; a Delta draws none); for the
 others (Gamma, Beta, Dirichlet: rejection samplers) the draws are still exact draws of each
 datum's q, but not the single process's, and the ranks' random states are re-synchronised from
-rank 0 after such a step so that global draws stay shared.
+rank 0 after such a step so that global draws stay shared; likewise after a step in which code
+run on the rank's rows drew random numbers of its own (a network's noise layers,
+:func:`flag_local_draws`).
 
 Only rank 0 shows a progress bar and writes checkpoints. Nothing here runs in a single process:
 :func:`world` is None there, after two cheap checks.
@@ -129,7 +132,7 @@ def draw_for_batch(sample: Callable[[int], Drawn], num_data: int, shard: Optiona
 @contextmanager
 def flag_local_draws(noise: Optional["GlobalBatchNoise"]) -> Iterator[None]:
     """Around code run on the rank's data that may draw random numbers of its own (a network's
-    dropout): if it drew any, ``noise.inexact`` is set, so that the ranks re-synchronise their
+    dropout or noise layers): if it drew any, ``noise.inexact`` is set, so that the ranks re-synchronise their
     random streams after the step (those draws are valid, but not the single process's). Does
     nothing in a single process (``noise`` None)."""
     if noise is None:

@@ -180,7 +180,10 @@ class Adversarial(Engine):
     betas : Adam's (β₁, β₂) for both optimisers ((0.5, 0.9) as Gulrajani et al.).
     subsample_size : minibatch size B over the data plate (None: every datum each step); the
         program is run on the minibatch's arguments (each argument whose leading dimension is
-        the plate's size is sliced), so it draws B values.
+        the plate's size is sliced), so it draws B values. Under ``torchrun`` each of the P
+        processes takes B / P of every global batch (B, or N without minibatches, divisible by
+        P) and the gradients are averaged: the single process's run at the same global batch
+        and seed (:mod:`ppgen.inference._distributed`; ``diagnostics["processes"]`` = P).
     copy_modules : train copies of the torch modules among the arguments and of ``critic``
         (the originals stay untouched); the trained ones are in ``Result.diagnostics["modules"]``.
     seed, progress : seed (torch's generator, restored afterwards) and progress bar.
