@@ -223,7 +223,7 @@ class ChainELBO:
         for _ in range(self.num_particles):
             # each datum's step and the noise of its x_t, drawn for the global batch under torch.distributed
             steps, probabilities, noise = draw_for_batch(
-                lambda n: (*self.draw_steps(n), torch.randn(n, *x0.shape[1:], dtype=x0.dtype)), num_data,
+                lambda n: (*self.draw_steps(n), torch.randn(n, *x0.shape[1:], dtype=x0.dtype, device=x0.device)), num_data,
                 None if self.noise is None else self.noise.shard,
             )
             estimate, simple = 0.0, 0.0
