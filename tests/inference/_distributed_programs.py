@@ -112,6 +112,12 @@ def fit(case: str) -> ppgen.Result:
             implicit_sensor, _readings(36, 3), sensor=Sensor().double(), engine="adversarial", loss="non-saturating",
             critic=_critic(), subsample_size=12, num_steps=8, learning_rate=0.02, seed=4,
         )
+    if case == "adversarial_wgan_gp_implicit":
+        torch.manual_seed(19)
+        return ppgen.learn(
+            implicit_sensor, _readings(30, 20), sensor=Sensor().double(), engine="adversarial", loss="wgan-gp",
+            critic=_critic(), subsample_size=10, num_critic_steps=3, num_steps=4, learning_rate=0.01, seed=2,
+        )
     if case == "adversarial_wgan_gp":
         weights = torch.tensor(np.random.default_rng(5).uniform(0.5, 1.5, size=20))
         return ppgen.learn(
