@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 Drawn = TypeVar("Drawn", torch.Tensor, tuple)
 
@@ -229,8 +230,8 @@ class GlobalBatchNoise(Messenger):
         return drawn_globally
 
     def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"] or msg["value"] is not None or msg["infer"].get("enumerate"):
-            return
+        if msg["is_observed"] or msg["value"] is not None or msg["infer"].get("enumerate") or site_is_subsample(msg):
+            return  # (an inner plate's subsample site sits inside the data plate too: no draw to share)
         frame = next((f for f in msg["cond_indep_stack"] if f.name == self.plate and f.vectorized), None)
         if frame is None:
             return

@@ -94,9 +94,21 @@ def _plants(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(rng.normal(size=(n, 3)) * 0.5 + drift[:, None]), torch.tensor(drift)
 
 
-def _critic() -> torch.nn.Module:
+def panel(scores: torch.Tensor):
+    """Test scores of students (rows) on 3 subjects (an inner plate): a global latent offset, a
+    latent ability per student, learned subject means and ability scale."""
+    offset = sample("offset", dist.Normal(torch.tensor(0.0, dtype=scores.dtype), 1.0))
+    means = param("means", torch.zeros(3, dtype=scores.dtype))
+    gain = param("gain", torch.tensor(1.0, dtype=scores.dtype), constraint=dist.constraints.positive)
+    with plate("students", scores.shape[0], dim=-2):
+        ability = sample("ability", dist.Normal(torch.tensor(0.0, dtype=scores.dtype), 1.0))
+        with plate("subjects", 3, dim=-1):
+            sample("scores", dist.Normal(means + 0.1 * offset + gain * ability, 0.3), obs=scores)
+
+
+def _critic(features: int = 2) -> torch.nn.Module:
     torch.manual_seed(21)
-    return torch.nn.Sequential(torch.nn.Linear(2, 10), torch.nn.LeakyReLU(0.2), torch.nn.Linear(10, 1)).double()
+    return torch.nn.Sequential(torch.nn.Linear(features, 10), torch.nn.LeakyReLU(0.2), torch.nn.Linear(10, 1)).double()
 
 
 def _readings(n: int, seed: int) -> torch.Tensor:
@@ -117,6 +129,12 @@ def fit(case: str) -> ppgen.Result:
         return ppgen.learn(
             implicit_sensor, _readings(30, 20), sensor=Sensor().double(), engine="adversarial", loss="wgan-gp",
             critic=_critic(), subsample_size=10, num_critic_steps=3, num_steps=4, learning_rate=0.01, seed=2,
+        )
+    if case == "adversarial_minimax_nested_plates":
+        scores = torch.tensor(np.random.default_rng(22).normal(size=(12, 3)) + np.array([1.0, -1.0, 0.5]))
+        return ppgen.learn(
+            panel, scores, engine="adversarial", loss="minimax", critic=_critic(3), subsample_size=6, num_steps=5,
+            learning_rate=0.05, seed=1,
         )
     if case == "adversarial_wgan_gp":
         weights = torch.tensor(np.random.default_rng(5).uniform(0.5, 1.5, size=20))

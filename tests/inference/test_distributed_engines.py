@@ -17,7 +17,8 @@ import pytest
 from ._distributed_programs import fit, saved
 
 CASES = (
-    "adversarial_non_saturating", "adversarial_wgan_gp_implicit", "adversarial_wgan_gp", "diffusion_minibatch", "diffusion_full_batch_simple",
+    "adversarial_non_saturating", "adversarial_wgan_gp_implicit", "adversarial_wgan_gp", "adversarial_minimax_nested_plates",
+    "diffusion_minibatch", "diffusion_full_batch_simple",
 )
 UNAVERAGED = "adversarial_wgan_gp+unaveraged"
 REFUSED = "diffusion_importance"
