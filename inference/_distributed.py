@@ -26,7 +26,7 @@ way, and per-datum numbers an engine draws itself (the WGAN-GP interpolation wei
 :func:`draw_for_batch`, as do the diffusion chain ELBO's per-datum steps t and x_t noise.
 This is exact for distributions whose sampler consumes random numbers independently of their
 parameters (all location-scale families: Normal, Laplace, Cauchy, Gumbel, Uniform, their
-transforms; a Delta draws none); for the
+transforms; the multivariate normal; a Delta draws none); for the
 others (Gamma, Beta, Dirichlet: rejection samplers) the draws are still exact draws of each
 datum's q, but not the single process's, and the ranks' random states are re-synchronised from
 rank 0 after such a step so that global draws stay shared; likewise after a step in which code
@@ -257,6 +257,8 @@ class GlobalBatchNoise(Messenger):
             for transform in fn.transforms:
                 base = transform(base)
             return base
+        if isinstance(fn, torch.distributions.MultivariateNormal):
+            return self._draw_multivariate_normal(fn, axis, reparameterized)
         if fn.event_shape != torch.Size() or -axis > len(fn.batch_shape) or fn.batch_shape[axis] != self.hi - self.lo:
             return None
         names = [name for name in fn.arg_constraints if isinstance(fn.__dict__.get(name), torch.Tensor)]
@@ -269,6 +271,17 @@ class GlobalBatchNoise(Messenger):
             return None
         draw = wide.rsample() if reparameterized else wide.sample()
         return draw.narrow(draw.dim() + axis, self.lo, self.hi - self.lo)
+
+    def _draw_multivariate_normal(self, fn: torch.distributions.MultivariateNormal, axis: int, reparameterized: bool) -> Optional[torch.Tensor]:
+        """μ + L ε as ``MultivariateNormal.rsample`` draws it, with ε ~ N(0, I) drawn for the
+        global batch and the shard's rows of it kept (``axis``: the plate's axis of a value)."""
+        shape = list(fn.batch_shape + fn.event_shape)
+        if -axis > len(shape) or shape[axis] != self.hi - self.lo:
+            return None
+        shape[axis] = self.batch
+        epsilon = torch.randn(shape, dtype=fn.loc.dtype, device=fn.loc.device).narrow(len(shape) + axis, self.lo, self.hi - self.lo)
+        draw = fn.loc + (fn.scale_tril @ epsilon.unsqueeze(-1)).squeeze(-1)
+        return draw if reparameterized else draw.detach()
 
     def _widen(self, parameter: torch.Tensor, axis: int) -> torch.Tensor:
         """``parameter`` along ``axis`` (from the right) grown from the shard's b to B entries,

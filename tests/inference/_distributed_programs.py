@@ -94,6 +94,15 @@ def _plants(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(rng.normal(size=(n, 3)) * 0.5 + drift[:, None]), torch.tensor(drift)
 
 
+def correlated_sensor(readings: torch.Tensor, sensor: torch.nn.Module):
+    """The implicit sensor driven by correlated noise (a full-covariance Gaussian per reading)."""
+    ppgen.module("sensor", sensor)
+    covariance = torch.tensor([[1.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 1.0]], dtype=readings.dtype)
+    with plate("units", readings.shape[0]):
+        noise = sample("noise", dist.MultivariateNormal(torch.zeros(3, dtype=readings.dtype), covariance))
+        sample("readings", dist.Delta(sensor(noise), event_dim=1), obs=readings)
+
+
 def panel(scores: torch.Tensor):
     """Test scores of students (rows) on 3 subjects (an inner plate): a global latent offset, a
     latent ability per student, learned subject means and ability scale."""
@@ -135,6 +144,12 @@ def fit(case: str) -> ppgen.Result:
         return ppgen.learn(
             panel, scores, engine="adversarial", loss="minimax", critic=_critic(3), subsample_size=6, num_steps=5,
             learning_rate=0.05, seed=1,
+        )
+    if case == "adversarial_correlated_noise":
+        torch.manual_seed(23)
+        return ppgen.learn(
+            correlated_sensor, _readings(16, 24), sensor=Sensor().double(), engine="adversarial", critic=_critic(),
+            subsample_size=8, num_steps=5, learning_rate=0.02, seed=3,
         )
     if case == "adversarial_wgan_gp":
         weights = torch.tensor(np.random.default_rng(5).uniform(0.5, 1.5, size=20))
