@@ -145,6 +145,15 @@ def fit(case: str) -> ppgen.Result:
             panel, scores, engine="adversarial", loss="minimax", critic=_critic(3), subsample_size=6, num_steps=5,
             learning_rate=0.05, seed=1,
         )
+    if case == "adversarial_rank_seeded_networks":
+        # a script that seeds each process by its rank builds different networks on each: the
+        # engine starts every rank from rank 0's (as DistributedDataParallel does)
+        torch.manual_seed(7 + int(os.environ.get("RANK", "0")))
+        sensor, critic = Sensor().double(), torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+        return ppgen.learn(
+            implicit_sensor, _readings(12, 25), sensor=sensor, engine="adversarial", critic=critic, subsample_size=6, num_steps=3,
+            learning_rate=0.02, seed=5,
+        )
     if case == "adversarial_correlated_noise":
         torch.manual_seed(23)
         return ppgen.learn(
