@@ -38,6 +38,7 @@ objective it reports is still the step's ELBO estimate. ``loss`` (the final esti
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -45,6 +46,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from ppgen.primitives import CHAIN_SITE, chain_steps, markov_window
+
+from ._distributed import GlobalBatchNoise, draw_for_batch, flag_local_draws
 
 WEIGHTINGS = ("elbo", "simple")
 STEP_SAMPLINGS = ("uniform", "importance")
@@ -121,6 +124,8 @@ class ChainELBO:
         self.num_particles = num_particles
         self.step_sampling = step_sampling
         self.num_step_groups = num_step_groups
+        # under torch.distributed (set by svi): the rank's rows of each step's global batch
+        self.noise: Optional[GlobalBatchNoise] = None
         T = chain.num_timesteps
         # the last HISTORY squared terms per step (importance sampling), and how many are filled
         self._squares = torch.zeros(T, HISTORY, dtype=torch.float64)
@@ -190,14 +195,20 @@ class ChainELBO:
 
         return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}
 
-    def step_terms(self, model: Callable, t: int, x0: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step_terms(
+        self, model: Callable, t: int, x0: torch.Tensor, args: tuple, kwargs: dict, noise: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L̂_t, KL_T, simple_t) at step t for one draw x_t ~ q(x_t | x_0) per datum, each of
-        shape (num_data,) and multiplied by the model site's scale (N / B under minibatches)."""
+        shape (num_data,) and multiplied by the model site's scale (N / B under minibatches);
+        ``noise``: the standard normal draws that make x_t (None: drawn here)."""
         T = self.chain.num_timesteps
         names = self.chain.chain
         loc, scale = self.chain.marginal(t, x0)
-        x_t = loc + scale * torch.randn_like(x0)
-        with markov_window(T - t, T - t + 1), _StartAt(names[T], x_t):
+        x_t = loc + scale * (torch.randn_like(x0) if noise is None else noise)
+        # the model's x_{t−1} is never read (only its distribution): set, not drawn, so the step's
+        # random numbers are the data's steps and x_t noise alone, whatever the split over ranks
+        unread = _StartAt(names[t - 1], x_t) if t > 1 else contextlib.nullcontext()
+        with markov_window(T - t, T - t + 1), _StartAt(names[T], x_t), unread, flag_local_draws(self.noise):
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         site = trace.nodes.get(names[t - 1])
         if site is None:
@@ -226,7 +237,8 @@ class ChainELBO:
         """Whether the program declares its chain with :func:`ppgen.chain`: one run with
         :func:`~ppgen.primitives.chain_steps` active (and a one-iteration window, so a
         ``markov``-loop program stays short) samples x_0's site marked as the chain's step."""
-        with torch.no_grad(), markov_window(0, 1), chain_steps(torch.ones(x0.shape[:-1], dtype=torch.long), x0):
+        # a markov loop draws its first sites here: the random stream is left as it was
+        with torch.random.fork_rng(), torch.no_grad(), markov_window(0, 1), chain_steps(torch.ones(x0.shape[:-1], dtype=torch.long), x0):
             trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args, **kwargs)
         site = trace.nodes.get(self.chain.chain[0])
         return site is not None and site["infer"].get(CHAIN_SITE) is not None
@@ -252,19 +264,22 @@ class ChainELBO:
             self._coefficients = torch.cat([a, s, b, c, r, weight], -1)
         return self._coefficients
 
-    def declared_terms(self, model: Callable, steps: torch.Tensor, x0: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def declared_terms(
+        self, model: Callable, steps: torch.Tensor, x0: torch.Tensor, args: tuple, kwargs: dict, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L̂_{t_i}, KL_T, simple_{t_i}) per datum, shapes (num_data,), every datum at its own
         step t_i in one call of the program's declared step (:func:`ppgen.chain`); the same
         terms and site scale as :meth:`step_terms`. Only the training loss carries gradients:
         with ``weighting="simple"`` the ELBO terms (reported, not trained on) are computed
-        without, and with ``"elbo"`` the simple terms are not computed (zeros)."""
+        without, and with ``"elbo"`` the simple terms are not computed (zeros). ``noise``: the
+        standard normal draws that make x_{t_i}."""
         names = self.chain.chain
         T = self.chain.num_timesteps
         marginal_loc, marginal_scale, posterior_x0, posterior_xt, posterior_scale, simple_weight = (
             column[..., None] for column in self.coefficients(x0.dtype)[steps].unbind(-1)
         )
-        x_t = marginal_loc * x0 + marginal_scale * torch.randn_like(x0)
-        with chain_steps(steps, x_t):
+        x_t = marginal_loc * x0 + marginal_scale * noise
+        with chain_steps(steps, x_t), flag_local_draws(self.noise):
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         site = trace.nodes[names[0]]
         model_loc, model_scale = _normal(site["fn"], names[0])
@@ -292,10 +307,13 @@ class ChainELBO:
         for _ in range(self.num_particles):
             if self._declared is None:
                 self._declared = self.declares_chain(model, args, kwargs, x0)
+            # each datum's step and the noise of its x_t, drawn for the global batch under torch.distributed
+            steps, probabilities, noise = draw_for_batch(
+                lambda n: (*self.draw_steps(n, self._levels(n)), torch.randn(n, *x0.shape[1:], dtype=x0.dtype, device=x0.device)),
+                num_data, None if self.noise is None else self.noise.shard,
+            )
             if self._declared:
-                levels = self.num_step_groups if self.num_step_groups is not None else num_data
-                steps, probabilities = self.draw_steps(num_data, levels)
-                term, prior_kl, simple_t = self.declared_terms(model, steps, x0, args, kwargs)
+                term, prior_kl, simple_t = self.declared_terms(model, steps, x0, args, kwargs, noise)
                 if self.step_sampling == "importance":
                     for t in torch.unique(steps).tolist():
                         self._record(t, term[steps == t])
@@ -303,22 +321,30 @@ class ChainELBO:
                 estimate = (inverse * term - prior_kl).sum()
                 simple = (inverse / T * simple_t).sum()
             else:
-                estimate, simple = self._grouped_estimate(model, args, kwargs, x0)
+                estimate, simple = self._grouped_estimate(model, args, kwargs, x0, steps, probabilities, noise)
             elbo = elbo + estimate.detach() / self.num_particles
             loss = loss + (simple if self.weighting == "simple" else -estimate) / self.num_particles
         return elbo, loss
 
-    def _grouped_estimate(self, model: Callable, args: tuple, kwargs: dict, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _levels(self, num_data: int) -> int:
+        """K of :meth:`draw_steps`: ``num_step_groups``, else one per datum for a declared chain
+        and :data:`NUM_STEP_GROUPS` for a ``markov`` loop."""
+        if self.num_step_groups is not None:
+            return self.num_step_groups
+        return num_data if self._declared else NUM_STEP_GROUPS
+
+    def _grouped_estimate(
+        self, model: Callable, args: tuple, kwargs: dict, x0: torch.Tensor, steps: torch.Tensor, probabilities: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One particle of :meth:`_estimate` for a ``markov``-loop chain: the program's step run
         once per distinct t, on the data holding it."""
         T = self.chain.num_timesteps
         num_data = x0.shape[0]
-        steps, probabilities = self.draw_steps(num_data)
         estimate, simple = 0.0, 0.0
         for t in torch.unique(steps).tolist():
             rows = (steps == t).nonzero().squeeze(-1)
             sub_args, sub_kwargs = self._rows(model, args, kwargs, rows, num_data)
-            term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs)
+            term, prior_kl, simple_t = self.step_terms(model, t, x0[rows], sub_args, sub_kwargs, noise[rows])
             if self.step_sampling == "importance":
                 self._record(t, term)
             inverse = (1 / probabilities[rows]).to(x0.dtype)

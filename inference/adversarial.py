@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -53,6 +54,7 @@ from ppgen.models._networks import seeded_mlp
 from ppgen.results import Result
 from ppgen.structure import ModelStructure, inspect
 
+from ._distributed import Shard, ShardedBatch, draw_for_batch, is_writer, world
 from ._draw_interpreter import DrawInterpreter, same_draws
 from ._gradient_steps import TouchedParameters, copy_modules, named_modules, sliced
 from ._vi import Info, param_values, pyro_arguments
@@ -65,25 +67,30 @@ CRITIC_HIDDEN = (128, 128)
 # the losses (pure functions of critic outputs, so tests can check them against the formulas)
 
 
-def critic_loss(loss: str, critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, penalty: float = 10.0) -> torch.Tensor:
+def critic_loss(
+    loss: str, critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, penalty: float = 10.0, shard: Optional[Shard] = None
+) -> torch.Tensor:
     """The critic's loss on data ``real`` and draws ``fake``, each of shape (batch, num_features).
 
     ``minimax`` / ``non-saturating``: the logistic loss E softplus(−D(x)) + E softplus(D(x̃));
     ``wgan-gp``: E D(x̃) − E D(x) + ``penalty`` · E (‖∇D(x̂)‖₂ − 1)² (see the module docstring).
+    ``shard``: under torch.distributed, the rank's rows of the global batch (the penalty's ε).
     """
     real_score, fake_score = _score(critic, real), _score(critic, fake)
     if loss == "wgan-gp":
         value = fake_score.mean() - real_score.mean()
         if penalty:
-            value = value + penalty * gradient_penalty(critic, real, fake)
+            value = value + penalty * gradient_penalty(critic, real, fake, shard)
         return value
     return torch.nn.functional.softplus(-real_score).mean() + torch.nn.functional.softplus(fake_score).mean()
 
 
-def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, shard: Optional[Shard] = None) -> torch.Tensor:
     """E (‖∇_x̂ D(x̂)‖₂ − 1)² at x̂ = εx + (1 − ε)x̃, one ε ~ U(0, 1) per pair (the torch global
-    generator), differentiable in the critic's parameters (``create_graph``)."""
-    epsilon = torch.rand(real.shape[0], 1, dtype=real.dtype, device=real.device)
+    generator; under torch.distributed drawn for the global batch, ``shard`` the rank's rows),
+    differentiable in the critic's parameters (``create_graph``)."""
+    uniform = lambda n: torch.rand(n, 1, dtype=real.dtype, device=real.device)  # noqa: E731
+    epsilon = draw_for_batch(uniform, real.shape[0], shard)
     mixed = (epsilon * real + (1 - epsilon) * fake.detach()).requires_grad_(True)
     (gradient,) = torch.autograd.grad(_score(critic, mixed).sum(), mixed, create_graph=True)
     return ((gradient.norm(dim=1) - 1) ** 2).mean()
@@ -173,7 +180,10 @@ class Adversarial(Engine):
     betas : Adam's (β₁, β₂) for both optimisers ((0.5, 0.9) as Gulrajani et al.).
     subsample_size : minibatch size B over the data plate (None: every datum each step); the
         program is run on the minibatch's arguments (each argument whose leading dimension is
-        the plate's size is sliced), so it draws B values.
+        the plate's size is sliced), so it draws B values. Under ``torchrun`` each of the P
+        processes takes B / P of every global batch (B, or N without minibatches, divisible by
+        P) and the gradients are averaged: the single process's run at the same global batch
+        and seed (:mod:`ppgen.inference._distributed`; ``diagnostics["processes"]`` = P).
     copy_modules : train copies of the torch modules among the arguments and of ``critic``
         (the originals stay untouched); the trained ones are in ``Result.diagnostics["modules"]``.
     seed, progress : seed (torch's generator, restored afterwards) and progress bar.
@@ -315,6 +325,7 @@ class Adversarial(Engine):
                 "subsample_plate": layout.plate,
                 "modules": Info(modules),
                 "training_seconds": training_seconds,
+                "processes": 1 if trainer.sharded is None else trainer.sharded.world.size,  # data-parallel ranks (torch.distributed)
             },
             seconds=time.perf_counter() - start,
         )
@@ -346,6 +357,9 @@ class _Trainer:
         self.critic = critic
         self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=engine.critic_learning_rate, betas=engine.betas)
         self.batch = layout.size if engine.subsample_size is None else min(engine.subsample_size, layout.size)
+        # under torch.distributed: each rank its rows of every global batch, gradients averaged
+        ranks = world()
+        self.sharded = None if ranks is None else ShardedBatch(ranks, layout.plate, self.batch, "Adversarial")
         self.order = {"permutation": torch.randperm(layout.size), "position": 0}
         self.generator_losses: list[float] = []
         self.parameters: Optional[dict[int, torch.Tensor]] = None
@@ -356,7 +370,11 @@ class _Trainer:
     # ---- minibatches ---------------------------------------------------------------------------
     def _next_index(self) -> Optional[torch.Tensor]:
         """The next minibatch's data indices (without replacement within an epoch), or None for
-        full batches."""
+        full batches; under torch.distributed the rank's part of them."""
+        index = self._next_global_index()
+        return index if self.sharded is None else self.sharded.rows(index)
+
+    def _next_global_index(self) -> Optional[torch.Tensor]:
         if self.batch == self.layout.size:
             return None
         if self.order["position"] + self.batch > self.layout.size:
@@ -380,7 +398,8 @@ class _Trainer:
             values = self.interpreter.run(self.model, args, kwargs)
         else:
             drawn = _DrawObserved(self.names)
-            with drawn:
+            # (entered first, the global-batch noise sees the observed sites _DrawObserved frees)
+            with self.sharded.noise if self.sharded is not None else nullcontext(), drawn:
                 self.model(*args, **kwargs)
             values = drawn.values
         fake = self.layout.features(values)
@@ -399,10 +418,13 @@ class _Trainer:
         with touched, torch.no_grad():
             self._draw(self._next_index())
         self.order["position"] = 0
-        self._use_interpreter_if_it_draws_the_same()
+        if self.sharded is None:  # (the interpreter draws for the rank's rows only)
+            self._use_interpreter_if_it_draws_the_same()
         self.parameters = touched.tensors
         if not self.parameters:
             raise ValueError("Adversarial: the program created no param site to learn")
+        if self.sharded is not None:
+            self.sharded.world.broadcast([*self.parameters.values(), *self.critic.parameters()])
         self.generator_optimizer = torch.optim.Adam(list(self.parameters.values()), lr=self.engine.learning_rate, betas=self.engine.betas)
 
     def _use_interpreter_if_it_draws_the_same(self) -> None:
@@ -426,9 +448,11 @@ class _Trainer:
             fake = self._draw(index)
         real = self.data if index is None else self.data[index]
         self.critic_optimizer.zero_grad()
-        loss = critic_loss(self.engine.loss, self.critic, real, fake, self.engine.penalty)
+        loss = critic_loss(self.engine.loss, self.critic, real, fake, self.engine.penalty, self.sharded and self.sharded.shard)
         loss.backward()
         value = loss.item()
+        if self.sharded is not None:
+            value = self.sharded.average(value, self.critic.parameters())
         self._check_finite(value, "critic loss", self.critic.parameters())
         self.critic_optimizer.step()
         return value
@@ -441,6 +465,8 @@ class _Trainer:
         loss = generator_loss(self.engine.loss, _score(self.critic, fake))
         loss.backward()
         value = loss.item()
+        if self.sharded is not None:
+            value = self.sharded.average(value, self.parameters.values())
         self._check_finite(value, "generator loss", self.parameters.values())
         self.generator_optimizer.step()
         return value
@@ -466,7 +492,7 @@ class _Trainer:
         section = checkpoint.section("adversarial", self._capture, self._restore) if checkpoint is not None else None
         try:
             return iterate(
-                self.step, None, num_steps=self.engine.num_steps, tol=0.0, progress=self.engine.progress,
+                self.step, None, num_steps=self.engine.num_steps, tol=0.0, progress=self.engine.progress and is_writer(),
                 name=self.engine.name, objective="critic_loss", warn=False, checkpoint=section,
             )
         except EngineFailure as failure:

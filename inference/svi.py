@@ -382,10 +382,12 @@ class SVI(Engine):
             program = poutine.block(program, hide_types=["param"])
         loss = ChainELBO(chain, self.weighting, self.num_particles, self.step_sampling, self.num_step_groups) if chain is not None else self._loss(structure, enumerated, amortized=_gaussian_amortized(guide))
         optimizer = optimizer_factory(self.optimizer, self.learning_rate, self.clip_norm)
-        if chain is not None and minibatch["world"] is not None:
-            # its per-datum time steps are drawn inside the loss, out of GlobalBatchNoise's reach
-            raise ValueError("SVI: a noising chain's ELBO (diffusion) is not trained data-parallel yet; run it in one process")
+        if chain is not None and minibatch["world"] is not None and self.step_sampling == "importance":
+            # p_t would follow each rank's own terms: the ranks would draw different steps
+            raise ValueError("SVI: step_sampling='importance' is not trained data-parallel; use step_sampling='uniform' under torch.distributed")
         step_args, plate, factor = self._minibatches(structure, args, kwargs, minibatch)
+        if chain is not None and minibatch.get("noise") is not None:
+            loss.noise = minibatch["noise"]  # the data's steps t and x_t noise drawn for the global batch
         shards = minibatch["world"]
         if plate is None:
             steps = GradientSteps(program, guide, loss, optimizer)
