@@ -88,6 +88,22 @@ def growth_chain(sizes: torch.Tensor, drift: torch.Tensor, predictor: torch.nn.M
                 sample("sizes", dist.Normal(mean, betas[0].sqrt()).to_event(1), obs=sizes)
 
 
+def declared_growth_chain(sizes: torch.Tensor, drift: torch.Tensor, predictor: torch.nn.Module, length: int = 5):
+    """:func:`growth_chain` declared by its step (``ppgen.chain``): svi's chain ELBO runs the step
+    once per gradient step with every plant at its own step k."""
+    betas = noise_schedule(length)
+    bars = torch.cumprod(1 - betas, 0)
+    ppgen.module("predictor", predictor)
+
+    def step(h: torch.Tensor, k: torch.Tensor):
+        beta, bar = betas[k - 1][..., None], bars[k - 1][..., None]
+        mean = (h - beta / (1 - bar).sqrt() * predictor(h, k)) / (1 - beta).sqrt() + 0.1 * drift[:, None]
+        return dist.Normal(mean, beta.sqrt()).to_event(1)
+
+    with plate("plants", sizes.shape[0]):
+        ppgen.chain("sizes", length, dist.Normal(torch.zeros(3, dtype=sizes.dtype), 1.0).to_event(1), step, obs=sizes)
+
+
 def _plants(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     drift = rng.uniform(-1.0, 1.0, size=n)
@@ -172,6 +188,13 @@ def fit(case: str) -> ppgen.Result:
         return ppgen.learn(
             growth_chain, sizes, drift, predictor=StepPredictor(3, 5).double(), engine="svi", guide=forward_process(5),
             subsample_size=8, num_steps=7, learning_rate=0.02, num_elbo_evaluations=2, seed=3,
+        )
+    if case == "diffusion_declared_minibatch":
+        torch.manual_seed(19)
+        sizes, drift = _plants(24, 20)
+        return ppgen.learn(
+            declared_growth_chain, sizes, drift, predictor=StepPredictor(3, 5).double(), engine="svi", guide=forward_process(5),
+            subsample_size=8, num_steps=7, learning_rate=0.02, num_elbo_evaluations=2, seed=4,
         )
     if case == "diffusion_full_batch_simple":
         torch.manual_seed(14)

@@ -19,7 +19,7 @@ from ._distributed_programs import fit, saved
 CASES = (
     "adversarial_non_saturating", "adversarial_wgan_gp_implicit", "adversarial_wgan_gp", "adversarial_minimax_nested_plates",
     "adversarial_correlated_noise", "adversarial_rank_seeded_networks",
-    "diffusion_minibatch", "diffusion_full_batch_simple",
+    "diffusion_minibatch", "diffusion_declared_minibatch", "diffusion_full_batch_simple",
 )
 UNAVERAGED = "adversarial_wgan_gp+unaveraged"
 REFUSED = "diffusion_importance"
