@@ -430,7 +430,7 @@ class _Trainer:
 
     def _critic_step(self) -> float:
         index = self._next_index()
-        with torch.no_grad(), pyro.validation_enabled(False):
+        with torch.no_grad():
             fake = self._draw(index)
         real = self.data if index is None else self.data[index]
         self.critic_optimizer.zero_grad()
@@ -441,9 +441,7 @@ class _Trainer:
         return value
 
     def _generator_step(self) -> float:
-        index = self._next_index()
-        with pyro.validation_enabled(False):
-            fake = self._draw(index)
+        fake = self._draw(self._next_index())
         self.generator_optimizer.zero_grad()
         # the critic's weights are held fixed: backward passes through the critic to the draws
         # without computing the critic's own gradients, which the next critic step would discard
@@ -484,10 +482,13 @@ class _Trainer:
     def train(self, checkpoint: Optional[Checkpoint]) -> Any:
         section = checkpoint.section("adversarial", self._capture, self._restore) if checkpoint is not None else None
         try:
-            return iterate(
-                self.step, None, num_steps=self.engine.num_steps, tol=0.0, progress=self.engine.progress,
-                name=self.engine.name, objective="critic_loss", warn=False, checkpoint=section,
-            )
+            # Pyro's validation checked the program on the first draw (``_set_up_generator``); the
+            # same program runs at every step, so the loop draws without it
+            with pyro.validation_enabled(False):
+                return iterate(
+                    self.step, None, num_steps=self.engine.num_steps, tol=0.0, progress=self.engine.progress,
+                    name=self.engine.name, objective="critic_loss", warn=False, checkpoint=section,
+                )
         except EngineFailure as failure:
             failure.partial.state = param_values(pyro.get_param_store())
             raise
