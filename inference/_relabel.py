@@ -130,6 +130,8 @@ def _features(samples: dict[str, np.ndarray], group: ComponentGroup) -> np.ndarr
         if name not in samples:
             continue
         value = np.asarray(samples[name], dtype=float)
+        if any(value.ndim <= axis + 1 or value.shape[axis + 1] != group.size for axis in axes):
+            return None  # draws not shaped as the structure says: leave the labels alone
         if len(axes) == 1:
             feature = np.moveaxis(value, axes[0] + 1, 1)
         elif len(axes) == 2:
