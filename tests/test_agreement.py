@@ -328,9 +328,9 @@ def _beacon_runs(rng, num=2000, pings=40):
 
 def test_a_run_that_differs_only_in_a_discrete_marginal_disagrees():
     """Same continuous draws; one engine's marginals move five confident pings to another
-    source (a difference of 1 against a tolerance of 4 MCSE of the reference's frequencies,
-    ≈ 0.0014 for a category drawn every time in 2000 draws, ≈ 0.04 for the 70/30 pings), the
-    other holds the exact marginals the reference's draws were made from."""
+    source (a difference of 1 against a tolerance of c = 5.0 MCSE of the reference's frequencies
+    for 120 probabilities, ≈ 0.002 for a category drawn every time in 2000 draws, ≈ 0.05 for
+    the 70/30 pings), the other holds the exact marginals the reference's draws were made from."""
     rng = np.random.default_rng(21)
     structure = inspect(beacon_mixture, np.zeros(40))
     probs, levels, mcmc = _beacon_runs(rng)
@@ -367,7 +367,8 @@ def test_discrete_marginals_are_compared_after_label_alignment():
 
 def test_marginal_frequencies_of_independent_draws_agree_and_a_small_shift_does_not():
     """Two independent sets of 2000 draws of the same marginals agree (each of 120
-    probabilities within 4 combined MCSE); moving 0.1 of mass on one ping is flagged."""
+    probabilities within c = 5.0 combined MCSE, the family-wise level of one quantity at 4);
+    moving 0.1 of mass on one ping is flagged (tolerance 5.0 × 0.0102 ≈ 0.05)."""
     rng = np.random.default_rng(23)
     probs, levels, mcmc = _beacon_runs(rng)
     again = Result("importance", samples={"source": np.stack([rng.choice(3, size=2000, p=row) for row in probs], axis=1)}, diagnostics={"ess": 2000.0})
