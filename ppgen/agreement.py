@@ -491,7 +491,9 @@ def verdicts(
     -> log p(x | θ) at the run's point estimates, where it could be computed) judges two point
     fits by :func:`compare_fits` instead of coordinate by coordinate. Otherwise the finite
     discrete latents' marginals are compared too (:func:`compare_marginals`): a run agrees
-    when its continuous summaries and its assignments both do."""
+    when its continuous summaries and its assignments both do (for a program with ``param``
+    sites, only the marginals of engines in ``learners``: the others condition on the
+    program's initial values)."""
     log_likelihoods = dict(log_likelihoods or {})
     discrete = discrete_latents(structure)
     below_truth = _below_truth(results, names, log_likelihoods)
@@ -519,9 +521,12 @@ def verdicts(
                 # two point fits: their marginals follow from the parameters the likelihood judged
                 out[engine] = compare_fits(log_likelihoods[engine], log_likelihoods[reference], count, reference)
             else:
+                # marginals given parameters the engine did not learn (the program's initial
+                # values) answer another question than the reference's: not compared
+                given = bool(structure.params) and learners is not None and engine not in learners
                 out[engine] = _with_marginals(
                     compare(result, judged[reference], names, reference),
-                    compare_marginals(result, judged[reference], discrete, reference),
+                    compare_marginals(result, judged[reference], {} if given else discrete, reference),
                 )
     return out, aligned
 

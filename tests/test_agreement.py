@@ -378,3 +378,21 @@ def test_marginal_frequencies_of_independent_draws_agree_and_a_small_shift_does_
     exact = Result("enumerate", marginals={"source": shifted}, log_evidence=Estimate(-1.0, 0.0, "exact"))
     verdict = compare_marginals(exact, mcmc, {"source": 3})
     assert verdict.status == "disagrees" and "source[35]" in verdict.detail
+
+
+def test_marginals_given_parameters_an_engine_did_not_learn_are_not_compared():
+    """On a program with learned weights and centres, an exact engine that does not learn
+    reports p(g | y) at the program's initial values: another question than the learner's."""
+    structure = inspect(clustered_sites, np.zeros((50, 2)))
+    rng = np.random.default_rng(24)
+    share, centres = np.array([0.2, 0.5, 0.3]), np.array([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
+    fitted = np.eye(3)[rng.integers(0, 3, 50)]
+    em = Result("em", params={"share": share, "centres": centres}, marginals={"g": fitted}, converged=True)
+    at_start = Result("enumerate", params={"share": np.ones(3) / 3, "centres": np.arange(6.0).reshape(3, 2)},
+                      marginals={"g": np.roll(fitted, 1, axis=1)}, log_evidence=Estimate(-1.0, 0.0, "exact"))
+    learner = Result("svi", params={"share": share, "centres": centres}, marginals={"g": np.roll(fitted, 1, axis=1)})
+    results = {"em": em, "enumerate": at_start, "svi": learner}
+    found, _ = verdicts(results, {"em"}, structure, ["share", "centres"], learners={"em", "svi"})
+    assert found["em"].status == "reference"
+    assert found["enumerate"].status == "not compared"
+    assert found["svi"].status == "disagrees" and "g[" in found["svi"].detail
