@@ -17,7 +17,8 @@ The pieces, in the order a run uses them:
 4. :func:`run_chains` advances all chains together (vectorised) in compiled chunks of
    iterations through :func:`ppgen.driver.iterate` (progress bar, Ctrl-C keeps the draws).
 5. :func:`assemble_result`: constrained draws, draws of the enumerated discrete latents
-   (``infer_discrete``), pointwise log-likelihoods, R-hat / ESS / divergences (ArviZ).
+   (``infer_discrete``), pointwise log-likelihoods, exchangeable mixture components put in
+   one labelling (:mod:`ppgen.inference._relabel`), R-hat / ESS / divergences (ArviZ).
 """
 
 from __future__ import annotations
@@ -980,6 +981,28 @@ def chain_diagnostics(samples: dict[str, np.ndarray], num_chains: int) -> dict[s
     }
 
 
+def relabelled_diagnostics(
+    structure: ModelStructure, samples: dict[str, np.ndarray], num_chains: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The draws with exchangeable mixture components put in one labelling
+    (:func:`ppgen.inference._relabel.relabel_components`: chains in different labellings
+    otherwise give R-hat ~ 1e15), and :func:`chain_diagnostics` of the relabelled draws.
+    Where components were found, ``diagnostics["relabelling"]`` says so: the groups, the
+    number of draws permuted and ``max_r_hat_before`` (R-hat of the draws as sampled)."""
+    from ppgen.inference._relabel import relabel_components
+
+    relabelled, records = relabel_components(structure, samples, num_chains)
+    diagnostics: dict[str, Any] = chain_diagnostics(relabelled, num_chains)
+    if records:
+        before = chain_diagnostics(samples, num_chains) if any(r["draws_relabelled"] for r in records) else diagnostics
+        diagnostics["relabelling"] = {
+            "method": "Hungarian alignment of each draw's components to the mean labelling (pivotal reordering)",
+            "groups": records,
+            "max_r_hat_before": max_over(before["r_hat"]),
+        }
+    return relabelled, diagnostics
+
+
 def observed_values(structure: ModelStructure, bound: BoundProgram) -> dict[str, np.ndarray]:
     """Each observed site's data, as NumPy."""
     out = {}
@@ -1070,7 +1093,7 @@ def assemble_result(
     samples = {name: samples[name] for name in order}
     observed_names = list(structure.observed)
     log_likelihood = pointwise_log_likelihood(sampler, samples, bound.data, observed_names)
-    diagnostics: dict[str, Any] = chain_diagnostics(samples, run.num_chains)
+    samples, diagnostics = relabelled_diagnostics(structure, samples, run.num_chains)
     diverging = sample_stats.get("diverging")
     diagnostics["divergences"] = int(np.sum(diverging)) if diverging is not None else 0
     diagnostics["max_r_hat"] = max_over(diagnostics["r_hat"])

@@ -92,7 +92,7 @@ def run_hamiltonian(engine: Any, structure: ModelStructure, model: Callable, arg
     log_likelihood = {name: np.concatenate([c["@log_likelihood"][name] for c in per_chain]) for name in observed}
     order = [n for n in structure.sites if n in samples]
     samples = {name: samples[name] for name in order}
-    diagnostics: dict[str, Any] = _mcmc.chain_diagnostics(samples, engine.num_chains)
+    samples, diagnostics = _mcmc.relabelled_diagnostics(structure, samples, engine.num_chains)
     stats = {"diverging": np.concatenate(diverging)}
     diagnostics.update(
         divergences=int(stats["diverging"].sum()),

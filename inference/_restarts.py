@@ -63,22 +63,20 @@ def check_restart_options(owner: str, num_restarts: Any, init: Any, allowed: tup
         raise ValueError(f"{owner}: init must be one of {allowed}{extra}, got {init!r}")
 
 
-def resolve_restarts(num_restarts: Restarts, categorical: bool) -> tuple[int, bool]:
-    """(number of starts, stop once two agree): ``"auto"`` gives :data:`NUM_RESTARTS_AUTO`
-    starts that stop at agreement when the program has a categorical latent, one otherwise; an
-    integer runs exactly that many."""
+def resolve_restarts(num_restarts: Restarts, categorical: bool, maximum: int = NUM_RESTARTS_AUTO) -> tuple[int, bool]:
+    """(number of starts, stop once they agree): ``"auto"`` gives ``maximum`` starts that stop
+    at agreement (:meth:`StartRecord.agree`) when the program has a categorical latent, one
+    otherwise; an integer runs exactly that many."""
     if num_restarts == "auto":
-        return (NUM_RESTARTS_AUTO, True) if categorical else (1, False)
+        return (maximum, True) if categorical else (1, False)
     return int(num_restarts), False
 
 
 def start_kinds(first: str, count: int, derived: str = "auto") -> list[str]:
     """The kind of each start: ``first`` (the asked ``init``), then the structure's own starts
-    (``derived``) for half of the remaining ones and random ones after them, so that a
-    structure whose derived start is poor still meets different starts."""
-    rest = count - 1
-    informed = (rest + 1) // 2
-    return [first] + [derived] * informed + ["random"] * (rest - informed)
+    (``derived``) and random ones in turn, so that a structure whose derived start is poor
+    meets a different start early (half of the remaining starts derived, rounded up)."""
+    return [first] + [derived if index % 2 == 0 else "random" for index in range(count - 1)]
 
 
 @dataclass
@@ -96,8 +94,14 @@ class StartRecord:
         if self.best is None or bound > self.bounds[self.best_index]:
             self.best, self.best_index = run, len(self.bounds) - 1
 
-    def agree(self, tolerance: float) -> bool:
-        """Two starts reached the best bound, within ``tolerance`` (absolute)."""
+    def agree(self, tolerance: float, min_starts: int = 2) -> bool:
+        """At least ``min_starts`` starts ran and two of them reached the best bound, within
+        ``tolerance`` (absolute). Two starts that agree can share a local optimum whose basin
+        is large; requiring more starts (of both kinds, :func:`start_kinds`) before believing
+        the agreement makes missing a better optimum whose basin holds a fraction q of the
+        starts at most (1 − q)^min_starts likely."""
+        if len(self.bounds) < min_starts:
+            return False
         best = self.bounds[self.best_index]
         return sum(1 for b in self.bounds if best - b <= tolerance) >= 2
 
@@ -180,9 +184,10 @@ def random_labels(num_elements: int, k: int, rng: np.random.Generator) -> np.nda
     return labels
 
 
-def kmeans_plus_plus(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Labels of the nearest of ``k`` centres seeded by k-means++ (Arthur & Vassilvitskii 2007)
-    on ``rows`` of shape (n, d)."""
+def kmeans_plus_plus_centres(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` centres (k, d) chosen among ``rows`` (n, d) by k-means++ seeding (Arthur &
+    Vassilvitskii 2007): each next centre is a row drawn with probability ∝ its squared
+    distance to the nearest centre so far, so the centres spread over the data."""
     n = rows.shape[0]
     centres = [rows[rng.integers(n)]]
     nearest = ((rows - centres[0]) ** 2).sum(-1)
@@ -191,8 +196,47 @@ def kmeans_plus_plus(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.n
         choice = rng.choice(n, p=nearest / total) if total > 0 else rng.integers(n)
         centres.append(rows[choice])
         nearest = np.minimum(nearest, ((rows - centres[-1]) ** 2).sum(-1))
-    distances = ((rows[:, None, :] - np.stack(centres)[None]) ** 2).sum(-1)
-    return distances.argmin(-1)
+    return np.stack(centres)
+
+
+def _nearest(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return ((rows[:, None, :] - centres[None]) ** 2).sum(-1).argmin(-1)
+
+
+def kmeans_plus_plus(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Labels of the nearest of ``k`` centres seeded by k-means++ on ``rows`` of shape (n, d)."""
+    return _nearest(rows, kmeans_plus_plus_centres(rows, k, rng))
+
+
+def _lloyd(rows: np.ndarray, centres: np.ndarray, max_iterations: int) -> tuple[np.ndarray, float]:
+    """Lloyd's iterations from ``centres``: (labels, within-cluster sum of squares)."""
+    centres = np.array(centres, dtype=np.float64)
+    labels = _nearest(rows, centres)
+    for _ in range(max_iterations):
+        for j in range(centres.shape[0]):
+            members = rows[labels == j]
+            if len(members):  # an emptied component keeps its centre
+                centres[j] = members.mean(0)
+        new = _nearest(rows, centres)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels, float(((rows - centres[labels]) ** 2).sum())
+
+
+def kmeans(rows: np.ndarray, k: int, rng: np.random.Generator, num_seedings: int = 10, max_iterations: int = 100) -> np.ndarray:
+    """Labels of k-means on ``rows`` (n, d): Lloyd's iterations (assign every row to its
+    nearest centre, move each centre to its rows' mean) from ``num_seedings`` k-means++
+    seedings, the partition of least within-cluster sum of squares kept (scikit-learn's
+    ``KMeans(n_init=10)``). A single seeding often puts two centres in one cluster and the
+    mixture's EM then converges to the local optimum that split it."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(rows.shape[0], -1)
+    best, best_inertia = None, math.inf
+    for _ in range(num_seedings):
+        labels, inertia = _lloyd(rows, kmeans_plus_plus_centres(rows, k, rng), max_iterations)
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best
 
 
 def standardised(rows: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ Gulrajani et al. (2017), Improved training of Wasserstein GANs. NeurIPS.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -355,7 +356,9 @@ class _Trainer:
         elif engine.copy_modules:
             critic = copy_modules(critic, {})
         self.critic = critic
-        self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=engine.critic_learning_rate, betas=engine.betas)
+        # Adam's multi-tensor implementation: the same update element by element as the default
+        # one-tensor-at-a-time loop (which torch picks on the CPU), in a few fused calls
+        self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=engine.critic_learning_rate, betas=engine.betas, foreach=True)
         self.batch = layout.size if engine.subsample_size is None else min(engine.subsample_size, layout.size)
         # under torch.distributed: each rank its rows of every global batch, gradients averaged
         ranks = world()
@@ -425,7 +428,12 @@ class _Trainer:
             raise ValueError("Adversarial: the program created no param site to learn")
         if self.sharded is not None:
             self.sharded.world.broadcast([*self.parameters.values(), *self.critic.parameters()])
-        self.generator_optimizer = torch.optim.Adam(list(self.parameters.values()), lr=self.engine.learning_rate, betas=self.engine.betas)
+        self.generator_optimizer = torch.optim.Adam(
+            list(self.parameters.values()), lr=self.engine.learning_rate, betas=self.engine.betas, foreach=True
+        )
+        # the critic's trained weights (not a tensor it shares with the program), frozen in generator steps
+        shared = {id(tensor) for tensor in self.parameters.values()}
+        self.critic_weights = [p for p in self.critic.parameters() if p.requires_grad and id(p) not in shared]
 
     def _use_interpreter_if_it_draws_the_same(self) -> None:
         """Draw through :class:`DrawInterpreter` (no Pyro messages per site) from now on if,
@@ -444,42 +452,55 @@ class _Trainer:
 
     def _critic_step(self) -> float:
         index = self._next_index()
-        with torch.no_grad(), pyro.validation_enabled(False):
+        with torch.no_grad():
             fake = self._draw(index)
         real = self.data if index is None else self.data[index]
         self.critic_optimizer.zero_grad()
         loss = critic_loss(self.engine.loss, self.critic, real, fake, self.engine.penalty, self.sharded and self.sharded.shard)
         loss.backward()
-        value = loss.item()
-        if self.sharded is not None:
-            value = self.sharded.average(value, self.critic.parameters())
-        self._check_finite(value, "critic loss", self.critic.parameters())
+        value = self._closed_value(loss, "critic loss", list(self.critic.parameters()))
         self.critic_optimizer.step()
         return value
 
     def _generator_step(self) -> float:
-        index = self._next_index()
-        with pyro.validation_enabled(False):
-            fake = self._draw(index)
+        fake = self._draw(self._next_index())
         self.generator_optimizer.zero_grad()
-        loss = generator_loss(self.engine.loss, _score(self.critic, fake))
-        loss.backward()
-        value = loss.item()
-        if self.sharded is not None:
-            value = self.sharded.average(value, self.parameters.values())
-        self._check_finite(value, "generator loss", self.parameters.values())
+        # the critic's weights are held fixed: backward passes through the critic to the draws
+        # without computing the critic's own gradients, which the next critic step would discard
+        frozen = self.critic_weights
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        try:
+            loss = generator_loss(self.engine.loss, _score(self.critic, fake))
+            loss.backward()
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+        value = self._closed_value(loss, "generator loss", list(self.parameters.values()))
         self.generator_optimizer.step()
         return value
 
+    def _closed_value(self, loss: torch.Tensor, what: str, tensors: list[torch.Tensor]) -> float:
+        """The step's loss value once its gradients are final: under torch.distributed the mean
+        over the ranks, with the gradients of ``tensors`` averaged first; then checked finite
+        (:meth:`_finite_value`)."""
+        if self.sharded is not None:
+            loss = loss.new_tensor(self.sharded.average(loss.item(), tensors))
+        return self._finite_value(loss, what, tensors)
+
     @staticmethod
-    def _check_finite(value: float, what: str, tensors: Any) -> None:
-        if not np.isfinite(value):
-            raise NonFiniteStep(f"the {what} became {value}", "lower the learning rates or rescale the data")
+    def _finite_value(loss: torch.Tensor, what: str, tensors: Any) -> float:
+        """The loss's value, after checking that it and every gradient of ``tensors`` are finite
+        (else :class:`NonFiniteStep`: the update is not applied). One synchronisation reads
+        both: the loss and the gradients' norms (one fused ``torch._foreach_norm``; a NaN or
+        ±∞ element makes its tensor's norm non-finite) stacked and copied out together."""
         gradients = [tensor.grad for tensor in tensors if tensor.grad is not None]
-        # one norm per tensor (a NaN or ±inf element makes its norm non-finite): a fused kernel,
-        # a quarter of the time of concatenating every gradient and testing each element
-        if gradients and not torch.isfinite(torch.stack(torch._foreach_norm(gradients))).all():
+        value, *norms = torch.stack([loss.detach(), *torch._foreach_norm(gradients)]).tolist()
+        if not math.isfinite(value):
+            raise NonFiniteStep(f"the {what} became {value}", "lower the learning rates or rescale the data")
+        if not all(map(math.isfinite, norms)):
             raise NonFiniteStep(f"a gradient of the {what} is not finite", "lower the learning rates or rescale the data")
+        return value
 
     def step(self, state: None) -> tuple[None, float]:
         for _ in range(self.engine.num_critic_steps):
@@ -491,10 +512,13 @@ class _Trainer:
     def train(self, checkpoint: Optional[Checkpoint]) -> Any:
         section = checkpoint.section("adversarial", self._capture, self._restore) if checkpoint is not None else None
         try:
-            return iterate(
-                self.step, None, num_steps=self.engine.num_steps, tol=0.0, progress=self.engine.progress and is_writer(),
-                name=self.engine.name, objective="critic_loss", warn=False, checkpoint=section,
-            )
+            # Pyro's validation checked the program on the first draw (``_set_up_generator``); the
+            # same program runs at every step, so the loop draws without it
+            with pyro.validation_enabled(False):
+                return iterate(
+                    self.step, None, num_steps=self.engine.num_steps, tol=0.0, progress=self.engine.progress and is_writer(),
+                    name=self.engine.name, objective="critic_loss", warn=False, checkpoint=section,
+                )
         except EngineFailure as failure:
             failure.partial.state = param_values(pyro.get_param_store())
             raise

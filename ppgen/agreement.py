@@ -33,6 +33,11 @@ parameters' means (``scipy.optimize.linear_sum_assignment``). Which sites carry 
 labels is read from the structure: for a finite discrete latent z of cardinality K, the
 global sites with a plate of size K, and z's parents with a last event dimension of size K
 (the mixture weights); z's own draws and marginals are relabelled too.
+
+The finite discrete latents are compared through their marginals p(z_n = k | x) after the
+alignment (:func:`compare_marginals`): the engine's exact marginals (enumeration, EM, CAVI)
+or the frequencies of its draws (MCMC, importance sampling), with the same 4-MCSE tolerance
+and allowances, the indicator's sd √(p(1 − p)) standing for the posterior sd.
 """
 
 from __future__ import annotations
@@ -277,6 +282,116 @@ def compare(run: Result, reference: Result, names: list[str], reference_name: st
     return Verdict("disagrees", reference_name, worst, f"disagrees with {reference_name} ({kind}): worst {where}")
 
 
+def _marginal_summary(result: Result, name: str, size: int) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per (element, category) of the discrete latent ``name`` with ``size`` categories:
+    probability p, indicator sd √(p(1 − p)), Monte Carlo standard error (flat arrays). From
+    ``result.marginals`` (exact given the run's parameters: no Monte Carlo error) or from the
+    frequencies of the draws, with sd √(p̃(1 − p̃)) and mcse sd / √ESS, p̃ = (ESS·p + ½) / (ESS + 1)
+    so that a category drawn always or never still has an error of order 1/ESS (ESS: the site's
+    bulk ESS for MCMC, the importance ESS, else the number of draws)."""
+    if name in result.marginals:
+        probs = np.asarray(result.marginals[name], dtype=float)
+        if probs.ndim == 0 or probs.shape[-1] != size:
+            return None
+        flat = probs.reshape(-1)
+        return flat, np.sqrt(np.clip(flat * (1 - flat), 0.0, None)), np.zeros_like(flat)
+    if name not in result.samples or np.asarray(result.samples[name]).shape[0] < 2:
+        return None
+    draws = np.asarray(result.samples[name])
+    labels = np.rint(draws.reshape(draws.shape[0], -1)).astype(int)
+    if labels.min() < 0 or labels.max() >= size:
+        return None
+    probs = np.stack([(labels == k).mean(0) for k in range(size)], axis=-1)  # (elements, K)
+    ess = np.full(labels.shape[1], float(labels.shape[0]))
+    if is_mcmc(result) and name in result.diagnostics.get("ess_bulk", {}):
+        ess = np.broadcast_to(np.asarray(result.diagnostics["ess_bulk"][name], dtype=float).reshape(-1), ess.shape)
+    elif "ess" in result.diagnostics:
+        ess = np.full(ess.shape, float(result.diagnostics["ess"]))
+    ess = np.where(np.isfinite(ess) & (ess > 1.0), ess, 1.0)[:, None]
+    smoothed = (ess * probs + 0.5) / (ess + 1.0)
+    spread = np.sqrt(smoothed * (1 - smoothed))
+    return probs.reshape(-1), spread.reshape(-1), (spread / np.sqrt(ess)).reshape(-1)
+
+
+def _family_multiple(count: int) -> float:
+    """The MCSE multiple that keeps the chance of a false alarm over ``count`` probabilities at
+    that of one quantity at :data:`MCSE_MULTIPLE` (Bonferroni): a site of N data × K categories
+    is one verdict, not N·K chances to flag a correct run."""
+    from scipy.stats import norm
+
+    level = 2 * norm.sf(MCSE_MULTIPLE)
+    return float(max(MCSE_MULTIPLE, norm.isf(level / (2 * max(count, 1)))))
+
+
+def _is_fit(result: Result) -> bool:
+    """A point fit: its discrete marginals are conditional on point estimates of the globals."""
+    return not result.samples and bool(result.params)
+
+
+def compare_marginals(run: Result, reference: Result, discrete: dict[str, int], reference_name: str = "") -> Verdict:
+    """:class:`Verdict` of ``run``'s discrete latent marginals p(z_n = k | x) against the
+    ``reference``'s (both aligned), for the sites ``discrete`` (site -> number of categories):
+
+        |p_run − p_ref| ≤ c √(mcse_run² + mcse_ref²) + a √(p_ref (1 − p_ref)),
+
+    element by element, with the allowance a of :func:`compare` (0 between engines exact up to
+    Monte Carlo error, ½ for a variational run, 1 for marginals given a point fit) and c = 4
+    raised for the number m of probabilities compared so that the chance of a false alarm over
+    all of them is that of one quantity at 4 (c = Φ⁻¹(1 − 6.3·10⁻⁵ / 2m), 5.4 for m = 900). Confident
+    assignments (p_ref near 0 or 1) are held tightly; an engine that put a datum in another
+    component disagrees even where its continuous summaries agree."""
+    reference_name = reference_name or reference.engine
+    if is_exact_up_to_monte_carlo(run) and is_exact_up_to_monte_carlo(reference):
+        allowance = 0.0
+    elif _is_fit(run) or _is_fit(reference):
+        allowance = POINT_SD
+    else:
+        allowance = APPROXIMATION_SD
+    summaries = {name: (_marginal_summary(run, name, size), _marginal_summary(reference, name, size)) for name, size in discrete.items()}
+    summaries = {n: pair for n, pair in summaries.items() if None not in pair and pair[0][0].shape == pair[1][0].shape}
+    multiple = _family_multiple(sum(pair[0][0].size for pair in summaries.values()))
+    worst, where, compared = -math.inf, "", 0
+    for name, (ours, theirs) in summaries.items():
+        size = discrete[name]
+        tolerance = multiple * np.sqrt(ours[2] ** 2 + theirs[2] ** 2) + allowance * theirs[1]
+        tolerance = np.maximum(tolerance, 1e-6)
+        ratio = np.abs(ours[0] - theirs[0]) / tolerance
+        compared += ratio.size
+        index = int(np.argmax(ratio))
+        if ratio[index] > worst:
+            worst = float(ratio[index])
+            element, category = divmod(index, size)
+            where = (
+                f"p({name}[{element}] = {category}): {ours[0][index]:.3g} vs {theirs[0][index]:.3g} "
+                f"(tolerance {tolerance[index]:.2g})"
+            )
+    if not compared:
+        return Verdict("not compared", reference_name, None, f"no discrete marginal shared with {reference_name}")
+    if worst <= 1.0:
+        return Verdict("agrees", reference_name, worst, f"discrete marginals agree with {reference_name} on {compared} probabilities")
+    return Verdict("disagrees", reference_name, worst, f"discrete marginals disagree with {reference_name}: worst {where}")
+
+
+def _with_marginals(verdict: Verdict, marginals: Verdict) -> Verdict:
+    """The continuous verdict joined with the discrete marginals' one: a run agrees only when
+    both do; a run with no continuous quantity in common is judged by its marginals."""
+    if marginals.status == "not compared" or verdict.status == "disagrees":
+        return verdict
+    if marginals.status == "disagrees" or verdict.status == "not compared":
+        return marginals
+    worst = max(w for w in (verdict.worst, marginals.worst) if w is not None)
+    return replace(verdict, worst=worst, detail=f"{verdict.detail}; {marginals.detail}")
+
+
+def discrete_latents(structure: ModelStructure) -> dict[str, int]:
+    """Finite discrete latents (site -> number of categories) whose marginals are compared."""
+    return {
+        name: site.support.cardinality
+        for name, site in structure.latent.items()
+        if site.is_enumerable and site.support.cardinality and site.support.cardinality >= 2
+    }
+
+
 def compare_fits(run_log_likelihood: float, reference_log_likelihood: float, num_parameters: int, reference_name: str) -> Verdict:
     """:class:`Verdict` of one point fit against another by the log-likelihood each reaches on
     the training data, the tolerance that suits point estimates (they have no Monte Carlo
@@ -374,8 +489,13 @@ def verdicts(
     reference). ``param`` values count only for engines in ``learners`` (default all): an
     engine that does not learn reports the values it was given. ``log_likelihoods`` (engine
     -> log p(x | θ) at the run's point estimates, where it could be computed) judges two point
-    fits by :func:`compare_fits` instead of coordinate by coordinate."""
+    fits by :func:`compare_fits` instead of coordinate by coordinate. Otherwise the finite
+    discrete latents' marginals are compared too (:func:`compare_marginals`): a run agrees
+    when its continuous summaries and its assignments both do (for a program with ``param``
+    sites, only the marginals of engines in ``learners``: the others condition on the
+    program's initial values)."""
     log_likelihoods = dict(log_likelihoods or {})
+    discrete = discrete_latents(structure)
     below_truth = _below_truth(results, names, log_likelihoods)
     trusted = set(trusted) - set(below_truth)
     reference = choose_reference(_judged(results, structure, learners), trusted, names)
@@ -398,9 +518,16 @@ def verdicts(
         else:
             count = _point_parameter_count(result, judged[reference], names)
             if count is not None and engine in log_likelihoods and reference in log_likelihoods:
+                # two point fits: their marginals follow from the parameters the likelihood judged
                 out[engine] = compare_fits(log_likelihoods[engine], log_likelihoods[reference], count, reference)
             else:
-                out[engine] = compare(result, judged[reference], names, reference)
+                # marginals given parameters the engine did not learn (the program's initial
+                # values) answer another question than the reference's: not compared
+                given = bool(structure.params) and learners is not None and engine not in learners
+                out[engine] = _with_marginals(
+                    compare(result, judged[reference], names, reference),
+                    compare_marginals(result, judged[reference], {} if given else discrete, reference),
+                )
     return out, aligned
 
 

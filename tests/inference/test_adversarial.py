@@ -191,3 +191,44 @@ def test_runs_are_reproducible_and_leave_the_given_modules_untouched():
     assert not np.array_equal(runs[0].params["offset"], np.zeros(3))
     for p, q in zip(before, net.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_generator_step_moves_the_program_through_a_frozen_critic():
+    """With the linear critic D(x) = w·x + b and the WGAN generator loss −E D(x̃), the gradient
+    of the offset is −w whatever the draws, so Adam's first step moves it by lr · sign(w) (the
+    critic step before it moves each weight by ±0.001 only, not its sign). The critic's weights are held
+    fixed during the generator step and trainable again afterwards."""
+    readings = readings_data(32, seed=9)
+    critic = Linear([1.0, 2.0, -1.0])
+    fit = ppgen.learn(shifted_noise, readings, engine="adversarial", loss="wgan-gp", penalty=0.0, critic=critic,
+                      num_steps=1, num_critic_steps=1, learning_rate=0.05, critic_learning_rate=0.001)
+    np.testing.assert_allclose(fit.params["offset"], [0.05, 0.05, -0.05], rtol=1e-6)
+    trained = fit.diagnostics["modules"]["critic"]
+    assert all(p.requires_grad for p in trained.parameters())
+    # the critic's step before: ∂/∂w (E D(x̃) − E D(x)) = E x̃ − E x ≈ (0, 0, 0) − (2, −1, 0.5)
+    np.testing.assert_allclose((trained.weight - critic.weight).detach().numpy(), [0.001, -0.001, 0.001], rtol=1e-6)
+
+
+class RootCritic(torch.nn.Module):
+    """D(x) = Σ √(w (x − x)): finite (0) everywhere, but ∂D/∂w = (x − x) / (2√0) is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.sqrt(self.weight * (x - x.detach())).sum(-1)
+
+
+class NaNCritic(Linear):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+@pytest.mark.parametrize("critic, message", [(RootCritic, "a gradient of the critic loss is not finite"), (NaNCritic, "critic loss became nan")])
+def test_a_non_finite_critic_update_is_refused_with_its_cause(critic, message):
+    from ppgen.errors import EngineFailure
+
+    made = critic() if critic is RootCritic else critic([1.0, 1.0, 1.0])
+    with pytest.raises(EngineFailure, match=message):
+        ppgen.learn(shifted_noise, readings_data(32), engine="adversarial", loss="wgan-gp", penalty=0.0, critic=made, num_steps=3)
