@@ -4,10 +4,6 @@ parameters at the same global batch and seed (:mod:`ppgen.inference._distributed
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +11,16 @@ import pytest
 import torch
 
 from ._data_parallel_programs import fit, saved
+from ._two_ranks import run_two_ranks
 
 CASES = ("svi_amortized", "svi_full_batch_autonormal", "mle_minibatch")
 WORKER = Path(__file__).with_name("_data_parallel_programs.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     """Every case fitted by 2 processes (one launch, the environment torchrun sets)."""
-    out = tmp_path_factory.mktemp("ranks")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), *CASES], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in range(2)
-    ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-    return out
+    return run_two_ranks(WORKER, tmp_path_factory.mktemp("ranks"), *CASES)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -5,16 +5,13 @@ the ranks' gradient average switched off they do not, so the comparison can fail
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ._distributed_programs import fit, saved
+from ._two_ranks import run_two_ranks
 
 CASES = (
     "adversarial_non_saturating", "adversarial_wgan_gp_implicit", "adversarial_wgan_gp", "adversarial_minimax_nested_plates",
@@ -27,28 +24,10 @@ STOCHASTIC = "diffusion_stochastic_layer"
 WORKER = Path(__file__).with_name("_distributed_programs.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     """Every case fitted by 2 processes (one launch, the environment torchrun sets)."""
-    out = tmp_path_factory.mktemp("ranks")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), *CASES, UNAVERAGED, REFUSED, STOCHASTIC], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in range(2)
-    ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-    return out
+    return run_two_ranks(WORKER, tmp_path_factory.mktemp("ranks"), *CASES, UNAVERAGED, REFUSED, STOCHASTIC)
 
 
 @pytest.fixture(scope="module")
