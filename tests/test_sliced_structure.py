@@ -136,7 +136,8 @@ def test_reading_the_structure_selects_a_slice(engine):
     assert reads and all(name == "__getitem__" and rows <= 65 for name, rows in reads), reads
 
 
-def test_reading_the_structure_for_mle_selects_a_slice():
+def test_minibatch_mle_reads_the_data_only_by_rows():
+    """The structure (B and B + 1 rows) and the Adam steps (B rows each): the whole run."""
     def rates(counts, exposure):
         base = param("base", torch.tensor(1.0), constraint=dist.constraints.positive)
         with plate("shops", counts.shape[0]):
@@ -144,7 +145,7 @@ def test_reading_the_structure_for_mle_selects_a_slice():
 
     exposure = RNG.uniform(0.5, 2.0, size=3000)
     counts = _logged(RNG.poisson(3.0 * exposure).astype(float))
-    resolve("mle", rates, (counts, exposure), {"subsample_size": 100}, "learn")
+    ppgen.learn(rates, counts, exposure, engine="mle", subsample_size=100, num_steps=20)
     reads = _reads(RowLog.log)
     assert reads and all(name == "__getitem__" and rows <= 101 for name, rows in reads), reads
 
