@@ -8,7 +8,7 @@ whole quick tour on 2 cores: workers=2 / serial <= 0.65.
     .venv/bin/python benchmarks/bench_tour_workers.py [--workers 2] [--models basics mixtures] [--output DIR]
 
 The workers start the costliest cells first, by the seconds in ``ppgen/tour_costs.py``;
-``--record-costs`` rewrites that file from this run's serial ``timings.json`` (or, given a
+``--record-costs`` updates that file from this run's serial ``timings.json`` (or, given a
 path, from that ``timings.json`` alone, running nothing).
 """
 
@@ -46,17 +46,20 @@ COSTS = Path(__file__).resolve().parents[1] / "ppgen" / "tour_costs.py"
 
 
 def record_costs(timings: Path) -> None:
-    """Write ``ppgen/tour_costs.py`` from a tour's ``timings.json``: each cell's engine
-    seconds (``"  example · engine"``) and each example's section seconds (``"write example"``)."""
+    """Update ``ppgen/tour_costs.py`` from a tour's ``timings.json``: each cell's engine
+    seconds (``"  example · engine"``) and each example's section seconds (``"write example"``);
+    entries the run did not have are kept."""
+    from ppgen import tour_costs
+
     phases = json.loads(timings.read_text(encoding="utf-8"))
-    cells = {key.strip(): round(value, 2) for key, value in phases.items() if key.startswith("  ") and " · " in key}
-    sections = {key[len("write "):]: round(value, 2) for key, value in phases.items() if key.startswith("write ") and key != "write report"}
+    cells = {**tour_costs.CELL_SECONDS, **{key.strip(): round(value, 2) for key, value in phases.items() if key.startswith("  ") and " · " in key}}
+    sections = {**tour_costs.SECTION_SECONDS, **{key[len("write "):]: round(value, 2) for key, value in phases.items() if key.startswith("write ") and key != "write report"}}
     text = COSTS.read_text(encoding="utf-8")
     head = text[: text.index("CELL_SECONDS")]
     lines = [head + "CELL_SECONDS: dict[str, float] = {"]
-    lines += [f"    {name!r}: {seconds}," for name, seconds in sorted(cells.items())]
+    lines += [f"    {json.dumps(name, ensure_ascii=False)}: {seconds}," for name, seconds in sorted(cells.items())]
     lines += ["}", "SECTION_SECONDS: dict[str, float] = {"]
-    lines += [f"    {name!r}: {seconds}," for name, seconds in sorted(sections.items())]
+    lines += [f"    {json.dumps(name, ensure_ascii=False)}: {seconds}," for name, seconds in sorted(sections.items())]
     lines += ["}", ""]
     COSTS.write_text("\n".join(lines), encoding="utf-8")
     print(f"recorded {len(cells)} cells and {len(sections)} sections from {timings} in {COSTS}")
@@ -68,7 +71,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=[], help="only these models or families (default: the whole catalogue)")
     parser.add_argument("--output", default=None, help="directory for the two reports (default: a temporary one)")
     parser.add_argument("--record-costs", nargs="?", const="", default=None, metavar="TIMINGS_JSON",
-                        help="rewrite ppgen/tour_costs.py from the serial run's timings (or from this file, running nothing)")
+                        help="update ppgen/tour_costs.py from the serial run's timings (or from this file, running nothing)")
     options = parser.parse_args()
     if options.record_costs:
         record_costs(Path(options.record_costs))
