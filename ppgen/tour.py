@@ -545,9 +545,9 @@ def write_report(
     sections = []
     for report in reports:
         start = time.perf_counter()
-        text, seconds = written.get(report.example.name) or (_model_html(report), None)
+        text, took = written.get(report.example.name) or (_model_html(report), None)
         sections.append(text)
-        phases[f"write {report.example.name}"] = time.perf_counter() - start if seconds is None else seconds
+        phases[f"write {report.example.name}"] = time.perf_counter() - start if took is None else took
     body = [
         "<h1>ppgen tour</h1>",
         f"<p>{len(reports)} models, {sum(1 for r in reports for run in r.runs if run.result)} engine runs, "
