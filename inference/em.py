@@ -15,7 +15,8 @@ of the objective). Each iteration
   Q (generalised EM), accepted only if Q increases.
 
 Stochastic (online) EM, ``subsample_size=B`` (Cappé & Moulines 2009): step k runs the E-step
-on a minibatch of B data of the data plate (a fresh permutation every epoch) and keeps, for
+on a minibatch of B data of the data plate (a fresh permutation every epoch, computed a
+minibatch at a time: :mod:`ppgen.inference._epoch_order`) and keeps, for
 every closed-form update, a running average of the full-data sufficient statistics,
 
     s_k = (1 − γ_k) s_{k−1} + γ_k (N / B) S(batch_k; θ_{k−1}),   γ_k = (k + 2)^(−0.6),
@@ -93,6 +94,7 @@ from ppgen.inference._em_closed_form import (
     unwrap,
     update,
 )
+from ppgen.inference._epoch_order import EpochOrder
 from ppgen.inference._restarts import (
     INITS,
     Restarts,
@@ -654,8 +656,8 @@ class EM(Engine):
 
         with use_backend("pyro"), torch_precision(enabled=structure.float64), torch.random.fork_rng(), pyro.get_param_store().scope(), torch.no_grad(), quiet_validation(), small_ops():
             torch.manual_seed(self.seed)
-            order = {"permutation": torch.randperm(size)}
-            first, program_values = self._setup(model, *sliced(order["permutation"][:batch]), structure)
+            order = EpochOrder(size)  # the epoch's permutation, a minibatch at a time (no array of size N)
+            first, program_values = self._setup(model, *sliced(order.batch(0, batch)), structure)
             gradient = [n for n in first.names if first.rules[n] == "gradient"]
             if gradient:
                 raise ValueError(
@@ -668,8 +670,8 @@ class EM(Engine):
             def minibatch(step: int) -> _Problem:
                 position = step % per_epoch
                 if position == 0 and step > 0:
-                    order["permutation"] = torch.randperm(size)
-                index = order["permutation"][position * batch:(position + 1) * batch]
+                    order.new_epoch()
+                index = order.batch(position, batch)
                 return first if step == 0 else self._setup(model, *sliced(index), structure, centres)[0]
 
             differ = _mixture_rows(first) is not None or bool(first.latents)

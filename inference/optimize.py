@@ -49,6 +49,7 @@ from ppgen.checkpoint import check_options as check_checkpoint_options
 from ppgen.engine import Engine, missing_data, register
 from ppgen.driver import NonFiniteStep, Progress, iterate
 from ppgen.errors import EngineFailure
+from ppgen.inference._epoch_order import EpochOrder
 from ppgen.inference._no_mode import Runaway, Variable, find_runaway
 from ppgen.inference._nonfinite import point_fault
 from ppgen.results import Result
@@ -359,8 +360,9 @@ class _PointEstimate(Engine):
             raise ValueError(f"{self.name}: no argument has plate {plate!r}'s size {size} as its leading dimension to subsample")
         lo, hi = shards.shard(batch, self.name) if shards is not None else (0, batch)
         per_epoch = size // batch
-        # the full data need no permutation (none is drawn, as in a single process)
-        order = {"permutation": torch.randperm(size) if batch < size else torch.arange(size)}
+        # the epoch's permutation a minibatch at a time (nothing of size N); the full data need
+        # none (none is drawn, as in a single process)
+        order = EpochOrder(size) if batch < size else None
         scaled = _scaled(program, plate, size / (hi - lo))
         fast = VerifiedLogDensity(model, plate, size / (hi - lo), reason=fast_reason)
 
@@ -369,9 +371,9 @@ class _PointEstimate(Engine):
 
         def objective(step: int) -> torch.Tensor:
             position = step % per_epoch
-            if position == 0 and step > 0 and batch < size:
-                order["permutation"] = torch.randperm(size)
-            index = order["permutation"][position * batch:(position + 1) * batch][lo:hi]
+            if position == 0 and step > 0 and order is not None:
+                order.new_epoch()
+            index = order.batch(position, batch)[lo:hi] if order is not None else torch.arange(lo, hi)
             step_args = tuple(sliced(a, index) for a in args)
             step_kwargs = {k: sliced(v, index) for k, v in kwargs.items()}
 

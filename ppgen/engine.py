@@ -21,6 +21,7 @@ import numpy as np
 
 from ppgen.errors import EngineNotApplicable
 from ppgen.results import Result
+from ppgen.sliced_structure import minibatch_structure
 from ppgen.structure import ModelStructure, bind_arguments, check_model, inspect, with_array_data
 
 Task = str  # "infer", "learn", "score", "generate"
@@ -246,7 +247,8 @@ def resolve(
     else:
         raise TypeError(f"engine must be a name or an Engine instance, got {type(engine).__name__}")
     bind_arguments(model, args, model_kwargs)
-    structure = inspect(model, *args, **model_kwargs)
+    batch = getattr(instance, "subsample_size", None)  # a minibatch engine: the structure from slices
+    structure = (batch is not None and minibatch_structure(model, args, model_kwargs, batch)) or inspect(model, *args, **model_kwargs)
     args, model_kwargs, converted = with_array_data(model, args, model_kwargs, structure)
     if converted:  # trace again on the arrays the engine will run on
         structure = inspect(model, *args, **model_kwargs)

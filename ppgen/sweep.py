@@ -20,12 +20,13 @@ be importable by the workers.
 
 from __future__ import annotations
 
+import heapq
 import io
+import math
 import os
 import traceback
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import cloudpickle
 import pyroapi
@@ -69,6 +70,7 @@ def run_tasks(
     workers: Optional[int] = None,
     ray: Optional[str] = None,
     retries: int = RETRIES,
+    costs: Optional[Sequence[float]] = None,
 ) -> list[Outcome]:
     """``function(*task)`` for every task; one :class:`Outcome` per task, in task order.
 
@@ -79,14 +81,26 @@ def run_tasks(
     workers : local worker processes (None or 1: in this process, one task after another).
     ray : a Ray cluster address instead of local workers.
     retries : further runs of a task that failed (raised, or its worker died).
+    costs : each task's expected run time, in any unit: workers (and Ray, in submission
+        order) start the costliest first, so that no long task starts last and keeps one
+        worker busy while the others idle (longest-processing-time-first scheduling, within
+        4/3 of the best order's wall time). None: the tasks' own order.
     """
     check_workers(workers, ray, "run_tasks")
     tasks = [tuple(task) for task in tasks]
+    if costs is not None and len(costs) != len(tasks):
+        raise ValueError(f"run_tasks: {len(costs)} costs for {len(tasks)} tasks")
     if ray is not None:
-        return _run_on_ray(function, tasks, ray, retries)
+        return _run_on_ray(function, tasks, ray, retries, costs)
     if not is_parallel(workers, ray) or len(tasks) <= 1:
         return [_run_here(function, task, retries) for task in tasks]
-    return _WorkerPool(min(workers, len(tasks))).run(function, tasks, retries)
+    outcomes: list[Optional[Outcome]] = [None] * len(tasks)
+    with WorkerPool(min(workers, len(tasks)), retries) as pool:
+        for task, cost in zip(tasks, costs if costs is not None else [0.0] * len(tasks)):
+            pool.submit(function, task, cost)
+        for index, outcome in pool.completed():
+            outcomes[index] = outcome
+    return outcomes  # type: ignore[return-value]
 
 
 def _run_here(function: Callable[..., Any], task: tuple, retries: int) -> Outcome:
@@ -162,70 +176,87 @@ class _Worker:
         self.connection.close()
 
 
-class _WorkerPool:
-    """N spawned processes; the parent knows which task each one runs, so a worker that dies
-    charges that task only, and is replaced."""
+class WorkerPool:
+    """N spawned processes taking tasks from one queue, the costliest first.
 
-    def __init__(self, num_workers: int) -> None:
+    Tasks may be submitted while others run (:meth:`submit` between the outcomes
+    :meth:`completed` yields), so a caller can queue work that needs earlier results. The
+    workers start when the pool is made, so their imports overlap the caller's own work. The
+    parent knows which task each worker runs, so a worker that dies charges that task only, and
+    is replaced; a failed task is queued again ahead of the others until it has run
+    ``retries`` + 1 times.
+    """
+
+    def __init__(self, num_workers: int, retries: int = RETRIES) -> None:
         import multiprocessing
 
         self.context = multiprocessing.get_context("spawn")
-        self.num_workers = num_workers
+        self.retries = retries
         self.num_threads = max(1, (os.cpu_count() or 1) // num_workers)
+        self._messages: list[bytes] = []
+        self._attempts: list[int] = []
+        self._queue: list[tuple[float, int]] = []  # (−cost, task index): a heap, costliest first
+        self._workers = [_Worker(self.context, self.num_threads) for _ in range(num_workers)]
 
-    def run(self, function: Callable[..., Any], tasks: list[tuple], retries: int) -> list[Outcome]:
-        from multiprocessing.connection import wait
+    def __enter__(self) -> "WorkerPool":
+        return self
 
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def submit(self, function: Callable[..., Any], task: tuple, cost: float = 0.0) -> int:
+        """Queue ``function(*task)``; returns its index (the order of submission)."""
         try:
-            messages = [_dumps((function, task)) for task in tasks]
+            message = _dumps((function, tuple(task)))
         except Exception as error:  # noqa: BLE001 - say which function could not travel
             raise TypeError(
                 f"run_tasks: cannot send {getattr(function, '__qualname__', function)!r} and its arguments to worker "
                 f"processes ({type(error).__name__}: {error}); define the program at module level or in the script"
             ) from error
-        outcomes: list[Optional[Outcome]] = [None] * len(tasks)
-        attempts = [0] * len(tasks)
-        queue = deque(range(len(tasks)))
-        workers = [_Worker(self.context, self.num_threads) for _ in range(self.num_workers)]
+        index = len(self._messages)
+        self._messages.append(message)
+        self._attempts.append(0)
+        heapq.heappush(self._queue, (-float(cost), index))
+        return index
 
-        def failed(index: int, error: str) -> None:
-            if attempts[index] <= retries:
-                queue.appendleft(index)
-            else:
-                outcomes[index] = Outcome(error=error, attempts=attempts[index])
+    def completed(self) -> Iterator[tuple[int, Outcome]]:
+        """(index, outcome) of each task as it finishes, until no task is queued or running
+        (tasks submitted meanwhile included); no worker waits while a task is queued."""
+        from multiprocessing.connection import wait
 
-        try:
-            while queue or any(w.task is not None for w in workers):
-                for worker in workers:
-                    if worker.task is None and queue:
-                        worker.task = queue.popleft()
-                        attempts[worker.task] += 1
-                        try:
-                            worker.connection.send_bytes(messages[worker.task])
-                        except OSError:  # died between tasks: the wait below reports it
-                            pass
-                busy = [w for w in workers if w.task is not None]
-                ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy]))
-                for position, worker in enumerate(workers):
-                    if worker.task is None or not (worker.connection in ready or worker.process.sentinel in ready):
-                        continue
-                    index, worker.task = worker.task, None
-                    try:
-                        ok, value = _loads(worker.connection.recv_bytes())
-                    except (EOFError, OSError):
-                        worker.process.join(timeout=5)
-                        failed(index, f"worker process died (exit code {worker.process.exitcode}) while running this task")
-                        worker.stop()
-                        workers[position] = _Worker(self.context, self.num_threads)
-                        continue
-                    if ok:
-                        outcomes[index] = Outcome(value, attempts=attempts[index])
-                    else:
-                        failed(index, value)
-        finally:
+        workers = self._workers
+        while self._queue or any(w.task is not None for w in workers):
             for worker in workers:
-                worker.stop()
-        return outcomes  # type: ignore[return-value]
+                if worker.task is None and self._queue:
+                    _, worker.task = heapq.heappop(self._queue)
+                    self._attempts[worker.task] += 1
+                    try:
+                        worker.connection.send_bytes(self._messages[worker.task])
+                    except OSError:  # died between tasks: the wait below reports it
+                        pass
+            busy = [w for w in workers if w.task is not None]
+            ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy]))
+            for position, worker in enumerate(workers):
+                if worker.task is None or not (worker.connection in ready or worker.process.sentinel in ready):
+                    continue
+                index, worker.task = worker.task, None
+                try:
+                    ok, value = _loads(worker.connection.recv_bytes())
+                except (EOFError, OSError):
+                    worker.process.join(timeout=5)
+                    ok, value = False, f"worker process died (exit code {worker.process.exitcode}) while running this task"
+                    worker.stop()
+                    workers[position] = _Worker(self.context, self.num_threads)
+                if ok:
+                    yield index, Outcome(value, attempts=self._attempts[index])
+                elif self._attempts[index] <= self.retries:
+                    heapq.heappush(self._queue, (-math.inf, index))  # again, before the others
+                else:
+                    yield index, Outcome(error=value, attempts=self._attempts[index])
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop()
 
 
 def _loads(message: bytes) -> Any:
@@ -245,7 +276,7 @@ def _call_pickled(message: bytes) -> Any:
     return function(*task)
 
 
-def _run_on_ray(function: Callable[..., Any], tasks: list[tuple], address: str, retries: int) -> list[Outcome]:
+def _run_on_ray(function: Callable[..., Any], tasks: list[tuple], address: str, retries: int, costs: Optional[Sequence[float]] = None) -> list[Outcome]:
     try:
         import ray
     except ImportError:
@@ -253,7 +284,9 @@ def _run_on_ray(function: Callable[..., Any], tasks: list[tuple], address: str, 
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
     remote = ray.remote(max_retries=retries, retry_exceptions=True)(_call_pickled)
-    references = [remote.remote(_dumps((function, task))) for task in tasks]
+    order = sorted(range(len(tasks)), key=lambda i: -costs[i]) if costs is not None else range(len(tasks))
+    submitted = {index: remote.remote(_dumps((function, tasks[index]))) for index in order}
+    references = [submitted[index] for index in range(len(tasks))]
     outcomes = []
     for reference in references:
         try:

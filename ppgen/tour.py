@@ -530,19 +530,24 @@ def write_report(
     seconds: float,
     task_rows: Optional[list[Any]] = None,
     phases: Optional[dict[str, float]] = None,
+    sections: Optional[dict[str, tuple[str, float]]] = None,
 ) -> Path:
     """Write ``directory/index.html`` and return its path. ``task_rows`` is the measured task
     table (:func:`ppgen.task_table.measure`); ``phases`` maps a phase of the tour (running an
-    example, measuring the task table) to its seconds, and gains the report writing's."""
+    example, measuring the task table) to its seconds, and gains the report writing's.
+    ``sections``: examples' sections written already (by the parallel tour's workers: the HTML
+    and its seconds); the others are written here."""
     from ppgen.task_table import to_html
 
     directory.mkdir(parents=True, exist_ok=True)
     phases = phases if phases is not None else {}
+    written = sections or {}
     sections = []
     for report in reports:
         start = time.perf_counter()
-        sections.append(_model_html(report))
-        phases[f"write {report.example.name}"] = time.perf_counter() - start
+        text, took = written.get(report.example.name) or (_model_html(report), None)
+        sections.append(text)
+        phases[f"write {report.example.name}"] = time.perf_counter() - start if took is None else took
     body = [
         "<h1>ppgen tour</h1>",
         f"<p>{len(reports)} models, {sum(1 for r in reports for run in r.runs if run.result)} engine runs, "
@@ -586,19 +591,22 @@ def tour(
     check_workers(workers, ray, "tour")
     reports: list[ModelReport] = []
     phases: dict[str, float] = {}
+    sections: dict[str, tuple[str, float]] = {}
     if is_parallel(workers, ray):
-        from ppgen.tour_sweep import run_examples
+        from ppgen.tour_sweep import run_tour
 
-        reports = run_examples(examples, quick, engines, workers=workers, ray=ray, progress=progress)
-        phases["run every example"] = time.perf_counter() - start
+        # judged, and their sections written, by the workers
+        reports, sections = run_tour(examples, quick, engines, workers=workers, ray=ray, progress=progress)
+        phases["run every example and write its section"] = time.perf_counter() - start
     else:
         bar = tqdm(examples, desc="tour", disable=not progress)
         for example in bar:
             begin = time.perf_counter()
             reports.append(run_example(example, quick, engines, bar))
             phases[f"run {example.name}"] = time.perf_counter() - begin
+        for report in reports:
+            judge(report)
     for report in reports:
-        judge(report)
         phases.update({f"  {report.example.name} · {run.engine}": run.result.seconds for run in report.runs if run.result})
     begin = time.perf_counter()
     with warnings.catch_warnings():
@@ -606,7 +614,7 @@ def tour(
         task_rows = measure(reports, quick)
     phases["task table"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    path = write_report(reports, Path(directory), time.perf_counter() - start, task_rows, phases)
+    path = write_report(reports, Path(directory), time.perf_counter() - start, task_rows, phases, sections)
     phases["write report"] = time.perf_counter() - begin
     (Path(directory) / "timings.json").write_text(json.dumps(phases, indent=1), encoding="utf-8")
     return path

@@ -10,6 +10,7 @@ tasks out of order fails it.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -20,9 +21,10 @@ import pytest
 from ppgen import dist, plate, sample
 from ppgen.calibration import simulation_based_calibration
 from ppgen.catalogue import catalogue
-from ppgen.sweep import Outcome, check_workers, run_tasks
+from ppgen.sweep import Outcome, WorkerPool, check_workers, run_tasks
 from ppgen.tour import run_example
-from ppgen.tour_sweep import run_examples
+from ppgen.tour import _model_html, judge
+from ppgen.tour_sweep import run_examples, run_tour
 
 # pytest imports this file under a name the spawned workers cannot import: send its functions
 # by value, as cloudpickle does for a user's script or notebook (``__main__``).
@@ -59,6 +61,22 @@ def test_workers_give_serial_values_in_order_and_retry_a_killed_or_raising_task_
     assert [(o.value, o.attempts, o.failed) for o in outcomes[:3]] == [("dies-once", 2, False), ("fine", 1, False), ("raises-once", 2, False)]
     assert outcomes[3].failed and outcomes[3].attempts == 2 and "worker process died (exit code -9)" in outcomes[3].error
     assert outcomes[4].failed and outcomes[4].attempts == 2 and "deliberate failure of task always-raises" in outcomes[4].error
+
+
+def test_a_pool_runs_the_costliest_queued_task_first_including_tasks_queued_meanwhile():
+    """One worker, so the order tasks finish in is the order they started in: by cost,
+    highest first, among those queued when the worker became free; a task submitted while
+    the pool runs joins the queue by its cost."""
+    with WorkerPool(1) as pool:
+        for seed, cost in [(0, 1.0), (1, 5.0), (2, 3.0), (3, 0.5)]:
+            pool.submit(noisy_sum, (seed, 10), cost)
+        finished = []
+        for index, outcome in pool.completed():
+            finished.append(index)
+            assert outcome.value == noisy_sum(index if index < 4 else 9, 10)
+            if index == 1:
+                pool.submit(noisy_sum, (9, 10), 4.0)  # after the first: ahead of the 3.0 queued before it
+    assert finished == [1, 4, 2, 0, 3]
 
 
 def run_either(kind, task):
@@ -121,6 +139,20 @@ def test_tour_cells_in_workers_give_the_serial_report():
             assert values.keys() == expected.keys()
             for name in values:
                 np.testing.assert_array_equal(values[name], expected[name])
+
+
+@pytest.mark.slow  # a pool of workers running engines and drawing figures: about 40 s on an idle machine
+def test_parallel_tour_writes_the_serial_report_sections():
+    """Judged in the parent, written by the workers: each section is the serial one, figures
+    included, once the run times (which differ between runs) are blanked."""
+    examples = [e for e in catalogue(["basics"]) if e.name == "coin"]
+    engines = ["map", "importance", "enumerate"]
+    serial = [judge(run_example(example, True, engines)) for example in examples]
+    reports, sections = run_tour(examples, True, engines, workers=2)
+    assert [r.example.name for r in reports] == [r.example.name for r in serial] and sections.keys() == {"coin"}
+    seconds = re.compile(r"\d+\.\d+ ?s\b")
+    for report in serial:
+        assert seconds.sub("", sections[report.example.name][0]) == seconds.sub("", _model_html(report))
 
 
 def test_outcome_of_a_serial_task_that_raises_twice_is_failed(tmp_path):
